@@ -1,0 +1,63 @@
+"""The CICD loop on one machine, on embedded defaults (`sigdl run`, `make run`).
+
+Today the loop is its training stage: LeNet-5 trained on the bundled `digits` data set,
+checkpointed, exported to ONNX, verified with ONNX Runtime, and logged to the local MLflow store.
+Compression, retest and deploy join as their stages land; the Kubeflow pipeline of the same
+loop comes with them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from services.training.stage import ProgressFn, run_training
+from sigdl import settings
+from sigdl.errors import InputError
+from sigdl.training import TrainConfig
+
+
+@dataclass
+class LoopConfig:
+    """One iteration of the loop; a YAML file given to `sigdl run --config` sets these keys."""
+
+    model: str = "lenet-5"  # zoo name
+    dataset: str = "digits"  # needs no download: scikit-learn ships it
+    epochs: int = 15
+    out: str | None = None  # None: $SIGDL_HOME/runs/run-<timestamp>
+    nproc: int = 1  # data-parallel processes for training
+    train: dict = field(default_factory=dict)  # any other TrainConfig option
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> LoopConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"--config {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"--config {str(path)!r} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise InputError(f"--config {str(path)!r}: expected a mapping of options")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"--config {str(path)!r}: unknown key(s) {', '.join(unknown)}; "
+                             f"expected some of {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig.from_dict({**self.train, "model": self.model,
+                                      "dataset": self.dataset, "epochs": self.epochs})
+
+
+def run_loop(cfg: LoopConfig, on_epoch: ProgressFn | None = None) -> dict:
+    """Run one iteration of the loop; return its report (stage reports and where things are)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(cfg.out) if cfg.out else settings.SIGDL_HOME.get() / "runs" / f"run-{stamp}"
+    train = run_training(cfg.train_config(), out / "train", nproc=cfg.nproc, on_epoch=on_epoch)
+    return {"command": "run", "config": asdict(cfg), "out": str(out),
+            "stages": {"train": train}}

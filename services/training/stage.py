@@ -1,0 +1,158 @@
+"""The training stage: train a zoo model on a data set and write a deployable checkpoint.
+
+`run_training` is the plain function that the CLI (`sigdl train`) and, later, the gRPC servicer
+call. It writes into `out` (atomically, all or nothing): `model.safetensors`, `model.json`,
+`model.onnx` and `report.json`, and logs the run and a registered model version to MLflow.
+
+    report = run_training(TrainConfig(model="lenet-5", dataset="digits", epochs=3), "runs/x")
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sigdl import __version__, atomic, checkpoint, lineage, onnx_io, zoo
+from sigdl.checkpoint import ModelMeta, PixelModel
+from sigdl.datasets import Dataset, adapt, load_dataset
+from sigdl.errors import InputError
+from sigdl.evaluation import score_onnx, score_torch
+from sigdl.training import EpochResult, TrainConfig, fit
+
+ProgressFn = Callable[[dict], None]
+
+
+def resolve_shape(cfg: TrainConfig, data: Dataset) -> tuple[int, int]:
+    """(channels, input size) the model is built for: explicit, else from data and model."""
+    spec = zoo.get_spec(cfg.model)
+    channels = cfg.channels or data.channels
+    size = cfg.input_size or max(data.size, spec.min_input_size)
+    if size < spec.min_input_size:
+        raise InputError(f"input_size={size} is below {cfg.model!r}'s minimum "
+                         f"{spec.min_input_size}")
+    return channels, size
+
+
+def pixel_stats(data: Dataset, channels: int, size: int, mode: str) -> tuple[list, list]:
+    """Per-channel mean and std of the training pixels as the model sees them."""
+    sample = adapt(data.train.images[:10_000], channels, size, mode)  # (n, C, S, S)
+    mean = sample.mean(dim=(0, 2, 3))
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+def build_model(cfg: TrainConfig, data: Dataset) -> tuple[PixelModel, ModelMeta]:
+    channels, size = resolve_shape(cfg, data)
+    mean, std = pixel_stats(data, channels, size, cfg.adapt_mode)
+    meta = ModelMeta(model=zoo.get_spec(cfg.model).name, input_size=size, channels=channels,
+                     classes=len(data.classes), mean=mean, std=std,
+                     class_names=list(data.classes), dataset=cfg.dataset,
+                     adapt_mode=cfg.adapt_mode, train_config=cfg.to_dict())
+    torch.manual_seed(cfg.seed)
+    return checkpoint.build(meta), meta
+
+
+def train_model(model: PixelModel, meta: ModelMeta, cfg: TrainConfig, data: Dataset,
+                nproc: int, data_dir: str | None, on_epoch: ProgressFn | None) -> list[dict]:
+    """Train in this process (nproc 1) or with torchrun DDP; return per-epoch rows."""
+    if nproc > 1:
+        from sigdl import distributed  # noqa: PLC0415
+
+        with tempfile.TemporaryDirectory(prefix="sigdl-ddp-") as job_dir:
+            history = distributed.launch(model, cfg, meta.channels, meta.input_size, nproc,
+                                         Path(job_dir), data_dir)
+        for row in history:
+            if on_epoch:
+                on_epoch(row)
+        return history
+
+    def evaluate():
+        return score_torch(model, data.test, meta.channels, meta.input_size, cfg.adapt_mode)
+
+    rows: list[dict] = []
+
+    def record(result: EpochResult) -> None:
+        rows.append(result.to_row())
+        if on_epoch:
+            on_epoch(rows[-1])
+
+    fit(model, data.train, cfg, meta.channels, meta.input_size, evaluate=evaluate,
+        on_epoch=record)
+    return rows
+
+
+def onnx_max_abs_diff(model: PixelModel, onnx_path: Path, data: Dataset, meta: ModelMeta,
+                      n: int = 256) -> float:
+    """Largest |logit difference| between PyTorch and ONNX Runtime on `n` test images."""
+    pixels = adapt(data.test.images[:n], meta.channels, meta.input_size, meta.adapt_mode)
+    with torch.no_grad():
+        expected = model.eval()(pixels).numpy()
+    got = onnx_io.predict(onnx_io.session(onnx_path), pixels.numpy())
+    return float(np.max(np.abs(expected - got)))
+
+
+def run_training(cfg: TrainConfig, out: str | Path, *, nproc: int = 1,
+                 data_dir: str | None = None, on_epoch: ProgressFn | None = None) -> dict:
+    """Train, checkpoint, export, verify the export, log lineage; return the report."""
+    if nproc < 1:
+        raise InputError(f"nproc={nproc}: expected an integer >= 1")
+    out = atomic.check_writable_dir(out)
+    data = load_dataset(cfg.dataset, data_dir)
+    model, meta = build_model(cfg, data)
+    started = time.perf_counter()
+    history = train_model(model, meta, cfg, data, nproc, data_dir, on_epoch)
+    train_seconds = time.perf_counter() - started
+    model.eval()
+    test = score_torch(model, data.test, meta.channels, meta.input_size, cfg.adapt_mode)
+    with atomic.staged_dir(out) as stage:
+        meta.metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss}
+        digest = checkpoint.save_checkpoint(model, meta, stage)
+        onnx_path = onnx_io.export_onnx(model, stage / "model.onnx", meta.input_shape,
+                                        {"sigdl.model_json": meta.to_json()})
+        onnx_score = score_onnx(onnx_path, data.test, meta.adapt_mode)
+        report = {
+            "command": "train", "sigdl_version": __version__, "model": meta.model,
+            "dataset": cfg.dataset, "nproc": nproc, "config": cfg.to_dict(),
+            "input_shape": meta.input_shape, "parameters": zoo.count_parameters(model.net),
+            "metrics": {
+                "test_accuracy": test.accuracy, "test_loss": test.loss,
+                "onnx_test_accuracy": onnx_score.accuracy,
+                "onnx_max_abs_diff": onnx_max_abs_diff(model, onnx_path, data, meta),
+                "train_seconds": train_seconds,
+                "images_per_s": _mean([r["images_per_s"] for r in history]),
+                "test_samples": test.total,
+            },
+            "history": history,
+            "artifacts": {"checkpoint": str(out), "weights_sha256": digest,
+                          "onnx": str(out / "model.onnx")},
+        }
+        report["mlflow"] = log_lineage(report, stage)
+        atomic.write_json(stage / "report.json", report)
+    return report
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def log_lineage(report: dict, artifacts_dir: Path) -> dict | None:
+    """Log the run to MLflow and register a model version; None when tracking is off."""
+    store = lineage.open_lineage()
+    if store is None:
+        return None
+    name = f"{report['model']}-{report['dataset']}".replace(":", "-").replace("/", "-")
+    params = {**report["config"], "nproc": report["nproc"], "parameters": report["parameters"]}
+    with store.run(f"train {name}", params=params, tags={lineage.TAG_STAGE: "train"}) as run_id:
+        for row in report["history"]:
+            store.log_metrics(run_id, {k: row[k] for k in row if k != "epoch"}, row["epoch"])
+        store.log_metrics(run_id, report["metrics"])
+        store.log_dir(run_id, artifacts_dir, "model")
+        version = store.register(name, run_id, "model",
+                                 tags={lineage.TAG_STAGE: "train", lineage.TAG_ITERATION: 0})
+    return {"tracking_uri": store.tracking_uri, "run_id": run_id,
+            "registered_model": version.name, "version": version.version}

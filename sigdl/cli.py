@@ -1,0 +1,217 @@
+"""The `sigdl` command line: a user's first contact with SigDL.
+
+Every command has `--help` and `--json` (a machine-readable result on stdout; progress goes to
+stderr). Exit codes: 0 success, 1 a gate failed, 2 bad input with a one-line reason.
+
+    sigdl models list
+    sigdl train --model lenet-5 --dataset mnist --epochs 20 --out runs/lenet5
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.exceptions import TyperException
+
+from sigdl import __version__
+from sigdl.errors import InputError
+
+app = typer.Typer(help="SigDL: train, compress, retest on emulated targets, deploy to the edge.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
+data_app = typer.Typer(help="Data sets.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Folder to look in first.")]
+
+
+def emit(result: object, as_json: bool, human: str) -> None:
+    """Print the result: JSON on stdout with --json, else a human summary."""
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        typer.echo(human)
+
+
+def err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+          ) -> None:
+    if version:
+        typer.echo(f"sigdl {__version__}")
+        raise typer.Exit(0)
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """List the zoo's models with their default input and parameter counts."""
+    from sigdl import zoo  # noqa: PLC0415  (torch import only for commands that need it)
+
+    rows = []
+    for spec in zoo.list_models():
+        net = zoo.build_model(spec.name)
+        rows.append({"name": spec.name, "input": [spec.channels, spec.input_size, spec.input_size],
+                     "classes": spec.classes, "parameters": zoo.count_parameters(net),
+                     "min_input_size": spec.min_input_size, "description": spec.description})
+    lines = [f"{'name':16} {'input':12} {'classes':>7} {'parameters':>12}  description"]
+    for r in rows:
+        shape = "x".join(map(str, r["input"]))
+        lines.append(f"{r['name']:16} {shape:12} {r['classes']:>7} {r['parameters']:>12,}  "
+                     f"{r['description']}")
+    emit(rows, as_json, "\n".join(lines))
+
+
+@models_app.command("export")
+def models_export(
+    name: Annotated[str, typer.Argument(help="A zoo model name, or a checkpoint directory.")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="Where to write the ONNX model.")],
+    input_size: Annotated[int | None, typer.Option(help="Input height = width.")] = None,
+    channels: Annotated[int | None, typer.Option(help="Input channels.")] = None,
+    classes: Annotated[int | None, typer.Option(help="Number of classes.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a zoo model (untrained) or a trained checkpoint to ONNX."""
+    from sigdl import exporting  # noqa: PLC0415
+
+    result = exporting.export(name, onnx, input_size=input_size, channels=channels,
+                              classes=classes)
+    emit(result, as_json, f"wrote {result['onnx']} ({result['bytes']:,} bytes, "
+                          f"input {result['input_shape']}, max |diff| vs PyTorch "
+                          f"{result['onnx_max_abs_diff']:.2e})")
+
+
+@data_app.command("list")
+def data_list(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
+    """List the data sets, where each was found, and their sizes."""
+    from sigdl.datasets import list_datasets  # noqa: PLC0415
+
+    rows = list_datasets(data_dir)
+    lines = [f"{'name':15} {'found':6} {'train':>7} {'test':>7}  where"]
+    for r in rows:
+        lines.append(f"{r['name']:15} {'yes' if r['found'] else 'no':6} "
+                     f"{r.get('train_size') or '-':>7} {r.get('test_size') or '-':>7}  "
+                     f"{r.get('where') or 'not found; searched ' + ', '.join(r['searched'])}")
+    emit(rows, as_json, "\n".join(lines))
+
+
+def print_epoch(row: dict) -> None:
+    acc = row.get("test_accuracy")
+    test = f" test_acc {acc:.4f}" if acc is not None else ""
+    err(f"epoch {row['epoch']}: loss {row['loss']:.4f} train_acc {row['train_accuracy']:.4f}"
+        f"{test} ({row['images_per_s']:.0f} img/s)")
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="Zoo model name (see `sigdl models list`).")],
+    dataset: Annotated[str, typer.Option(help="Data set name (see `sigdl data list`).")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 20,
+    nproc: Annotated[int, typer.Option(help="Data-parallel processes (torchrun + DDP).")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 64,
+    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.05,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
+    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
+    seed: Annotated[int, typer.Option(help="Seed for init and batch order.")] = 0,
+    input_size: Annotated[int | None, typer.Option(help="Model input size.")] = None,
+    channels: Annotated[int | None, typer.Option(help="Model input channels.")] = None,
+    target_accuracy: Annotated[float | None, typer.Option(help="Stop at this accuracy.")] = None,
+    max_train_samples: Annotated[int | None, typer.Option(help="Use only N samples.")] = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a zoo model; write model.safetensors, model.json, model.onnx, report.json."""
+    from services.training.stage import run_training  # noqa: PLC0415
+    from sigdl.training import TrainConfig  # noqa: PLC0415
+
+    cfg = TrainConfig(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size,
+                      optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
+                      seed=seed, input_size=input_size, channels=channels,
+                      target_accuracy=target_accuracy, max_train_samples=max_train_samples)
+    report = run_training(cfg, out, nproc=nproc, data_dir=str(data_dir) if data_dir else None,
+                          on_epoch=print_epoch)
+    emit(report, as_json, _train_summary(report))
+
+
+def _train_summary(report: dict) -> str:
+    m = report["metrics"]
+    lines = [f"{report['model']} on {report['dataset']}: test accuracy "
+             f"{m['test_accuracy']:.4f} (ONNX Runtime {m['onnx_test_accuracy']:.4f}), "
+             f"{m['train_seconds']:.1f} s",
+             f"artifacts: {report['artifacts']['checkpoint']}"]
+    if report.get("mlflow"):
+        ml = report["mlflow"]
+        lines.append(f"mlflow: run {ml['run_id']}, model {ml['registered_model']} "
+                     f"version {ml['version']} ({ml['tracking_uri']})")
+    return "\n".join(lines)
+
+
+@app.command()
+def lineage(
+    model_name: Annotated[str, typer.Argument(help="Registered model name, e.g. lenet-5-mnist.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """The versions of a registered model, with the tags that link them."""
+    from sigdl.lineage import open_lineage  # noqa: PLC0415
+
+    store = open_lineage()
+    if store is None:
+        raise InputError("MLflow tracking is off (SIGDL_MLFLOW_TRACKING_URI=off)")
+    rows = store.versions(model_name)
+    if not rows:
+        raise InputError(f"no registered model {model_name!r} in {store.tracking_uri}")
+    lines = [f"{model_name}"]
+    for r in rows:
+        tags = ", ".join(f"{k.removeprefix('sigdl.')}={v}" for k, v in sorted(r["tags"].items()))
+        lines.append(f"  v{r['version']}  run {r['run_id']}  {tags}")
+    emit(rows, as_json, "\n".join(lines))
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Option(help="YAML file of loop options.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory of this run.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the whole loop locally on embedded defaults (LeNet-5 on the bundled digits)."""
+    from pipelines.local import LoopConfig, run_loop  # noqa: PLC0415
+
+    cfg = LoopConfig.from_file(config) if config else LoopConfig()
+    if out:
+        cfg.out = str(out)
+    report = run_loop(cfg, on_epoch=print_epoch)
+    human = "\n".join([f"run: {report['out']}", _train_summary(report["stages"]["train"])])
+    emit(report, as_json, human)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps bad input to exit 2 with one line, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=False, prog_name="sigdl")
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err("aborted")
+        return 130
+    except TyperException as exc:  # typer's (vendored) click usage errors: bad option, value
+        if exc.format_message():  # empty when `sigdl` alone printed the help
+            err(f"error: {exc.format_message()}")
+        return getattr(exc, "exit_code", 2)
+    except InputError as exc:
+        err(f"error: {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Model lineage in MLflow: runs with parameters, per-epoch metrics and artifacts, and
+registered model versions tagged with what they came from.
+
+Embedded default: `sqlite:///$SIGDL_HOME/mlflow.db`, artifacts in `$SIGDL_HOME/mlartifacts`.
+Everything goes through one `MlflowClient`, never MLflow's process-global fluent state, so that
+several jobs in one process (the services) cannot log into each other's runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sigdl import settings
+
+# Alembic and MLflow log every schema migration of a fresh SQLite store at INFO.
+for _name in ("alembic", "mlflow"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+# Tags every registered version carries (ARCHITECTURE.md, Lineage).
+TAG_PARENT = "sigdl.parent_version"
+TAG_RECIPE = "sigdl.recipe_digest"
+TAG_TARGET = "sigdl.target"
+TAG_ITERATION = "sigdl.iteration"
+TAG_STAGE = "sigdl.stage"
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    source: str
+
+
+class Lineage:
+    """A thin facade over MlflowClient for SigDL's runs and model versions."""
+
+    def __init__(self, tracking_uri: str, experiment: str | None = None) -> None:
+        from mlflow import MlflowClient  # noqa: PLC0415  (MLflow is slow to import)
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.experiment_id = self._experiment(experiment or settings.SIGDL_MLFLOW_EXPERIMENT.get())
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.tracking_uri.startswith("sqlite:///"):
+            # Without this MLflow puts artifacts in ./mlruns of whatever directory we run in.
+            db = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            location = (db.parent / "mlartifacts").resolve().as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    @contextlib.contextmanager
+    def run(self, name: str, params: dict | None = None, tags: dict | None = None,
+            parent_run_id: str | None = None) -> Iterator[str]:
+        """Start a run (nested under `parent_run_id` if given); end it FINISHED or FAILED."""
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={k: str(v) for k, v in all_tags.items()})
+        run_id = run.info.run_id
+        try:
+            if params:
+                self.log_params(run_id, params)
+            yield run_id
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param  # noqa: PLC0415
+
+        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        self.client.log_batch(run_id, params=items)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric  # noqa: PLC0415
+
+        items = [Metric(k, float(v), 0, step) for k, v in metrics.items() if v is not None]
+        self.client.log_batch(run_id, metrics=items)
+
+    def log_dir(self, run_id: str, local_dir: str | Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def register(self, name: str, run_id: str, artifact_path: str,
+                 tags: dict | None = None) -> RegisteredVersion:
+        """Register the run's `artifact_path` as a new version of model `name`."""
+        from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+        with contextlib.suppress(MlflowException):  # already exists
+            self.client.create_registered_model(name)
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+        mv = self.client.create_model_version(
+            name, source=source, run_id=run_id,
+            tags={k: str(v) for k, v in (tags or {}).items() if v is not None})
+        return RegisteredVersion(name=name, version=str(mv.version), run_id=run_id, source=source)
+
+    def versions(self, name: str) -> list[dict]:
+        """Every version of model `name`, oldest first, with its tags and aliases."""
+        found = self.client.search_model_versions(f"name='{name}'")
+        rows = [{"version": int(v.version), "run_id": v.run_id, "source": v.source,
+                 "tags": dict(v.tags), "aliases": list(getattr(v, "aliases", []) or [])}
+                for v in found]
+        return sorted(rows, key=lambda r: r["version"])
+
+
+def open_lineage() -> Lineage | None:
+    """The Lineage in force from settings, or None when tracking is off."""
+    uri = settings.mlflow_tracking_uri()
+    if uri is None:
+        return None
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return Lineage(uri)

@@ -1,0 +1,190 @@
+"""Every setting SigDL reads from the environment, declared once, typed, with its default.
+
+Call sites read a setting with ``SIGDL_HOME.get()``; nothing else in the code base touches
+``os.environ``. ``python -m sigdl.settings`` prints them all with their current values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}, got {raw!r}")
+
+
+def _parse_path(raw: str) -> Path:
+    return Path(raw).expanduser()
+
+
+_PARSERS: dict[type, Callable[[str], object]] = {
+    bool: _parse_bool,
+    int: int,
+    float: float,
+    str: str,
+    Path: _parse_path,
+}
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One environment variable: its name, type, default and what it is for."""
+
+    name: str  # the environment variable
+    type: type  # bool, int, float, str or Path
+    default: T | None  # used when the variable is unset (None: no value)
+    doc: str  # one line for `python -m sigdl.settings` and the README
+    aliases: tuple[str, ...] = field(default=())  # other names read when `name` is unset
+
+    def raw(self) -> str | None:
+        for key in (self.name, *self.aliases):
+            if key in os.environ:
+                return os.environ[key]
+        return None
+
+    def is_set(self) -> bool:
+        return self.raw() is not None
+
+    def get(self) -> T | None:
+        raw = self.raw()
+        if raw is None:
+            return self.default
+        try:
+            return _PARSERS[self.type](raw)  # type: ignore[return-value]
+        except ValueError as exc:
+            kind = self.type.__name__
+            raise ValueError(f"setting {self.name}={raw!r} is not a valid {kind}: {exc}") from None
+
+
+REGISTRY: list[Setting] = []
+
+
+def _declare(name: str, type_: type, default: object, doc: str, aliases: tuple[str, ...] = ()):
+    setting = Setting(name=name, type=type_, default=default, doc=doc, aliases=aliases)
+    REGISTRY.append(setting)
+    return setting
+
+
+# --- where things live -------------------------------------------------------------------------
+SIGDL_HOME: Setting[Path] = _declare(
+    "SIGDL_HOME", Path, Path("~/.sigdl").expanduser(),
+    "Root of the embedded defaults: local artifacts, the MLflow store, job records.",
+)
+SIGDL_DATA: Setting[Path] = _declare(
+    "SIGDL_DATA", Path, None,
+    "A folder holding data sets as <name>/ subfolders, searched before the caches.",
+)
+SIGDL_OFFLINE: Setting[bool] = _declare(
+    "SIGDL_OFFLINE", bool, False,
+    "Never download a missing data set; fail with the list of places searched instead.",
+)
+SIGDL_DOWNLOAD_TIMEOUT_S: Setting[float] = _declare(
+    "SIGDL_DOWNLOAD_TIMEOUT_S", float, 20.0,
+    "Seconds to wait for a data set's canonical home before giving up.",
+)
+
+# --- lineage -----------------------------------------------------------------------------------
+SIGDL_MLFLOW_TRACKING_URI: Setting[str] = _declare(
+    "SIGDL_MLFLOW_TRACKING_URI", str, None,
+    "MLflow tracking URI; unset means sqlite:///$SIGDL_HOME/mlflow.db. 'off' disables tracking.",
+    aliases=("MLFLOW_TRACKING_URI",),
+)
+SIGDL_MLFLOW_EXPERIMENT: Setting[str] = _declare(
+    "SIGDL_MLFLOW_EXPERIMENT", str, "sigdl", "MLflow experiment that runs are logged under.",
+)
+
+# --- artifact store (S3 / MinIO) ---------------------------------------------------------------
+SIGDL_S3_ENDPOINT: Setting[str] = _declare(
+    "SIGDL_S3_ENDPOINT", str, "127.0.0.1:9000", "host:port of the S3 server (MinIO in a cluster).",
+)
+SIGDL_S3_ACCESS_KEY: Setting[str] = _declare(
+    "SIGDL_S3_ACCESS_KEY", str, None, "S3 access key.", aliases=("AWS_ACCESS_KEY_ID",),
+)
+SIGDL_S3_SECRET_KEY: Setting[str] = _declare(
+    "SIGDL_S3_SECRET_KEY", str, None, "S3 secret key.", aliases=("AWS_SECRET_ACCESS_KEY",),
+)
+SIGDL_S3_SECURE: Setting[bool] = _declare(
+    "SIGDL_S3_SECURE", bool, False, "Use HTTPS to reach the S3 server.",
+)
+SIGDL_S3_REGION: Setting[str] = _declare(
+    "SIGDL_S3_REGION", str, "us-east-1", "S3 region sent with requests.",
+)
+
+# --- services ----------------------------------------------------------------------------------
+SIGDL_TRAINING_ADDR: Setting[str] = _declare(
+    "SIGDL_TRAINING_ADDR", str, "127.0.0.1:50051", "Address of the training service.",
+)
+SIGDL_COMPRESSION_ADDR: Setting[str] = _declare(
+    "SIGDL_COMPRESSION_ADDR", str, "127.0.0.1:50052", "Address of the compression service.",
+)
+SIGDL_RETEST_ADDR: Setting[str] = _declare(
+    "SIGDL_RETEST_ADDR", str, "127.0.0.1:50053", "Address of the retest service.",
+)
+SIGDL_DEPLOY_ADDR: Setting[str] = _declare(
+    "SIGDL_DEPLOY_ADDR", str, "127.0.0.1:50054", "Address of the deploy service.",
+)
+SIGDL_TLS_CERT: Setting[Path] = _declare(
+    "SIGDL_TLS_CERT", Path, None, "PEM certificate the services present (TLS off when unset).",
+)
+SIGDL_TLS_KEY: Setting[Path] = _declare(
+    "SIGDL_TLS_KEY", Path, None, "PEM private key matching SIGDL_TLS_CERT.",
+)
+SIGDL_TLS_CA: Setting[Path] = _declare(
+    "SIGDL_TLS_CA", Path, None, "PEM CA bundle; set on a server it requires client certificates.",
+)
+SIGDL_TOKEN: Setting[str] = _declare(
+    "SIGDL_TOKEN", str, None, "Bearer token the services require and the clients send.",
+)
+
+# --- compute -----------------------------------------------------------------------------------
+SIGDL_NUM_THREADS: Setting[int] = _declare(
+    "SIGDL_NUM_THREADS", int, None, "Threads PyTorch may use per process (default: all cores).",
+)
+SIGDL_PROGRESS: Setting[bool] = _declare(
+    "SIGDL_PROGRESS", bool, True, "Show progress bars on long work (they go to stderr).",
+)
+
+# Set by torchrun in each worker of a data-parallel job; read by sigdl.distributed.
+RANK: Setting[int] = _declare("RANK", int, 0, "Rank of this process in a torchrun job.")
+WORLD_SIZE: Setting[int] = _declare("WORLD_SIZE", int, 1, "Processes in a torchrun job.")
+LOCAL_RANK: Setting[int] = _declare("LOCAL_RANK", int, 0, "Rank of this process on its node.")
+
+
+def mlflow_tracking_uri() -> str | None:
+    """The tracking URI in force, or None when tracking is off."""
+    uri = SIGDL_MLFLOW_TRACKING_URI.get()
+    if uri is None:
+        return f"sqlite:///{SIGDL_HOME.get() / 'mlflow.db'}"
+    if uri.strip().lower() in {"off", "none", "false", "0"}:
+        return None
+    return uri
+
+
+def describe() -> list[dict[str, str]]:
+    """Every setting with its current value (secrets masked), for `python -m sigdl.settings`."""
+    rows = []
+    for s in REGISTRY:
+        value = s.get()
+        if value is not None and ("SECRET" in s.name or "TOKEN" in s.name):
+            value = "***"
+        rows.append({"name": s.name, "type": s.type.__name__, "value": str(value), "doc": s.doc})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in describe():
+        print(f"{row['name']:28} {row['type']:6} {row['value']:40} {row['doc']}")
