@@ -21,30 +21,71 @@ EPOCHS = 20
 
 def run(model: str, dataset: str) -> dict:
     out = WORK / "baselines" / f"{model}-{dataset}"
-    args = ["train", "--model", model, "--dataset", dataset, "--epochs", str(EPOCHS),
-            "--out", str(out)]
+    args = [
+        "train",
+        "--model",
+        model,
+        "--dataset",
+        dataset,
+        "--epochs",
+        str(EPOCHS),
+        "--out",
+        str(out),
+    ]
     report = sigdl(*args, env={"SIGDL_HOME": str(WORK / "home")})
     m = report["metrics"]
-    return {"model": model, "dataset": dataset, "command": "sigdl " + " ".join(args),
-            "epochs": EPOCHS, "parameters": report["parameters"],
-            "test_accuracy": m["test_accuracy"], "onnx_test_accuracy": m["onnx_test_accuracy"],
-            "onnx_max_abs_diff": m["onnx_max_abs_diff"], "train_seconds": m["train_seconds"],
-            "images_per_s": m["images_per_s"], "paper_accuracy": PAPER.get((model, dataset)),
-            "config": report["config"]}
+    return {
+        "model": model,
+        "dataset": dataset,
+        "command": "sigdl " + " ".join(args),
+        "epochs": EPOCHS,
+        "parameters": report["parameters"],
+        "test_accuracy": m["test_accuracy"],
+        "onnx_test_accuracy": m["onnx_test_accuracy"],
+        "onnx_max_abs_diff": m["onnx_max_abs_diff"],
+        "train_seconds": m["train_seconds"],
+        "images_per_s": m["images_per_s"],
+        "paper_accuracy": PAPER.get((model, dataset)),
+        "config": report["config"],
+    }
 
 
 def table(doc: dict) -> None:
     rows = []
     for r in doc["rows"].values():
         paper = f"{r['paper_accuracy']:.2f}%" if r["paper_accuracy"] else "-"
-        rows.append([r["model"], r["dataset"], r["epochs"], f"{r['parameters']:,}",
-                     f"{100 * r['test_accuracy']:.2f}%", f"{100 * r['onnx_test_accuracy']:.2f}%",
-                     f"{r['onnx_max_abs_diff']:.1e}", paper, f"{r['train_seconds']:.0f}",
-                     f"`{r['command']}`"])
-    write_table("baselines", "Dense baselines (full test sets)",
-                ["model", "data set", "epochs", "params", "PyTorch acc", "ONNX Runtime acc",
-                 "max abs logit diff", "Deep Compression", "train s", "command"], rows,
-                f"Machine: {doc['machine']}. Run: `make bench-train`.")
+        rows.append(
+            [
+                r["model"],
+                r["dataset"],
+                r["epochs"],
+                f"{r['parameters']:,}",
+                f"{100 * r['test_accuracy']:.2f}%",
+                f"{100 * r['onnx_test_accuracy']:.2f}%",
+                f"{r['onnx_max_abs_diff']:.1e}",
+                paper,
+                f"{r['train_seconds']:.0f}",
+                f"`{r['command']}`",
+            ]
+        )
+    write_table(
+        "baselines",
+        "Dense baselines (full test sets)",
+        [
+            "model",
+            "data set",
+            "epochs",
+            "params",
+            "PyTorch acc",
+            "ONNX Runtime acc",
+            "max abs logit diff",
+            "Deep Compression",
+            "train s",
+            "command",
+        ],
+        rows,
+        f"Machine: {doc['machine']}. Run: `make bench-train`.",
+    )
 
 
 def main() -> None:
@@ -55,8 +96,10 @@ def main() -> None:
     doc = None
     for model, dataset in todo:
         row = run(model, dataset)
-        print(f"{model} {dataset}: {100 * row['test_accuracy']:.2f}% "
-              f"(onnx {100 * row['onnx_test_accuracy']:.2f}%) in {row['train_seconds']:.0f} s")
+        print(
+            f"{model} {dataset}: {100 * row['test_accuracy']:.2f}% "
+            f"(onnx {100 * row['onnx_test_accuracy']:.2f}%) in {row['train_seconds']:.0f} s"
+        )
         doc = merge("baselines", f"{model}:{dataset}", row)
     if doc:
         table(doc)

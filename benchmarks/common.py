@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 WORK = RESULTS / ".work"
 
 
@@ -32,8 +33,12 @@ def sigdl(*args: str, env: dict | None = None) -> dict:
 
 
 def machine() -> dict:
-    return {"python": platform.python_version(), "machine": platform.machine(),
-            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def merge(name: str, key: str, row: dict) -> dict:
@@ -47,10 +52,17 @@ def merge(name: str, key: str, row: dict) -> dict:
     return doc
 
 
-def write_table(name: str, title: str, header: list[str], rows: list[list], notes: str = "") -> None:
-    lines = [f"# {title}", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+def write_table(
+    name: str, title: str, header: list[str], rows: list[list], notes: str = ""
+) -> None:
+    lines = [
+        f"# {title}",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    # commands are shown relative to the repository, as a user would type them there
+    lines += ["| " + " | ".join(str(c).replace(f"{ROOT}/", "") for c in r) + " |" for r in rows]
     if notes:
         lines += ["", notes]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")

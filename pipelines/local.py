@@ -45,13 +45,16 @@ class LoopConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise InputError(f"--config {str(path)!r}: unknown key(s) {', '.join(unknown)}; "
-                             f"expected some of {', '.join(sorted(known))}")
+            raise InputError(
+                f"--config {str(path)!r}: unknown key(s) {', '.join(unknown)}; "
+                f"expected some of {', '.join(sorted(known))}"
+            )
         return cls(**data)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig.from_dict({**self.train, "model": self.model,
-                                      "dataset": self.dataset, "epochs": self.epochs})
+        return TrainConfig.from_dict(
+            {**self.train, "model": self.model, "dataset": self.dataset, "epochs": self.epochs}
+        )
 
 
 def run_loop(cfg: LoopConfig, on_epoch: ProgressFn | None = None) -> dict:
@@ -59,5 +62,4 @@ def run_loop(cfg: LoopConfig, on_epoch: ProgressFn | None = None) -> dict:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.out) if cfg.out else settings.SIGDL_HOME.get() / "runs" / f"run-{stamp}"
     train = run_training(cfg.train_config(), out / "train", nproc=cfg.nproc, on_epoch=on_epoch)
-    return {"command": "run", "config": asdict(cfg), "out": str(out),
-            "stages": {"train": train}}
+    return {"command": "run", "config": asdict(cfg), "out": str(out), "stages": {"train": train}}

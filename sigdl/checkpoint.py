@@ -73,16 +73,20 @@ class ModelMeta:
         if data.get("format") != FORMAT:
             raise InputError(f"{where}: format {data.get('format')!r}, expected {FORMAT!r}")
         known = set(cls.__dataclass_fields__)
-        missing = [k for k in ("model", "input_size", "channels", "classes", "mean", "std")
-                   if k not in data]
+        missing = [
+            k
+            for k in ("model", "input_size", "channels", "classes", "mean", "std")
+            if k not in data
+        ]
         if missing:
             raise InputError(f"{where}: missing field(s) {', '.join(missing)}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def build(meta: ModelMeta) -> PixelModel:
-    net = zoo.build_model(meta.model, input_size=meta.input_size, channels=meta.channels,
-                          classes=meta.classes)
+    net = zoo.build_model(
+        meta.model, input_size=meta.input_size, channels=meta.channels, classes=meta.classes
+    )
     return PixelModel(net, meta.mean, meta.std)
 
 

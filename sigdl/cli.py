@@ -20,8 +20,12 @@ from typer.exceptions import TyperException
 from sigdl import __version__
 from sigdl.errors import InputError
 
-app = typer.Typer(help="SigDL: train, compress, retest on emulated targets, deploy to the edge.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="SigDL: train, compress, retest on emulated targets, deploy to the edge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
 data_app = typer.Typer(help="Data sets.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -44,8 +48,9 @@ def err(message: str) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
-          ) -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
     if version:
         typer.echo(f"sigdl {__version__}")
         raise typer.Exit(0)
@@ -54,19 +59,28 @@ def _root(version: Annotated[bool, typer.Option("--version", help="Print the ver
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
     """List the zoo's models with their default input and parameter counts."""
-    from sigdl import zoo  # noqa: PLC0415  (torch import only for commands that need it)
+    from sigdl import zoo
 
     rows = []
     for spec in zoo.list_models():
         net = zoo.build_model(spec.name)
-        rows.append({"name": spec.name, "input": [spec.channels, spec.input_size, spec.input_size],
-                     "classes": spec.classes, "parameters": zoo.count_parameters(net),
-                     "min_input_size": spec.min_input_size, "description": spec.description})
+        rows.append(
+            {
+                "name": spec.name,
+                "input": [spec.channels, spec.input_size, spec.input_size],
+                "classes": spec.classes,
+                "parameters": zoo.count_parameters(net),
+                "min_input_size": spec.min_input_size,
+                "description": spec.description,
+            }
+        )
     lines = [f"{'name':16} {'input':12} {'classes':>7} {'parameters':>12}  description"]
     for r in rows:
         shape = "x".join(map(str, r["input"]))
-        lines.append(f"{r['name']:16} {shape:12} {r['classes']:>7} {r['parameters']:>12,}  "
-                     f"{r['description']}")
+        lines.append(
+            f"{r['name']:16} {shape:12} {r['classes']:>7} {r['parameters']:>12,}  "
+            f"{r['description']}"
+        )
     emit(rows, as_json, "\n".join(lines))
 
 
@@ -80,34 +94,45 @@ def models_export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export a zoo model (untrained) or a trained checkpoint to ONNX."""
-    from sigdl import exporting  # noqa: PLC0415
+    from sigdl import exporting
 
-    result = exporting.export(name, onnx, input_size=input_size, channels=channels,
-                              classes=classes)
-    emit(result, as_json, f"wrote {result['onnx']} ({result['bytes']:,} bytes, "
-                          f"input {result['input_shape']}, max |diff| vs PyTorch "
-                          f"{result['onnx_max_abs_diff']:.2e})")
+    result = exporting.export(name, onnx, input_size=input_size, channels=channels, classes=classes)
+    emit(
+        result,
+        as_json,
+        f"wrote {result['onnx']} ({result['bytes']:,} bytes, "
+        f"input {result['input_shape']}, max |diff| vs PyTorch "
+        f"{result['onnx_max_abs_diff']:.2e})",
+    )
 
 
 @data_app.command("list")
 def data_list(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """List the data sets, where each was found, and their sizes."""
-    from sigdl.datasets import list_datasets  # noqa: PLC0415
+    from sigdl.datasets import list_datasets
 
     rows = list_datasets(data_dir)
     lines = [f"{'name':15} {'found':6} {'train':>7} {'test':>7}  where"]
     for r in rows:
-        lines.append(f"{r['name']:15} {'yes' if r['found'] else 'no':6} "
-                     f"{r.get('train_size') or '-':>7} {r.get('test_size') or '-':>7}  "
-                     f"{r.get('where') or 'not found; searched ' + ', '.join(r['searched'])}")
+        lines.append(
+            f"{r['name']:15} {'yes' if r['found'] else 'no':6} "
+            f"{r.get('train_size') or '-':>7} {r.get('test_size') or '-':>7}  "
+            f"{r.get('where') or 'not found; searched ' + ', '.join(r['searched'])}"
+        )
     emit(rows, as_json, "\n".join(lines))
 
 
 def print_epoch(row: dict) -> None:
     acc = row.get("test_accuracy")
     test = f" test_acc {acc:.4f}" if acc is not None else ""
-    err(f"epoch {row['epoch']}: loss {row['loss']:.4f} train_acc {row['train_accuracy']:.4f}"
-        f"{test} ({row['images_per_s']:.0f} img/s)")
+    err(
+        f"epoch {row['epoch']}: loss {row['loss']:.4f} train_acc {row['train_accuracy']:.4f}"
+        f"{test} ({row['images_per_s']:.0f} img/s)"
+    )
+
+
+def _opt(help_text: str):
+    return typer.Option(help=f"{help_text} [default: as TrainConfig]")
 
 
 @app.command()
@@ -117,42 +142,55 @@ def train(
     out: Annotated[Path, typer.Option(help="Output directory.")],
     epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 20,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes (torchrun + DDP).")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 64,
-    optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.05,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 5e-4,
-    schedule: Annotated[str, typer.Option(help="cosine, step or constant.")] = "cosine",
-    seed: Annotated[int, typer.Option(help="Seed for init and batch order.")] = 0,
-    input_size: Annotated[int | None, typer.Option(help="Model input size.")] = None,
-    channels: Annotated[int | None, typer.Option(help="Model input channels.")] = None,
-    target_accuracy: Annotated[float | None, typer.Option(help="Stop at this accuracy.")] = None,
-    max_train_samples: Annotated[int | None, typer.Option(help="Use only N samples.")] = None,
+    batch_size: Annotated[int | None, _opt("Global batch size (64).")] = None,
+    optimizer: Annotated[str | None, _opt("sgd (Nesterov momentum) or adam.")] = None,
+    lr: Annotated[float | None, _opt("Peak learning rate (0.02).")] = None,
+    weight_decay: Annotated[float | None, _opt("L2 weight decay (5e-4).")] = None,
+    schedule: Annotated[str | None, _opt("cosine, step or constant (cosine).")] = None,
+    warmup_epochs: Annotated[float | None, _opt("Linear warm-up epochs (0).")] = None,
+    seed: Annotated[int | None, _opt("Seed for init and batch order (0).")] = None,
+    input_size: Annotated[int | None, _opt("Model input size.")] = None,
+    channels: Annotated[int | None, _opt("Model input channels.")] = None,
+    target_accuracy: Annotated[float | None, _opt("Stop at this test accuracy.")] = None,
+    max_train_samples: Annotated[int | None, _opt("Train on the first N samples.")] = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a zoo model; write model.safetensors, model.json, model.onnx, report.json."""
-    from services.training.stage import run_training  # noqa: PLC0415
-    from sigdl.training import TrainConfig  # noqa: PLC0415
+    from services.training.stage import run_training
+    from sigdl.training import TrainConfig
 
-    cfg = TrainConfig(model=model, dataset=dataset, epochs=epochs, batch_size=batch_size,
-                      optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
-                      seed=seed, input_size=input_size, channels=channels,
-                      target_accuracy=target_accuracy, max_train_samples=max_train_samples)
-    report = run_training(cfg, out, nproc=nproc, data_dir=str(data_dir) if data_dir else None,
-                          on_epoch=print_epoch)
+    given = {
+        "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
+        "weight_decay": weight_decay, "schedule": schedule, "warmup_epochs": warmup_epochs,
+        "seed": seed, "input_size": input_size, "channels": channels,
+        "target_accuracy": target_accuracy, "max_train_samples": max_train_samples,
+    }  # fmt: skip
+    # Only options the user gave override TrainConfig's defaults, declared there once.
+    cfg = TrainConfig(
+        model=model, dataset=dataset, epochs=epochs,
+        **{k: v for k, v in given.items() if v is not None},
+    )  # fmt: skip
+    report = run_training(
+        cfg, out, nproc=nproc, data_dir=str(data_dir) if data_dir else None, on_epoch=print_epoch
+    )
     emit(report, as_json, _train_summary(report))
 
 
 def _train_summary(report: dict) -> str:
     m = report["metrics"]
-    lines = [f"{report['model']} on {report['dataset']}: test accuracy "
-             f"{m['test_accuracy']:.4f} (ONNX Runtime {m['onnx_test_accuracy']:.4f}), "
-             f"{m['train_seconds']:.1f} s",
-             f"artifacts: {report['artifacts']['checkpoint']}"]
+    lines = [
+        f"{report['model']} on {report['dataset']}: test accuracy "
+        f"{m['test_accuracy']:.4f} (ONNX Runtime {m['onnx_test_accuracy']:.4f}), "
+        f"{m['train_seconds']:.1f} s",
+        f"artifacts: {report['artifacts']['checkpoint']}",
+    ]
     if report.get("mlflow"):
         ml = report["mlflow"]
-        lines.append(f"mlflow: run {ml['run_id']}, model {ml['registered_model']} "
-                     f"version {ml['version']} ({ml['tracking_uri']})")
+        lines.append(
+            f"mlflow: run {ml['run_id']}, model {ml['registered_model']} "
+            f"version {ml['version']} ({ml['tracking_uri']})"
+        )
     return "\n".join(lines)
 
 
@@ -162,7 +200,7 @@ def lineage(
     as_json: JsonOpt = False,
 ) -> None:
     """The versions of a registered model, with the tags that link them."""
-    from sigdl.lineage import open_lineage  # noqa: PLC0415
+    from sigdl.lineage import open_lineage
 
     store = open_lineage()
     if store is None:
@@ -184,7 +222,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the whole loop locally on embedded defaults (LeNet-5 on the bundled digits)."""
-    from pipelines.local import LoopConfig, run_loop  # noqa: PLC0415
+    from pipelines.local import LoopConfig, run_loop
 
     cfg = LoopConfig.from_file(config) if config else LoopConfig()
     if out:

@@ -28,17 +28,40 @@ STATE = "state.safetensors"
 HISTORY = "history.json"
 
 
-def launch(model: PixelModel, cfg: TrainConfig, channels: int, size: int, nproc: int,
-           job_dir: Path, data_dir: str | None = None) -> list[dict]:
+def launch(
+    model: PixelModel,
+    cfg: TrainConfig,
+    channels: int,
+    size: int,
+    nproc: int,
+    job_dir: Path,
+    data_dir: str | None = None,
+) -> list[dict]:
     """Train `model` in place with `nproc` DDP processes; return the per-epoch history."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, job_dir / "init.safetensors")
-    job = {"config": cfg.to_dict(), "channels": channels, "size": size,
-           "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
-           "data_dir": data_dir}
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, job_dir / "init.safetensors"
+    )
+    job = {
+        "config": cfg.to_dict(),
+        "channels": channels,
+        "size": size,
+        "mean": model.mean.flatten().tolist(),
+        "std": model.std.flatten().tolist(),
+        "data_dir": data_dir,
+    }
     (job_dir / JOB).write_text(json.dumps(job))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-           f"--nproc-per-node={nproc}", "-m", "sigdl.distributed", str(job_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "sigdl.distributed",
+        str(job_dir),
+    ]
     # torchrun's own start-up chatter goes to our stderr with the progress bars.
     result = subprocess.run(cmd, check=False)
     if result.returncode != 0:
@@ -49,9 +72,9 @@ def launch(model: PixelModel, cfg: TrainConfig, channels: int, size: int, nproc:
 
 def worker(job_dir: Path) -> None:
     """One rank of a torchrun job: same init on every rank, DDP-averaged gradients."""
-    from sigdl import zoo  # noqa: PLC0415  (keeps `launch` light for the parent process)
-    from sigdl.datasets import load_dataset  # noqa: PLC0415
-    from sigdl.evaluation import score_torch  # noqa: PLC0415
+    from sigdl import zoo
+    from sigdl.datasets import load_dataset
+    from sigdl.evaluation import score_torch
 
     job = json.loads((job_dir / JOB).read_text())
     cfg = TrainConfig.from_dict(job["config"])
@@ -60,8 +83,9 @@ def worker(job_dir: Path) -> None:
     dist.init_process_group("nccl" if cuda else "gloo")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     data = load_dataset(cfg.dataset, job["data_dir"])
-    net = zoo.build_model(cfg.model, input_size=job["size"], channels=job["channels"],
-                          classes=len(data.classes))
+    net = zoo.build_model(
+        cfg.model, input_size=job["size"], channels=job["channels"], classes=len(data.classes)
+    )
     model = PixelModel(net, job["mean"], job["std"])
     model.load_state_dict(load_file(job_dir / "init.safetensors"), strict=True)
     ddp = DistributedDataParallel(model)
@@ -69,8 +93,16 @@ def worker(job_dir: Path) -> None:
     def evaluate():
         return score_torch(model, data.test, job["channels"], job["size"], cfg.adapt_mode)
 
-    history = fit(ddp, data.train, cfg, job["channels"], job["size"], rank=rank, world=world,
-                  evaluate=evaluate)
+    history = fit(
+        ddp,
+        data.train,
+        cfg,
+        job["channels"],
+        job["size"],
+        rank=rank,
+        world=world,
+        evaluate=evaluate,
+    )
     if rank == 0:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, job_dir / STATE)

@@ -28,17 +28,28 @@ class Score:
         return self.correct / self.total if self.total else 0.0
 
 
-def pixel_batches(split: Split, channels: int, size: int, mode: str, batch_size: int,
-                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def pixel_batches(
+    split: Split,
+    channels: int,
+    size: int,
+    mode: str,
+    batch_size: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (pixels (B, C, S, S) float32 in [0, 1], labels (B,)) in the split's order."""
     for start in range(0, len(split.labels), batch_size):
-        images = split.images[start:start + batch_size]
-        yield adapt(images, channels, size, mode), split.labels[start:start + batch_size]
+        images = split.images[start : start + batch_size]
+        yield adapt(images, channels, size, mode), split.labels[start : start + batch_size]
 
 
 @torch.no_grad()
-def score_torch(model: nn.Module, split: Split, channels: int, size: int, mode: str = "resize",
-                batch_size: int = 512) -> Score:
+def score_torch(
+    model: nn.Module,
+    split: Split,
+    channels: int,
+    size: int,
+    mode: str = "resize",
+    batch_size: int = 512,
+) -> Score:
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
@@ -51,8 +62,13 @@ def score_torch(model: nn.Module, split: Split, channels: int, size: int, mode: 
     return Score(correct, total, loss_sum / max(total, 1))
 
 
-def score_onnx(path: str | Path, split: Split, mode: str = "resize", batch_size: int = 512,
-               threads: int | None = None) -> Score:
+def score_onnx(
+    path: str | Path,
+    split: Split,
+    mode: str = "resize",
+    batch_size: int = 512,
+    threads: int | None = None,
+) -> Score:
     """Run the ONNX model with ONNX Runtime over the whole split."""
     sess = onnx_io.session(path, threads)
     channels, size, _ = onnx_io.input_shape(sess)

@@ -40,7 +40,7 @@ class Lineage:
     """A thin facade over MlflowClient for SigDL's runs and model versions."""
 
     def __init__(self, tracking_uri: str, experiment: str | None = None) -> None:
-        from mlflow import MlflowClient  # noqa: PLC0415  (MLflow is slow to import)
+        from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -58,14 +58,20 @@ class Lineage:
         return self.client.create_experiment(name, artifact_location=location)
 
     @contextlib.contextmanager
-    def run(self, name: str, params: dict | None = None, tags: dict | None = None,
-            parent_run_id: str | None = None) -> Iterator[str]:
+    def run(
+        self,
+        name: str,
+        params: dict | None = None,
+        tags: dict | None = None,
+        parent_run_id: str | None = None,
+    ) -> Iterator[str]:
         """Start a run (nested under `parent_run_id` if given); end it FINISHED or FAILED."""
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={k: str(v) for k, v in all_tags.items()})
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}
+        )
         run_id = run.info.run_id
         try:
             if params:
@@ -77,13 +83,13 @@ class Lineage:
         self.client.set_terminated(run_id, "FINISHED")
 
     def log_params(self, run_id: str, params: dict) -> None:
-        from mlflow.entities import Param  # noqa: PLC0415
+        from mlflow.entities import Param
 
         items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
         self.client.log_batch(run_id, params=items)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric  # noqa: PLC0415
+        from mlflow.entities import Metric
 
         items = [Metric(k, float(v), 0, step) for k, v in metrics.items() if v is not None]
         self.client.log_batch(run_id, metrics=items)
@@ -91,25 +97,36 @@ class Lineage:
     def log_dir(self, run_id: str, local_dir: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
-    def register(self, name: str, run_id: str, artifact_path: str,
-                 tags: dict | None = None) -> RegisteredVersion:
+    def register(
+        self, name: str, run_id: str, artifact_path: str, tags: dict | None = None
+    ) -> RegisteredVersion:
         """Register the run's `artifact_path` as a new version of model `name`."""
-        from mlflow.exceptions import MlflowException  # noqa: PLC0415
+        from mlflow.exceptions import MlflowException
 
         with contextlib.suppress(MlflowException):  # already exists
             self.client.create_registered_model(name)
         source = f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
         mv = self.client.create_model_version(
-            name, source=source, run_id=run_id,
-            tags={k: str(v) for k, v in (tags or {}).items() if v is not None})
+            name,
+            source=source,
+            run_id=run_id,
+            tags={k: str(v) for k, v in (tags or {}).items() if v is not None},
+        )
         return RegisteredVersion(name=name, version=str(mv.version), run_id=run_id, source=source)
 
     def versions(self, name: str) -> list[dict]:
         """Every version of model `name`, oldest first, with its tags and aliases."""
         found = self.client.search_model_versions(f"name='{name}'")
-        rows = [{"version": int(v.version), "run_id": v.run_id, "source": v.source,
-                 "tags": dict(v.tags), "aliases": list(getattr(v, "aliases", []) or [])}
-                for v in found]
+        rows = [
+            {
+                "version": int(v.version),
+                "run_id": v.run_id,
+                "source": v.source,
+                "tags": dict(v.tags),
+                "aliases": list(getattr(v, "aliases", []) or []),
+            }
+            for v in found
+        ]
         return sorted(rows, key=lambda r: r["version"])
 
 

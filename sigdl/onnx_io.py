@@ -37,8 +37,13 @@ def to_onnx_bytes(model: nn.Module, input_shape: list[int], metadata: dict | Non
         # on these models and gives the same graph for them.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (dummy,), buf, dynamo=False, opset_version=OPSET,
-            input_names=[INPUT], output_names=[OUTPUT],
+            model,
+            (dummy,),
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
             dynamic_axes={INPUT: {0: "N"}, OUTPUT: {0: "N"}},
         )
     model.train(was_training)
@@ -50,8 +55,9 @@ def to_onnx_bytes(model: nn.Module, input_shape: list[int], metadata: dict | Non
     return proto.SerializeToString()
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_shape: list[int],
-                metadata: dict | None = None) -> Path:
+def export_onnx(
+    model: nn.Module, path: str | Path, input_shape: list[int], metadata: dict | None = None
+) -> Path:
     """Export `model` to `path` atomically."""
     atomic.write_bytes(path, to_onnx_bytes(model, input_shape, metadata))
     return Path(path)

@@ -81,81 +81,141 @@ def _declare(name: str, type_: type, default: object, doc: str, aliases: tuple[s
 
 # --- where things live -------------------------------------------------------------------------
 SIGDL_HOME: Setting[Path] = _declare(
-    "SIGDL_HOME", Path, Path("~/.sigdl").expanduser(),
+    "SIGDL_HOME",
+    Path,
+    Path("~/.sigdl").expanduser(),
     "Root of the embedded defaults: local artifacts, the MLflow store, job records.",
 )
 SIGDL_DATA: Setting[Path] = _declare(
-    "SIGDL_DATA", Path, None,
+    "SIGDL_DATA",
+    Path,
+    None,
     "A folder holding data sets as <name>/ subfolders, searched before the caches.",
 )
 SIGDL_OFFLINE: Setting[bool] = _declare(
-    "SIGDL_OFFLINE", bool, False,
+    "SIGDL_OFFLINE",
+    bool,
+    False,
     "Never download a missing data set; fail with the list of places searched instead.",
 )
 SIGDL_DOWNLOAD_TIMEOUT_S: Setting[float] = _declare(
-    "SIGDL_DOWNLOAD_TIMEOUT_S", float, 20.0,
+    "SIGDL_DOWNLOAD_TIMEOUT_S",
+    float,
+    20.0,
     "Seconds to wait for a data set's canonical home before giving up.",
 )
 
 # --- lineage -----------------------------------------------------------------------------------
 SIGDL_MLFLOW_TRACKING_URI: Setting[str] = _declare(
-    "SIGDL_MLFLOW_TRACKING_URI", str, None,
+    "SIGDL_MLFLOW_TRACKING_URI",
+    str,
+    None,
     "MLflow tracking URI; unset means sqlite:///$SIGDL_HOME/mlflow.db. 'off' disables tracking.",
     aliases=("MLFLOW_TRACKING_URI",),
 )
 SIGDL_MLFLOW_EXPERIMENT: Setting[str] = _declare(
-    "SIGDL_MLFLOW_EXPERIMENT", str, "sigdl", "MLflow experiment that runs are logged under.",
+    "SIGDL_MLFLOW_EXPERIMENT",
+    str,
+    "sigdl",
+    "MLflow experiment that runs are logged under.",
 )
 
 # --- artifact store (S3 / MinIO) ---------------------------------------------------------------
 SIGDL_S3_ENDPOINT: Setting[str] = _declare(
-    "SIGDL_S3_ENDPOINT", str, "127.0.0.1:9000", "host:port of the S3 server (MinIO in a cluster).",
+    "SIGDL_S3_ENDPOINT",
+    str,
+    "127.0.0.1:9000",
+    "host:port of the S3 server (MinIO in a cluster).",
 )
 SIGDL_S3_ACCESS_KEY: Setting[str] = _declare(
-    "SIGDL_S3_ACCESS_KEY", str, None, "S3 access key.", aliases=("AWS_ACCESS_KEY_ID",),
+    "SIGDL_S3_ACCESS_KEY",
+    str,
+    None,
+    "S3 access key.",
+    aliases=("AWS_ACCESS_KEY_ID",),
 )
 SIGDL_S3_SECRET_KEY: Setting[str] = _declare(
-    "SIGDL_S3_SECRET_KEY", str, None, "S3 secret key.", aliases=("AWS_SECRET_ACCESS_KEY",),
+    "SIGDL_S3_SECRET_KEY",
+    str,
+    None,
+    "S3 secret key.",
+    aliases=("AWS_SECRET_ACCESS_KEY",),
 )
 SIGDL_S3_SECURE: Setting[bool] = _declare(
-    "SIGDL_S3_SECURE", bool, False, "Use HTTPS to reach the S3 server.",
+    "SIGDL_S3_SECURE",
+    bool,
+    False,
+    "Use HTTPS to reach the S3 server.",
 )
 SIGDL_S3_REGION: Setting[str] = _declare(
-    "SIGDL_S3_REGION", str, "us-east-1", "S3 region sent with requests.",
+    "SIGDL_S3_REGION",
+    str,
+    "us-east-1",
+    "S3 region sent with requests.",
 )
 
 # --- services ----------------------------------------------------------------------------------
 SIGDL_TRAINING_ADDR: Setting[str] = _declare(
-    "SIGDL_TRAINING_ADDR", str, "127.0.0.1:50051", "Address of the training service.",
+    "SIGDL_TRAINING_ADDR",
+    str,
+    "127.0.0.1:50051",
+    "Address of the training service.",
 )
 SIGDL_COMPRESSION_ADDR: Setting[str] = _declare(
-    "SIGDL_COMPRESSION_ADDR", str, "127.0.0.1:50052", "Address of the compression service.",
+    "SIGDL_COMPRESSION_ADDR",
+    str,
+    "127.0.0.1:50052",
+    "Address of the compression service.",
 )
 SIGDL_RETEST_ADDR: Setting[str] = _declare(
-    "SIGDL_RETEST_ADDR", str, "127.0.0.1:50053", "Address of the retest service.",
+    "SIGDL_RETEST_ADDR",
+    str,
+    "127.0.0.1:50053",
+    "Address of the retest service.",
 )
 SIGDL_DEPLOY_ADDR: Setting[str] = _declare(
-    "SIGDL_DEPLOY_ADDR", str, "127.0.0.1:50054", "Address of the deploy service.",
+    "SIGDL_DEPLOY_ADDR",
+    str,
+    "127.0.0.1:50054",
+    "Address of the deploy service.",
 )
 SIGDL_TLS_CERT: Setting[Path] = _declare(
-    "SIGDL_TLS_CERT", Path, None, "PEM certificate the services present (TLS off when unset).",
+    "SIGDL_TLS_CERT",
+    Path,
+    None,
+    "PEM certificate the services present (TLS off when unset).",
 )
 SIGDL_TLS_KEY: Setting[Path] = _declare(
-    "SIGDL_TLS_KEY", Path, None, "PEM private key matching SIGDL_TLS_CERT.",
+    "SIGDL_TLS_KEY",
+    Path,
+    None,
+    "PEM private key matching SIGDL_TLS_CERT.",
 )
 SIGDL_TLS_CA: Setting[Path] = _declare(
-    "SIGDL_TLS_CA", Path, None, "PEM CA bundle; set on a server it requires client certificates.",
+    "SIGDL_TLS_CA",
+    Path,
+    None,
+    "PEM CA bundle; set on a server it requires client certificates.",
 )
 SIGDL_TOKEN: Setting[str] = _declare(
-    "SIGDL_TOKEN", str, None, "Bearer token the services require and the clients send.",
+    "SIGDL_TOKEN",
+    str,
+    None,
+    "Bearer token the services require and the clients send.",
 )
 
 # --- compute -----------------------------------------------------------------------------------
 SIGDL_NUM_THREADS: Setting[int] = _declare(
-    "SIGDL_NUM_THREADS", int, None, "Threads PyTorch may use per process (default: all cores).",
+    "SIGDL_NUM_THREADS",
+    int,
+    None,
+    "Threads PyTorch may use per process (default: all cores).",
 )
 SIGDL_PROGRESS: Setting[bool] = _declare(
-    "SIGDL_PROGRESS", bool, True, "Show progress bars on long work (they go to stderr).",
+    "SIGDL_PROGRESS",
+    bool,
+    True,
+    "Show progress bars on long work (they go to stderr).",
 )
 
 # Set by torchrun in each worker of a data-parallel job; read by sigdl.distributed.

@@ -37,7 +37,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64  # global batch, split evenly over DDP ranks
     optimizer: str = "sgd"  # sgd (momentum, Nesterov) | adam
-    lr: float = 0.05  # peak learning rate
+    lr: float = 0.02  # peak learning rate (0.05 sometimes diverges on LeNet-5 without warm-up)
     momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # per-step cosine decay | step (x gamma every step_epochs) | constant
@@ -62,10 +62,16 @@ class TrainConfig:
             (self.step_epochs >= 1, "step_epochs", "an integer >= 1"),
             (self.warmup_epochs >= 0, "warmup_epochs", "a number >= 0"),
             (self.adapt_mode in ADAPT_MODES, "adapt_mode", f"one of {', '.join(ADAPT_MODES)}"),
-            (self.target_accuracy is None or 0 < self.target_accuracy <= 1,
-             "target_accuracy", "a fraction in (0, 1]"),
-            (self.max_train_samples is None or self.max_train_samples >= 1,
-             "max_train_samples", "an integer >= 1"),
+            (
+                self.target_accuracy is None or 0 < self.target_accuracy <= 1,
+                "target_accuracy",
+                "a fraction in (0, 1]",
+            ),
+            (
+                self.max_train_samples is None or self.max_train_samples >= 1,
+                "max_train_samples",
+                "an integer >= 1",
+            ),
         ]
         for ok, name, expected in checks:
             if not ok:
@@ -87,8 +93,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -132,10 +143,19 @@ StepHook = Callable[[nn.Module], None]
 EpochHook = Callable[[EpochResult], None]
 
 
-def fit(model: nn.Module, train: Split, cfg: TrainConfig, channels: int, size: int, *,
-        rank: int = 0, world: int = 1, evaluate: Callable[[], Score] | None = None,
-        after_step: list[StepHook] | None = None, on_epoch: EpochHook | None = None,
-        ) -> list[EpochResult]:
+def fit(
+    model: nn.Module,
+    train: Split,
+    cfg: TrainConfig,
+    channels: int,
+    size: int,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    evaluate: Callable[[], Score] | None = None,
+    after_step: list[StepHook] | None = None,
+    on_epoch: EpochHook | None = None,
+) -> list[EpochResult]:
     """Train `model` (a PixelModel, or its DDP wrapper) in place; return per-epoch results.
 
     `after_step` hooks run after every optimizer step (compression keeps its masks that way);
@@ -151,8 +171,19 @@ def fit(model: nn.Module, train: Split, cfg: TrainConfig, channels: int, size: i
     optimizer = make_optimizer(model, cfg)
     history: list[EpochResult] = []
     for epoch in range(cfg.epochs):
-        result = _train_epoch(model, train, cfg, optimizer, epoch, steps, channels, size,
-                              rank, world, after_step or [])
+        result = _train_epoch(
+            model,
+            train,
+            cfg,
+            optimizer,
+            epoch,
+            steps,
+            channels,
+            size,
+            rank,
+            world,
+            after_step or [],
+        )
         if evaluate is not None:
             result.test = evaluate()
         history.append(result)
@@ -163,18 +194,35 @@ def fit(model: nn.Module, train: Split, cfg: TrainConfig, channels: int, size: i
     return history
 
 
-def _train_epoch(model: nn.Module, train: Split, cfg: TrainConfig,
-                 optimizer: torch.optim.Optimizer, epoch: int, steps: int, channels: int,
-                 size: int, rank: int, world: int, after_step: list[StepHook]) -> EpochResult:
+def _train_epoch(
+    model: nn.Module,
+    train: Split,
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    steps: int,
+    channels: int,
+    size: int,
+    rank: int,
+    world: int,
+    after_step: list[StepHook],
+) -> EpochResult:
     model.train()
-    order = epoch_order(min(len(train.labels), cfg.max_train_samples or len(train.labels)),
-                        cfg.seed, epoch)
+    order = epoch_order(
+        min(len(train.labels), cfg.max_train_samples or len(train.labels)), cfg.seed, epoch
+    )
     loss_sum, correct, seen, lr = 0.0, 0, 0, cfg.lr
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
-               disable=rank != 0 or not settings.SIGDL_PROGRESS.get(), mininterval=1.0)
+    bar = tqdm(
+        range(steps),
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="step",
+        leave=False,
+        disable=rank != 0 or not settings.SIGDL_PROGRESS.get(),
+        mininterval=1.0,
+    )
     start = time.perf_counter()
     for k in bar:
-        idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size][rank::world]
+        idx = order[k * cfg.batch_size : (k + 1) * cfg.batch_size][rank::world]
         pixels = adapt(train.images[idx], channels, size, cfg.adapt_mode)  # (B/world, C, S, S)
         labels = train.labels[idx]
         lr = lr_at(cfg, epoch * steps + k, steps)
@@ -193,6 +241,11 @@ def _train_epoch(model: nn.Module, train: Split, cfg: TrainConfig,
         if k % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}")
     seconds = time.perf_counter() - start
-    return EpochResult(epoch=epoch + 1, loss=loss_sum / max(seen, 1),
-                       train_accuracy=correct / max(seen, 1), lr=lr, seconds=seconds,
-                       images_per_s=steps * cfg.batch_size / max(seconds, 1e-9))
+    return EpochResult(
+        epoch=epoch + 1,
+        loss=loss_sum / max(seen, 1),
+        train_accuracy=correct / max(seen, 1),
+        lr=lr,
+        seconds=seconds,
+        images_per_s=steps * cfg.batch_size / max(seconds, 1e-9),
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sigdl import __version__, atomic, checkpoint, lineage, onnx_io, zoo
+from sigdl import __version__, atomic, checkpoint, lineage, onnx_io, settings, zoo
 from sigdl.checkpoint import ModelMeta, PixelModel
 from sigdl.datasets import Dataset, adapt, load_dataset
 from sigdl.errors import InputError
@@ -33,8 +33,9 @@ def resolve_shape(cfg: TrainConfig, data: Dataset) -> tuple[int, int]:
     channels = cfg.channels or data.channels
     size = cfg.input_size or max(data.size, spec.min_input_size)
     if size < spec.min_input_size:
-        raise InputError(f"input_size={size} is below {cfg.model!r}'s minimum "
-                         f"{spec.min_input_size}")
+        raise InputError(
+            f"input_size={size} is below {cfg.model!r}'s minimum {spec.min_input_size}"
+        )
     return channels, size
 
 
@@ -49,23 +50,39 @@ def pixel_stats(data: Dataset, channels: int, size: int, mode: str) -> tuple[lis
 def build_model(cfg: TrainConfig, data: Dataset) -> tuple[PixelModel, ModelMeta]:
     channels, size = resolve_shape(cfg, data)
     mean, std = pixel_stats(data, channels, size, cfg.adapt_mode)
-    meta = ModelMeta(model=zoo.get_spec(cfg.model).name, input_size=size, channels=channels,
-                     classes=len(data.classes), mean=mean, std=std,
-                     class_names=list(data.classes), dataset=cfg.dataset,
-                     adapt_mode=cfg.adapt_mode, train_config=cfg.to_dict())
+    meta = ModelMeta(
+        model=zoo.get_spec(cfg.model).name,
+        input_size=size,
+        channels=channels,
+        classes=len(data.classes),
+        mean=mean,
+        std=std,
+        class_names=list(data.classes),
+        dataset=cfg.dataset,
+        adapt_mode=cfg.adapt_mode,
+        train_config=cfg.to_dict(),
+    )
     torch.manual_seed(cfg.seed)
     return checkpoint.build(meta), meta
 
 
-def train_model(model: PixelModel, meta: ModelMeta, cfg: TrainConfig, data: Dataset,
-                nproc: int, data_dir: str | None, on_epoch: ProgressFn | None) -> list[dict]:
+def train_model(
+    model: PixelModel,
+    meta: ModelMeta,
+    cfg: TrainConfig,
+    data: Dataset,
+    nproc: int,
+    data_dir: str | None,
+    on_epoch: ProgressFn | None,
+) -> list[dict]:
     """Train in this process (nproc 1) or with torchrun DDP; return per-epoch rows."""
     if nproc > 1:
-        from sigdl import distributed  # noqa: PLC0415
+        from sigdl import distributed
 
         with tempfile.TemporaryDirectory(prefix="sigdl-ddp-") as job_dir:
-            history = distributed.launch(model, cfg, meta.channels, meta.input_size, nproc,
-                                         Path(job_dir), data_dir)
+            history = distributed.launch(
+                model, cfg, meta.channels, meta.input_size, nproc, Path(job_dir), data_dir
+            )
         for row in history:
             if on_epoch:
                 on_epoch(row)
@@ -81,13 +98,13 @@ def train_model(model: PixelModel, meta: ModelMeta, cfg: TrainConfig, data: Data
         if on_epoch:
             on_epoch(rows[-1])
 
-    fit(model, data.train, cfg, meta.channels, meta.input_size, evaluate=evaluate,
-        on_epoch=record)
+    fit(model, data.train, cfg, meta.channels, meta.input_size, evaluate=evaluate, on_epoch=record)
     return rows
 
 
-def onnx_max_abs_diff(model: PixelModel, onnx_path: Path, data: Dataset, meta: ModelMeta,
-                      n: int = 256) -> float:
+def onnx_max_abs_diff(
+    model: PixelModel, onnx_path: Path, data: Dataset, meta: ModelMeta, n: int = 256
+) -> float:
     """Largest |logit difference| between PyTorch and ONNX Runtime on `n` test images."""
     pixels = adapt(data.test.images[:n], meta.channels, meta.input_size, meta.adapt_mode)
     with torch.no_grad():
@@ -96,12 +113,20 @@ def onnx_max_abs_diff(model: PixelModel, onnx_path: Path, data: Dataset, meta: M
     return float(np.max(np.abs(expected - got)))
 
 
-def run_training(cfg: TrainConfig, out: str | Path, *, nproc: int = 1,
-                 data_dir: str | None = None, on_epoch: ProgressFn | None = None) -> dict:
+def run_training(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    nproc: int = 1,
+    data_dir: str | None = None,
+    on_epoch: ProgressFn | None = None,
+) -> dict:
     """Train, checkpoint, export, verify the export, log lineage; return the report."""
     if nproc < 1:
         raise InputError(f"nproc={nproc}: expected an integer >= 1")
     out = atomic.check_writable_dir(out)
+    if settings.SIGDL_NUM_THREADS.get():
+        torch.set_num_threads(settings.SIGDL_NUM_THREADS.get())
     data = load_dataset(cfg.dataset, data_dir)
     model, meta = build_model(cfg, data)
     started = time.perf_counter()
@@ -112,15 +137,22 @@ def run_training(cfg: TrainConfig, out: str | Path, *, nproc: int = 1,
     with atomic.staged_dir(out) as stage:
         meta.metrics = {"test_accuracy": test.accuracy, "test_loss": test.loss}
         digest = checkpoint.save_checkpoint(model, meta, stage)
-        onnx_path = onnx_io.export_onnx(model, stage / "model.onnx", meta.input_shape,
-                                        {"sigdl.model_json": meta.to_json()})
+        onnx_path = onnx_io.export_onnx(
+            model, stage / "model.onnx", meta.input_shape, {"sigdl.model_json": meta.to_json()}
+        )
         onnx_score = score_onnx(onnx_path, data.test, meta.adapt_mode)
         report = {
-            "command": "train", "sigdl_version": __version__, "model": meta.model,
-            "dataset": cfg.dataset, "nproc": nproc, "config": cfg.to_dict(),
-            "input_shape": meta.input_shape, "parameters": zoo.count_parameters(model.net),
+            "command": "train",
+            "sigdl_version": __version__,
+            "model": meta.model,
+            "dataset": cfg.dataset,
+            "nproc": nproc,
+            "config": cfg.to_dict(),
+            "input_shape": meta.input_shape,
+            "parameters": zoo.count_parameters(model.net),
             "metrics": {
-                "test_accuracy": test.accuracy, "test_loss": test.loss,
+                "test_accuracy": test.accuracy,
+                "test_loss": test.loss,
                 "onnx_test_accuracy": onnx_score.accuracy,
                 "onnx_max_abs_diff": onnx_max_abs_diff(model, onnx_path, data, meta),
                 "train_seconds": train_seconds,
@@ -128,8 +160,11 @@ def run_training(cfg: TrainConfig, out: str | Path, *, nproc: int = 1,
                 "test_samples": test.total,
             },
             "history": history,
-            "artifacts": {"checkpoint": str(out), "weights_sha256": digest,
-                          "onnx": str(out / "model.onnx")},
+            "artifacts": {
+                "checkpoint": str(out),
+                "weights_sha256": digest,
+                "onnx": str(out / "model.onnx"),
+            },
         }
         report["mlflow"] = log_lineage(report, stage)
         atomic.write_json(stage / "report.json", report)
@@ -152,7 +187,12 @@ def log_lineage(report: dict, artifacts_dir: Path) -> dict | None:
             store.log_metrics(run_id, {k: row[k] for k in row if k != "epoch"}, row["epoch"])
         store.log_metrics(run_id, report["metrics"])
         store.log_dir(run_id, artifacts_dir, "model")
-        version = store.register(name, run_id, "model",
-                                 tags={lineage.TAG_STAGE: "train", lineage.TAG_ITERATION: 0})
-    return {"tracking_uri": store.tracking_uri, "run_id": run_id,
-            "registered_model": version.name, "version": version.version}
+        version = store.register(
+            name, run_id, "model", tags={lineage.TAG_STAGE: "train", lineage.TAG_ITERATION: 0}
+        )
+    return {
+        "tracking_uri": store.tracking_uri,
+        "run_id": run_id,
+        "registered_model": version.name,
+        "version": version.version,
+    }

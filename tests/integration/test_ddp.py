@@ -13,13 +13,14 @@ def test_two_processes_match_one_process():
     cfg = TrainConfig(model="lenet-5", dataset="digits", epochs=2, batch_size=64, seed=5)
     single, meta = build_model(cfg, data)
     ddp, _ = build_model(cfg, data)
-    assert all(torch.equal(a, b) for a, b in zip(single.state_dict().values(),
-                                                 ddp.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(single.state_dict().values(), ddp.state_dict().values(), strict=True)
+    )
     one = train_model(single, meta, cfg, data, nproc=1, data_dir=None, on_epoch=None)
     two = train_model(ddp, meta, cfg, data, nproc=2, data_dir=None, on_epoch=None)
     assert len(one) == len(two) == 2
-    for (name, a), b in zip(single.state_dict().items(), ddp.state_dict().values(),
-                            strict=True):
+    for (name, a), b in zip(single.state_dict().items(), ddp.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
     assert abs(one[-1]["test_accuracy"] - two[-1]["test_accuracy"]) < 0.01
     # and they did move away from the initialization

@@ -28,7 +28,11 @@ def trained(tmp_path_factory):
 def test_outputs_and_report(trained):
     out, report = trained
     assert sorted(p.name for p in out.iterdir()) == [
-        "model.json", "model.onnx", "model.safetensors", "report.json"]
+        "model.json",
+        "model.onnx",
+        "model.safetensors",
+        "report.json",
+    ]
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk["metrics"]["test_accuracy"] == report["metrics"]["test_accuracy"] > 0.9
     assert len(on_disk["history"]) == 3
@@ -44,7 +48,7 @@ def test_onnx_contract(trained):
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [1, 28, 28]
     # normalization is inside the graph: raw [0, 1] pixels give the checkpoint's logits
-    model, meta = checkpoint.load_checkpoint(out)
+    model, _ = checkpoint.load_checkpoint(out)
     pixels = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
     got = onnx_io.predict(onnx_io.session(out / "model.onnx"), pixels)
     import torch

@@ -18,13 +18,14 @@ def test_round_trip_is_exact_and_data_only(tmp_path):
     model = checkpoint.build(_meta())
     digest = checkpoint.save_checkpoint(model, _meta(), tmp_path)
     loaded, meta = checkpoint.load_checkpoint(tmp_path)
-    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items(),
-                               strict=True):
+    for (k, a), (k2, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         assert k == k2 and torch.equal(a, b)
     assert meta.input_shape == [1, 1, 28, 28]
     # the weights file is safetensors, not a pickle: its header is JSON after an 8-byte length
     raw = (tmp_path / "model.safetensors").read_bytes()
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert "net.conv1.weight" in header
     assert json.loads((tmp_path / "model.json").read_text())["weights_sha256"] == digest
 
@@ -36,11 +37,14 @@ def test_normalization_is_inside_the_model():
         assert torch.allclose(model(pixels), model.net((pixels - 0.5) / 0.25))
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not valid JSON"),
-    (json.dumps({"format": "other/v9"}), "expected 'sigdl.checkpoint/v1'"),
-    (json.dumps({"format": "sigdl.checkpoint/v1", "model": "lenet-5"}), "missing field"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"format": "other/v9"}), "expected 'sigdl.checkpoint/v1'"),
+        (json.dumps({"format": "sigdl.checkpoint/v1", "model": "lenet-5"}), "missing field"),
+    ],
+)
 def test_bad_model_json_is_a_clear_error(tmp_path, content, message):
     (tmp_path / "model.json").write_text(content)
     with pytest.raises(InputError, match=message):
@@ -56,7 +60,7 @@ def test_weights_of_another_model_are_refused(tmp_path):
 
 
 def test_not_a_checkpoint_dir(tmp_path):
-    with pytest.raises(InputError, match="no model.json"):
+    with pytest.raises(InputError, match=r"no model\.json"):
         checkpoint.load_checkpoint(tmp_path)
 
 
@@ -75,5 +79,5 @@ def test_failed_job_leaves_previous_artifacts_intact(tmp_path):
 def test_unwritable_out_dir(tmp_path):
     target = tmp_path / "file"
     target.write_text("x")
-    with pytest.raises(InputError, match="cannot be created|not a directory"):
+    with pytest.raises(InputError, match=r"cannot be created|not a directory"):
         atomic.check_writable_dir(target / "sub")

@@ -8,8 +8,13 @@ import pytest
 
 
 def sigdl(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sigdl.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "sigdl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_help_lists_the_commands():
@@ -36,13 +41,16 @@ def test_data_list_json(shared_data):
     assert str(shared_data / "mnist") in rows["mnist"]["where"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "resnet-50", "--dataset", "digits"], "unknown model 'resnet-50'"),
-    (["--model", "lenet-5", "--dataset", "cifar-99"], "cifar-99"),
-    (["--model", "lenet-5", "--dataset", "digits", "--epochs", "-1"], "epochs=-1"),
-    (["--model", "lenet-5", "--dataset", "digits", "--nproc", "0"], "nproc=0"),
-    (["--model", "lenet-5", "--dataset", "digits", "--epochs", "two"], "'two'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "resnet-50", "--dataset", "digits"], "unknown model 'resnet-50'"),
+        (["--model", "lenet-5", "--dataset", "cifar-99"], "cifar-99"),
+        (["--model", "lenet-5", "--dataset", "digits", "--epochs", "-1"], "epochs=-1"),
+        (["--model", "lenet-5", "--dataset", "digits", "--nproc", "0"], "nproc=0"),
+        (["--model", "lenet-5", "--dataset", "digits", "--epochs", "two"], "'two'"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     proc = sigdl("train", *args, "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
@@ -54,25 +62,50 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
 def test_unwritable_out_exits_2(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    proc = sigdl("train", "--model", "lenet-5", "--dataset", "digits",
-                 "--out", str(blocker / "out"))
+    proc = sigdl(
+        "train", "--model", "lenet-5", "--dataset", "digits", "--out", str(blocker / "out")
+    )
     assert proc.returncode == 2 and "--out" in proc.stderr
 
 
 def test_train_json_and_files(tmp_path):
     out = tmp_path / "out"
-    proc = sigdl("train", "--model", "lenet-300-100", "--dataset", "digits", "--epochs", "2",
-                 "--out", str(out), "--json")
+    proc = sigdl(
+        "train",
+        "--model",
+        "lenet-300-100",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["metrics"]["test_accuracy"] > 0.8
-    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "model.json", "model.onnx",
-                                               "report.json"}
+    assert {p.name for p in out.iterdir()} >= {
+        "model.safetensors",
+        "model.json",
+        "model.onnx",
+        "report.json",
+    }
 
 
 def test_models_export_zoo_and_checkpoint(tmp_path):
-    proc = sigdl("models", "export", "squeezenet-1.1", "--onnx", str(tmp_path / "sq.onnx"),
-                 "--input-size", "64", "--classes", "10", "--json")
+    proc = sigdl(
+        "models",
+        "export",
+        "squeezenet-1.1",
+        "--onnx",
+        str(tmp_path / "sq.onnx"),
+        "--input-size",
+        "64",
+        "--classes",
+        "10",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["input_shape"] == [1, 3, 64, 64] and result["onnx_max_abs_diff"] < 1e-4

@@ -47,7 +47,7 @@ def _train(digits, epochs=3, seed=0, **kw):
 
 
 def test_training_learns_digits(digits):
-    model, history = _train(digits, epochs=4)
+    _, history = _train(digits, epochs=4)
     assert history[0].test.accuracy < history[-1].test.accuracy
     assert history[-1].test.accuracy > 0.9
     assert history[-1].loss < history[0].loss
@@ -57,8 +57,10 @@ def test_same_seed_same_weights_other_seed_differs(digits):
     a, _ = _train(digits, epochs=1, seed=3)
     b, _ = _train(digits, epochs=1, seed=3)
     c, _ = _train(digits, epochs=1, seed=4)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
-                                                 b.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
     assert not torch.equal(a.net.conv1.weight, c.net.conv1.weight)
 
 
