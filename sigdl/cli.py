@@ -195,6 +195,60 @@ def _train_summary(report: dict) -> str:
 
 
 @app.command()
+def compress(
+    checkpoint_dir: Annotated[Path, typer.Argument(help="A `sigdl train` output directory.")],
+    recipe: Annotated[str, typer.Option(help="Built-in recipe name or a YAML file.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")],
+    dataset: Annotated[
+        str | None, typer.Option(help="Data set for retraining (default: the checkpoint's).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compress a checkpoint with a recipe; write model.sdc, model.onnx, report.json."""
+    from services.compression.stage import run_compression
+
+    report = run_compression(
+        checkpoint_dir, recipe, dataset, out, data_dir=str(data_dir) if data_dir else None,
+        on_event=print_event,
+    )  # fmt: skip
+    m = report["metrics"]
+    human = (
+        f"{report['model']}: {m['dense_bytes']:,} -> {m['compressed_bytes']:,} bytes "
+        f"({m['ratio']:.1f}x), accuracy {m['dense_accuracy']:.4f} -> "
+        f"{m['onnx_test_accuracy']:.4f} (decoded model.onnx, ONNX Runtime)\n"
+        f"artifacts: {report['artifacts']['sdc']}"
+    )
+    emit(report, as_json, human)
+
+
+def print_event(event: dict) -> None:
+    if event.get("event") == "ladder":
+        err(f"{event.get('step', '?'):>8}: accuracy {event.get('accuracy', 0):.4f}")
+    elif event.get("event") == "epoch":
+        print_epoch(event)
+
+
+@app.command()
+def decompress(
+    sdc_file: Annotated[Path, typer.Argument(help="A .sdc file written by `sigdl compress`.")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="Where to write the ONNX model.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild the exact weights of a .sdc file and write them as an ONNX model."""
+    from services.compression.sdc import load_model
+    from sigdl import onnx_io
+
+    if not sdc_file.is_file():
+        raise InputError(f"{str(sdc_file)!r} does not exist")
+    model, meta = load_model(sdc_file)
+    onnx_io.export_onnx(model, onnx, meta.input_shape, {"sigdl.model_json": meta.to_json()})
+    result = {"sdc": str(sdc_file), "onnx": str(onnx), "model": meta.model,
+              "input_shape": meta.input_shape}  # fmt: skip
+    emit(result, as_json, f"wrote {onnx} ({meta.model}, input {meta.input_shape})")
+
+
+@app.command()
 def lineage(
     model_name: Annotated[str, typer.Argument(help="Registered model name, e.g. lenet-5-mnist.")],
     as_json: JsonOpt = False,

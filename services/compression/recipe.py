@@ -1,0 +1,452 @@
+"""Compression recipes: an ordered list of steps, each a validated dataclass config.
+
+A recipe is YAML (a built-in under `recipes/` or a user file) that round-trips through JSON, so
+the same object travels through gRPC, KFP and MLflow; its `digest()` names what it does.
+
+    recipe = load_recipe("deep-compression-lenet-5")    # or load_recipe("my-recipe.yaml")
+    recipe.steps[0]                                      # PruneConfig(quality=..., rounds=3, ...)
+    recipe.digest()                                      # sha256 of the canonical JSON
+
+Per-layer values (`quality`, `sparsity`, `fraction`, `bits`, `index_bits`) are a number for
+every selected layer, or a mapping whose keys are layer names (`fc1`), glob patterns (`conv*`,
+`features.*`), the layer kinds `conv` and `fc`, or `*`. The most specific key wins, whatever the
+order: exact name, then the longest matching glob, then the kind, then `*`. Layers a mapping
+does not cover are left alone. The engine rejects names and globs that match no layer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from sigdl.errors import InputError
+from sigdl.training import OPTIMIZERS, SCHEDULES
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+LAYER_KINDS = ("conv", "fc")  # conv: Conv1d/2d/3d weights; fc: Linear weights
+PRUNE_SCHEDULES = ("linear", "agp")
+SHARE_INITS = ("linear", "density")
+CENTROID_UPDATES = ("sum", "mean")
+STRUCTURED_NORMS = ("l1", "l2")
+CODEBOOK_DTYPES = ("float32", "float16")
+
+LayerValue = float | int | dict[str, float | int]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer values and layer patterns
+# ---------------------------------------------------------------------------------------------
+
+
+def pattern_matches(pattern: str, name: str, kind: str) -> bool:
+    """Whether a layer pattern (name, glob, kind or `*`) selects layer `name` of `kind`."""
+    return pattern in (name, kind) or fnmatch.fnmatchcase(name, pattern)
+
+
+def value_for(value: LayerValue, name: str, kind: str) -> float | int | None:
+    """The per-layer value for one layer, or None when a mapping does not cover it."""
+    if not isinstance(value, Mapping):
+        return value
+    if name in value:
+        return value[name]
+    globs = [k for k in value if k != "*" and k not in LAYER_KINDS and k != name]
+    hits = sorted((k for k in globs if fnmatch.fnmatchcase(name, k)), key=lambda k: (-len(k), k))
+    if hits:
+        return value[hits[0]]
+    if kind in value:
+        return value[kind]
+    return value.get("*")
+
+
+def _check_layer_value(
+    value: Any, name: str, number: type, ok: Any, expected: str
+) -> float | int | dict:
+    """Validate a number-or-mapping per-layer value; return it normalized (floats as float)."""
+
+    def one(v: Any, where: str) -> float | int:
+        is_number = isinstance(v, int | float) and not isinstance(v, bool)
+        if number is int and is_number and float(v).is_integer():
+            v = int(v)
+        if not is_number or (number is int and not isinstance(v, int)) or not ok(v):
+            raise InputError(f"{where}={v!r}: expected {expected}")
+        return float(v) if number is float else v
+
+    if isinstance(value, Mapping):
+        if not value:
+            raise InputError(f"{name}={{}}: expected {expected}, or a non-empty mapping")
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str) or not key:
+                raise InputError(f"{name}: key {key!r} is not a layer name, pattern or kind")
+            out[key] = one(v, f"{name}[{key!r}]")
+        return out
+    return one(value, name)
+
+
+def _check_patterns(value: Any, name: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise InputError(f"{name}={value!r}: expected a non-empty list of layer names/patterns")
+    return list(value)
+
+
+def _fail(checks: list[tuple[bool, str, Any, str]]) -> None:
+    for ok, name, value, expected in checks:
+        if not ok:
+            raise InputError(f"{name}={value!r}: expected {expected}")
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build a config dataclass from a mapping; unknown keys name the valid ones."""
+    if not isinstance(data, Mapping):
+        raise InputError(f"{where}: expected a mapping of options, got {type(data).__name__}")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InputError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"expected some of {', '.join(known)}"
+        )
+    return cls(**data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step configs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RetrainConfig:
+    """Retraining after a prune round or a share step, with `sigdl.training.fit`."""
+
+    epochs: int = 1  # 0: no retraining
+    lr: float = 0.01  # peak learning rate
+    optimizer: str = "sgd"  # sgd (momentum, Nesterov) | adam
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    schedule: str = "cosine"  # cosine | step | constant, as the trainer's
+    target_accuracy: float | None = None  # stop once test accuracy reaches this (0..1]
+    target_drop: float | None = None  # or: once within this of the dense accuracy (0..1)
+    max_train_samples: int | None = None  # retrain on the first N samples only (smoke runs)
+
+    def __post_init__(self) -> None:
+        _fail([
+            (isinstance(self.epochs, int) and self.epochs >= 0, "epochs", self.epochs,
+             "an integer >= 0"),
+            (_number(self.lr) and self.lr > 0, "lr", self.lr, "a number > 0"),
+            (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer,
+             f"one of {', '.join(OPTIMIZERS)}"),
+            (_number(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum,
+             "a number in [0, 1)"),
+            (_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+             self.weight_decay, "a number >= 0"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size",
+             self.batch_size, "an integer >= 1"),
+            (self.schedule in SCHEDULES, "schedule", self.schedule,
+             f"one of {', '.join(SCHEDULES)}"),
+            (self.target_accuracy is None or (_number(self.target_accuracy)
+             and 0 < self.target_accuracy <= 1), "target_accuracy", self.target_accuracy,
+             "a fraction in (0, 1]"),
+            (self.target_drop is None or (_number(self.target_drop)
+             and 0 <= self.target_drop < 1), "target_drop", self.target_drop,
+             "a fraction in [0, 1)"),
+            (self.target_accuracy is None or self.target_drop is None, "target_drop",
+             self.target_drop, "not both target_accuracy and target_drop"),
+            (self.max_train_samples is None or (isinstance(self.max_train_samples, int)
+             and self.max_train_samples >= 1), "max_train_samples", self.max_train_samples,
+             "an integer >= 1"),
+        ])  # fmt: skip
+        self.lr, self.momentum = float(self.lr), float(self.momentum)
+        self.weight_decay = float(self.weight_decay)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _retrain(value: Any) -> RetrainConfig:
+    if isinstance(value, RetrainConfig):
+        return value
+    try:
+        return _from_dict(RetrainConfig, value if value is not None else {}, "retrain")
+    except InputError as exc:
+        text = str(exc)
+        raise InputError(text if text.startswith("retrain") else f"retrain.{text}") from None
+
+
+@dataclass
+class StepConfig:
+    """Base of every step config: `type` names it in YAML and in the registry."""
+
+    type: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, **asdict(self)}
+
+
+STEP_TYPES: dict[str, type[StepConfig]] = {}
+
+
+def register_step(cls: type[StepConfig]) -> type[StepConfig]:
+    """Register a step config class under its `type` (a handler is registered by the engine)."""
+    STEP_TYPES[cls.type] = cls
+    return cls
+
+
+@register_step
+@dataclass
+class PruneConfig(StepConfig):
+    """Magnitude pruning in `rounds` prune→retrain rounds, masks kept through retraining.
+
+    `quality` q prunes |w| <= q * std(layer's unpruned weights at the step's start), as Han et al.
+    (NeurIPS 2015); `sparsity` s prunes the round(s * n) smallest |w|. Round r of n reaches
+    r/n of the way (`linear`: of the threshold, or of the sparsity from the current one), or
+    follows Zhu & Gupta's cubic schedule (`agp`: s_r = s + (s0 - s)(1 - r/n)^3, the quality
+    then read as the sparsity it gives on the step's starting weights).
+    """
+
+    type: ClassVar[str] = "prune"
+    layers: list[str] = field(default_factory=lambda: ["*"])  # names/globs/kinds to prune
+    quality: LayerValue | None = None  # threshold = quality * std, per layer
+    sparsity: LayerValue | None = None  # or: fraction of each layer's weights set to zero
+    rounds: int = 1  # iterative prune→retrain rounds
+    schedule: str = "linear"  # linear | agp: the per-round targets
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)  # after every round
+
+    def __post_init__(self) -> None:
+        self.layers = _check_patterns(self.layers, "layers")
+        if (self.quality is None) == (self.sparsity is None):
+            raise InputError(
+                f"quality={self.quality!r}, sparsity={self.sparsity!r}: expected exactly one "
+                "of quality (threshold = q * std) and sparsity (fraction pruned)"
+            )
+        if self.quality is not None:
+            self.quality = _check_layer_value(
+                self.quality, "quality", float, lambda v: v > 0, "a number > 0"
+            )
+        if self.sparsity is not None:
+            self.sparsity = _check_layer_value(
+                self.sparsity, "sparsity", float, lambda v: 0 <= v < 1, "a fraction in [0, 1)"
+            )
+        _fail([
+            (isinstance(self.rounds, int) and not isinstance(self.rounds, bool)
+             and self.rounds >= 1, "rounds", self.rounds, "an integer >= 1"),
+            (self.schedule in PRUNE_SCHEDULES, "schedule", self.schedule,
+             f"one of {', '.join(PRUNE_SCHEDULES)}"),
+        ])  # fmt: skip
+        self.retrain = _retrain(self.retrain)
+
+
+@register_step
+@dataclass
+class StructuredConfig(StepConfig):
+    """Structured pruning: remove whole output channels (conv filters, fc neurons) with the
+    smallest L1/L2 norm (Li et al., ICLR 2017) and shrink the layers that read them, so the
+    network is smaller and faster, not only sparser. Layers whose outputs reach an add, a
+    concatenation or the logits cannot shrink and are skipped. Run it before prune and share.
+    """
+
+    type: ClassVar[str] = "structured"
+    layers: list[str] = field(default_factory=lambda: ["*"])  # names/globs/kinds to shrink
+    fraction: LayerValue | None = None  # fraction of each layer's output channels removed
+    norm: str = "l1"  # l1 | l2: the channel importance
+    multiple: int = 1  # keep channel counts a multiple of this (vector widths)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+
+    def __post_init__(self) -> None:
+        self.layers = _check_patterns(self.layers, "layers")
+        if self.fraction is None:
+            raise InputError("fraction=None: expected the fraction of channels to remove")
+        self.fraction = _check_layer_value(
+            self.fraction, "fraction", float, lambda v: 0 <= v < 1, "a fraction in [0, 1)"
+        )
+        _fail([
+            (self.norm in STRUCTURED_NORMS, "norm", self.norm,
+             f"one of {', '.join(STRUCTURED_NORMS)}"),
+            (isinstance(self.multiple, int) and self.multiple >= 1, "multiple", self.multiple,
+             "an integer >= 1"),
+        ])  # fmt: skip
+        self.retrain = _retrain(self.retrain)
+
+
+@register_step
+@dataclass
+class ShareConfig(StepConfig):
+    """Trained weight sharing: a per-layer 1-D k-means codebook of 2**bits entries.
+
+    Entry 0 is fixed at 0.0 for pruned weights; the other 2**bits - 1 centroids cluster the
+    nonzero weights (linear initialization between min and max, as Han et al., ICLR 2016), then
+    retraining moves each centroid by the summed updates of its weights (`centroid_update: sum`,
+    the paper's grouped gradient) or their mean.
+    """
+
+    type: ClassVar[str] = "share"
+    layers: list[str] = field(default_factory=lambda: ["*"])  # names/globs/kinds to share
+    bits: LayerValue = field(default_factory=lambda: {"conv": 8, "fc": 5})  # index bits
+    init: str = "linear"  # linear | density (CDF quantiles)
+    iterations: int = 30  # at most this many Lloyd iterations
+    centroid_update: str = "sum"  # sum | mean of the member weights' updates
+    codebook: str = "float32"  # float32 | float16: centroids kept representable in this dtype
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+
+    def __post_init__(self) -> None:
+        self.layers = _check_patterns(self.layers, "layers")
+        self.bits = _check_layer_value(
+            self.bits, "bits", int, lambda v: 1 <= v <= 16, "an integer in 1..16"
+        )
+        _fail([
+            (self.init in SHARE_INITS, "init", self.init, f"one of {', '.join(SHARE_INITS)}"),
+            (isinstance(self.iterations, int) and self.iterations >= 0, "iterations",
+             self.iterations, "an integer >= 0"),
+            (self.centroid_update in CENTROID_UPDATES, "centroid_update", self.centroid_update,
+             f"one of {', '.join(CENTROID_UPDATES)}"),
+            (self.codebook in CODEBOOK_DTYPES, "codebook", self.codebook,
+             f"one of {', '.join(CODEBOOK_DTYPES)}"),
+        ])  # fmt: skip
+        self.retrain = _retrain(self.retrain)
+
+
+@register_step
+@dataclass
+class HuffmanConfig(StepConfig):
+    """A flag for the .sdc writer: Huffman-code the shared-weight indices and the sparse
+    relative indices, the latter stored in `index_bits` (a gap that overflows them gets a
+    filler zero, as Deep Compression)."""
+
+    type: ClassVar[str] = "huffman"
+    index_bits: LayerValue = field(default_factory=lambda: {"conv": 8, "fc": 5})
+
+    def __post_init__(self) -> None:
+        self.index_bits = _check_layer_value(
+            self.index_bits, "index_bits", int, lambda v: 1 <= v <= 16, "an integer in 1..16"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+# ---------------------------------------------------------------------------------------------
+
+
+def step_from_dict(data: Any, where: str = "step") -> StepConfig:
+    """One step from `{type: NAME, ...options}` (or the YAML shorthand `{NAME: {options}}`)."""
+    if isinstance(data, Mapping) and "type" not in data and len(data) == 1:
+        ((kind, options),) = data.items()
+        data = {"type": kind, **(options or {})} if isinstance(options, Mapping | None) else data
+    if not isinstance(data, Mapping) or "type" not in data:
+        raise InputError(f"{where}: expected a mapping with a 'type' ({', '.join(STEP_TYPES)})")
+    kind = data["type"]
+    if kind not in STEP_TYPES:
+        raise InputError(
+            f"{where}: unknown step type {kind!r}; registered: {', '.join(sorted(STEP_TYPES))}"
+        )
+    options = {k: v for k, v in data.items() if k != "type"}
+    try:
+        return _from_dict(STEP_TYPES[kind], options, f"{where} ({kind})")
+    except InputError as exc:
+        text = str(exc)
+        raise InputError(text if text.startswith(where) else f"{where} ({kind}): {text}") from None
+
+
+@dataclass
+class Recipe:
+    """An ordered list of compression steps."""
+
+    name: str  # built-in name or the file's stem
+    steps: list[StepConfig]
+    description: str = ""
+    seed: int = 0  # model-independent randomness: batch order of every retraining
+    source: str | None = field(default=None, compare=False)  # the file it came from
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError(f"name={self.name!r}: expected a non-empty string")
+        if not isinstance(self.steps, list) or not self.steps:
+            raise InputError(f"steps={self.steps!r}: expected a non-empty list of steps")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise InputError(f"seed={self.seed!r}: expected an integer")
+        self.steps = [
+            s if isinstance(s, StepConfig) else step_from_dict(s, f"steps[{i}]")
+            for i, s in enumerate(self.steps)
+        ]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seed": self.seed,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "recipe") -> Recipe:
+        if not isinstance(data, Mapping):
+            raise InputError(f"{where}: expected a mapping with 'name' and 'steps'")
+        known = ("name", "description", "seed", "steps")
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InputError(
+                f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                f"expected some of {', '.join(known)}"
+            )
+        if "steps" not in data:
+            raise InputError(f"{where}: missing 'steps'")
+        try:
+            return cls(
+                name=data.get("name", Path(where).stem),
+                steps=data["steps"],
+                description=data.get("description", "") or "",
+                seed=data.get("seed", 0),
+                source=where,
+            )
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+
+    def canonical_json(self) -> str:
+        """What the digest covers: the steps with every default filled in, and the seed."""
+        body = {"seed": self.seed, "steps": [s.to_dict() for s in self.steps]}
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON: equal for recipes that do the same thing, whatever
+        their name, description, key order or spelled-out defaults."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+def list_recipes() -> list[str]:
+    """Names of the built-in recipes."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A built-in recipe by name, or a user's YAML file; errors name the file, step and field."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        builtin = RECIPES_DIR / f"{name_or_path}.yaml"
+        if not builtin.is_file():
+            raise InputError(
+                f"recipe {str(name_or_path)!r} is neither a file nor a built-in recipe "
+                f"(built-ins: {', '.join(list_recipes())})"
+            )
+        path = builtin
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
+        detail = f" ({problem})" if problem else ""
+        raise InputError(f"{path}: not valid YAML{line}{detail}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: unreadable ({exc})") from None
+    if isinstance(data, Mapping) and "name" not in data:
+        data = {**data, "name": path.stem}
+    return Recipe.from_dict(data, where=str(path))

@@ -1,0 +1,116 @@
+"""The compression stage: a trained checkpoint in, a `.sdc` file and its decoded ONNX model out.
+
+`run_compression` is the plain function behind `sigdl compress` (and, later, the gRPC
+servicer). It writes into `out`, all or nothing: `model.sdc`, `model.onnx` (rebuilt from the
+`.sdc`, so it holds exactly the weights the compressed model was evaluated with) and
+`report.json`, whose sizes are the `.sdc` file's bytes on disk.
+
+    report = run_compression("runs/lenet5", "deep-compression-lenet-5", "mnist", "runs/c")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from services.compression.engine import CompressionResult, compress
+from services.compression.recipe import load_recipe
+from services.compression.sdc import SdcSummary, SharedTensor, load_model, write_sdc
+from sigdl import __version__, atomic, checkpoint, lineage, onnx_io, settings, zoo
+from sigdl.datasets import load_dataset
+from sigdl.evaluation import score_onnx
+from sigdl.lineage import TAG_RECIPE, TAG_STAGE
+
+EventFn = Callable[[dict], None]
+
+
+def sdc_tensors(result: CompressionResult) -> dict[str, object]:
+    """What the .sdc writer stores per state-dict entry: shared layers as codebook +
+    assignments, everything else (biases, buffers, unshared weights) as raw tensors."""
+    tensors: dict[str, object] = {}
+    for key, value in result.model.state_dict().items():
+        if key in result.shared:
+            codebook, assignments = result.shared[key]
+            tensors[key] = SharedTensor(codebook, assignments, result.index_bits[key])
+        else:
+            tensors[key] = value.detach().cpu()
+    return tensors
+
+
+def run_compression(
+    ckpt_dir: str | Path,
+    recipe: str | Path,
+    dataset: str | None,
+    out: str | Path,
+    *,
+    data_dir: str | None = None,
+    on_event: EventFn | None = None,
+) -> dict:
+    """Compress, write the .sdc, decode it to ONNX, evaluate that with ONNX Runtime; report."""
+    out = atomic.check_writable_dir(out)
+    if settings.SIGDL_NUM_THREADS.get():
+        torch.set_num_threads(settings.SIGDL_NUM_THREADS.get())
+    model, meta = checkpoint.load_checkpoint(ckpt_dir)
+    recipe_obj = load_recipe(recipe)
+    data = load_dataset(dataset or meta.dataset or "", data_dir)
+    started = time.perf_counter()
+    result = compress(model, recipe_obj, data, meta, on_event=on_event)
+    with atomic.staged_dir(out) as stage:
+        summary = write_sdc(
+            stage / "model.sdc", sdc_tensors(result), meta.to_json(),
+            recipe=recipe_obj.to_dict(), recipe_digest=recipe_obj.digest(),
+            huffman=result.huffman,
+        )  # fmt: skip
+        decoded, _ = load_model(stage / "model.sdc")
+        onnx_io.export_onnx(decoded, stage / "model.onnx", meta.input_shape,
+                            {"sigdl.model_json": meta.to_json()})  # fmt: skip
+        onnx_score = score_onnx(stage / "model.onnx", data.test, meta.adapt_mode)
+        report = _report(result, summary, meta, dataset or meta.dataset, out)
+        report["metrics"].update(
+            onnx_test_accuracy=onnx_score.accuracy,
+            accuracy_drop=report["metrics"]["dense_accuracy"] - onnx_score.accuracy,
+            wall_seconds=time.perf_counter() - started,
+        )
+        report["mlflow"] = log_lineage(report, stage, meta.model, report["dataset"])
+        atomic.write_json(stage / "report.json", report)
+    return report
+
+
+def _report(result: CompressionResult, summary: SdcSummary, meta, dataset: str, out: Path) -> dict:
+    # "4 bytes per original parameter": the network's parameters, not its buffers
+    params = zoo.count_parameters(result.model.net)
+    return {
+        "command": "compress", "sigdl_version": __version__, "model": meta.model,
+        "dataset": dataset, **result.to_dict(),
+        "sizes": summary.to_json(),
+        "metrics": {
+            "parameters": params, "nonzeros": summary.nonzeros, "dense_bytes": 4 * params,
+            "compressed_bytes": summary.file_bytes, "ratio": 4 * params / summary.file_bytes,
+            "huffman_gain": summary.huffman_gain,
+            "dense_accuracy": result.ladder[0]["accuracy"],
+            "compressed_accuracy": result.ladder[-1]["accuracy"],
+        },
+        "artifacts": {"sdc": str(out / "model.sdc"), "onnx": str(out / "model.onnx")},
+    }  # fmt: skip
+
+
+def log_lineage(report: dict, artifacts_dir: Path, model: str, dataset: str) -> dict | None:
+    """Log the compression run and register the compressed model version."""
+    store = lineage.open_lineage()
+    if store is None:
+        return None
+    name = f"{model}-{dataset}".replace(":", "-").replace("/", "-")
+    params = {"recipe": report["recipe"]["name"], "recipe_digest": report["recipe_digest"]}
+    tags = {TAG_STAGE: "compress", TAG_RECIPE: report["recipe_digest"]}
+    with store.run(f"compress {name}", params=params, tags=tags) as run_id:
+        for step, row in enumerate(report["ladder"]):
+            numeric = {k: v for k, v in row.items() if isinstance(v, int | float)}
+            store.log_metrics(run_id, {f"ladder_{k}": v for k, v in numeric.items()}, step)
+        store.log_metrics(run_id, {k: v for k, v in report["metrics"].items() if v is not None})
+        store.log_dir(run_id, artifacts_dir, "model")
+        version = store.register(name, run_id, "model", tags=tags)
+    return {"tracking_uri": store.tracking_uri, "run_id": run_id,
+            "registered_model": version.name, "version": version.version}  # fmt: skip
