@@ -375,13 +375,19 @@ def describe(path: str | Path) -> SdcSummary:
 
 
 def load_model(path: str | Path) -> tuple[PixelModel, ModelMeta]:
-    """Rebuild the zoo module the header names and load the decoded weights into it (strict)."""
+    """Rebuild the zoo module the header names and load the decoded weights into it (strict).
+
+    A structurally pruned model has thinner layers than the zoo builds: they are resized to the
+    stored shapes first (the shapes are data in the header, so this runs no code)."""
+    from services.compression.prune import resize_to_state_dict
+
     sdc = read_sdc(path)
     try:
         meta = ModelMeta.from_json(sdc.header["model"], where=f"{path}: header.model")
         model = build(meta)
     except InputError as exc:
         raise SdcError(str(exc)) from None
+    resize_to_state_dict(model, sdc.state_dict)
     try:
         model.load_state_dict(sdc.state_dict, strict=True)
     except RuntimeError as exc:

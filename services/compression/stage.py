@@ -19,7 +19,7 @@ import torch
 from services.compression.engine import CompressionResult, compress
 from services.compression.recipe import load_recipe
 from services.compression.sdc import SdcSummary, SharedTensor, load_model, write_sdc
-from sigdl import __version__, atomic, checkpoint, lineage, onnx_io, settings, zoo
+from sigdl import __version__, atomic, checkpoint, lineage, onnx_io, settings
 from sigdl.datasets import load_dataset
 from sigdl.evaluation import score_onnx
 from sigdl.lineage import TAG_RECIPE, TAG_STAGE
@@ -80,8 +80,9 @@ def run_compression(
 
 
 def _report(result: CompressionResult, summary: SdcSummary, meta, dataset: str, out: Path) -> dict:
-    # "4 bytes per original parameter": the network's parameters, not its buffers
-    params = zoo.count_parameters(result.model.net)
+    # "4 bytes per original parameter": the dense network's parameters (not its buffers, and
+    # not the thinner network a structured step leaves)
+    params = result.ladder[0]["parameters"]
     return {
         "command": "compress", "sigdl_version": __version__, "model": meta.model,
         "dataset": dataset, **result.to_dict(),

@@ -48,7 +48,7 @@ def test_data_list_json(shared_data):
         (["--model", "lenet-5", "--dataset", "cifar-99"], "cifar-99"),
         (["--model", "lenet-5", "--dataset", "digits", "--epochs", "-1"], "epochs=-1"),
         (["--model", "lenet-5", "--dataset", "digits", "--nproc", "0"], "nproc=0"),
-        (["--model", "lenet-5", "--dataset", "digits", "--epochs", "two"], "'two'"),
+        (["--model", "lenet-5", "--dataset", "digits", "--epochs", "two"], "'--epochs'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
