@@ -75,6 +75,7 @@ class CompressionResult:
     ladder: list[dict]  # one row per step, the dense model first
     recipe: Recipe
     bits: dict[str, int] = field(default_factory=dict)  # key -> codebook index bits (shared)
+    raw_float16: bool = False  # whether unshared float tensors are float16 values (stored so)
     fp16_codebooks: set[str] = field(default_factory=set)  # keys whose codebooks are exact
     # in float16 (write them with SharedTensor(fp16_codebook=True), losslessly)
     resized: list[str] = field(default_factory=list)  # modules whose shapes a structured step
@@ -108,6 +109,7 @@ class CompressionState:
     shared: dict[str, SharedWeight] = field(default_factory=dict)
     index_bits: dict[str, int] = field(default_factory=dict)
     huffman: bool = False
+    raw_float16: bool = False
     baseline: float = 0.0  # dense test accuracy
     dense_parameters: int = 0  # parameters before any step: what every ratio divides
     resized: list[str] = field(default_factory=list)  # modules a structured step reshaped
@@ -178,6 +180,7 @@ def compress(
         masks=dict(state.masks),
         index_bits=dict(state.index_bits),
         huffman=state.huffman,
+        raw_float16=state.raw_float16,
         ladder=ladder,
         recipe=recipe,
         bits={k: s.bits for k, s in state.shared.items()},
@@ -354,6 +357,12 @@ def _share(state: CompressionState, cfg: ShareConfig, index: int, targets: dict)
 def _huffman(state: CompressionState, cfg: HuffmanConfig, index: int, targets: dict) -> dict:
     state.huffman = True
     state.index_bits.update({k: int(v) for k, v in targets.items()})
+    if cfg.raw_dtype == "float16":
+        state.raw_float16 = True
+        with torch.no_grad():
+            for key, tensor in state.model.state_dict().items():
+                if key not in state.shared and tensor.is_floating_point():
+                    tensor.copy_(tensor.half().float())  # state_dict tensors share storage
     return {}
 
 

@@ -324,11 +324,16 @@ class HuffmanConfig(StepConfig):
 
     type: ClassVar[str] = "huffman"
     index_bits: LayerValue = field(default_factory=lambda: {"conv": 8, "fc": 5})
+    # float16: the tensors left unshared (biases, normalization) are rounded to float16 in the
+    # model and stored so; the model is evaluated with the rounded values.
+    raw_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         self.index_bits = _check_layer_value(
             self.index_bits, "index_bits", int, lambda v: 1 <= v <= 16, "an integer in 1..16"
         )
+        _fail([(self.raw_dtype in ("float32", "float16"), "raw_dtype", self.raw_dtype,
+                "float32 or float16")])  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

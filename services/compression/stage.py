@@ -40,6 +40,12 @@ def sdc_tensors(result: CompressionResult) -> dict[str, object]:
     return tensors
 
 
+def header_model(meta: checkpoint.ModelMeta) -> dict:
+    """model.json as the .sdc header carries it: what rebuilds and feeds the model, without
+    the training history (it is in report.json and MLflow, and would weigh on tiny models)."""
+    return {k: v for k, v in meta.to_json().items() if k not in ("train_config", "metrics")}
+
+
 def run_compression(
     ckpt_dir: str | Path,
     recipe: str | Path,
@@ -60,9 +66,9 @@ def run_compression(
     result = compress(model, recipe_obj, data, meta, on_event=on_event)
     with atomic.staged_dir(out) as stage:
         summary = write_sdc(
-            stage / "model.sdc", sdc_tensors(result), meta.to_json(),
+            stage / "model.sdc", sdc_tensors(result), header_model(meta),
             recipe=recipe_obj.to_dict(), recipe_digest=recipe_obj.digest(),
-            huffman=result.huffman,
+            huffman=result.huffman, fp16_raw=result.raw_float16,
         )  # fmt: skip
         decoded, _ = load_model(stage / "model.sdc")
         onnx_io.export_onnx(decoded, stage / "model.onnx", meta.input_shape,

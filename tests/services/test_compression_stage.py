@@ -27,6 +27,7 @@ steps:
     retrain: {epochs: 1, lr: 0.0005}
   - type: huffman
     index_bits: {fc: 5}
+    raw_dtype: float16
 """
 
 
@@ -68,6 +69,8 @@ def test_shared_layers_hold_few_distinct_values(compressed):
     fc1 = state["net.fc1.weight"].numpy()
     assert len(np.unique(fc1)) <= 32
     assert (fc1 == 0).mean() >= 0.89
+    bias = state["net.fc1.bias"].numpy()  # raw_dtype float16: stored and evaluated as float16
+    assert np.array_equal(bias, bias.astype(np.float16).astype(np.float32))
 
 
 def test_decompress_cli_rebuilds_the_same_model(compressed, tmp_path):
