@@ -3,6 +3,7 @@
 import hashlib
 import json
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -82,9 +83,9 @@ def _reseal(blob: bytes) -> bytes:
 
 def _with_header(blob: bytes, edit) -> bytes:
     _, version, header_len, data_len = struct.unpack_from("<4sHIQ", blob)
-    header = json.loads(blob[18 : 18 + header_len])
+    header = json.loads(zlib.decompress(blob[18 : 18 + header_len]))
     edit(header)
-    text = json.dumps(header).encode()
+    text = zlib.compress(json.dumps(header).encode())
     prefix = struct.pack("<4sHIQ", b"SDC1", version, len(text), data_len)
     return _reseal(prefix + text + blob[18 + header_len :])
 
