@@ -84,7 +84,38 @@ def run_compression(
         )
         report["mlflow"] = log_lineage(report, stage, meta.model, report["dataset"])
         atomic.write_json(stage / "report.json", report)
+        atomic.write_bytes(stage / "report.md", markdown_report(report).encode())
     return report
+
+
+def markdown_report(report: dict) -> str:
+    """The per-layer table and the step ladder of `report.json`, for people."""
+    m = report["metrics"]
+    lines = [
+        f"# {report['model']} on {report['dataset']}: recipe {report['recipe']['name']}",
+        "",
+        f"{m['dense_bytes']:,} -> {m['compressed_bytes']:,} bytes (.sdc on disk): "
+        f"**{m['ratio']:.1f}x**; accuracy {100 * m['dense_accuracy']:.2f}% -> "
+        f"{100 * m['onnx_test_accuracy']:.2f}% (decoded model.onnx, ONNX Runtime).",
+        "",
+        "| tensor | params | nonzeros | bits/weight | bits/index | codebook B | Huffman gain "
+        "| dense B | compressed B | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in report["sizes"]["tensors"]:
+        lines.append(
+            f"| {t['name']} | {t['params']:,} | {t['nonzeros']:,} | {t['bits_per_weight']} "
+            f"| {t['bits_per_index']} | {t['codebook_bytes']} | {t['huffman_gain']:.2f} "
+            f"| {t['dense_bytes']:,} | {t['compressed_bytes']:,} | {t['ratio']:.1f}x |"
+        )
+    lines += ["", "| after step | accuracy | nonzeros | estimated ratio | seconds |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for row in report["ladder"]:
+        lines.append(
+            f"| {row['step']} | {100 * row['accuracy']:.2f}% | {row['nonzeros']:,} "
+            f"| {row['estimated_ratio']:.1f}x | {row['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _report(result: CompressionResult, summary: SdcSummary, meta, dataset: str, out: Path) -> dict:

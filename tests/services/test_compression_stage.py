@@ -46,8 +46,10 @@ def compressed(tmp_path_factory):
 def test_outputs_sizes_and_ratio(compressed):
     root, report = compressed
     out = root / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model.sdc", "report.json"]
     m = report["metrics"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.onnx", "model.sdc", "report.json", "report.md"]  # fmt: skip
+    assert f"{m['ratio']:.1f}x" in (out / "report.md").read_text()
     assert m["compressed_bytes"] == (out / "model.sdc").stat().st_size
     assert m["dense_bytes"] == 4 * 266_610
     assert m["ratio"] == pytest.approx(m["dense_bytes"] / m["compressed_bytes"])
