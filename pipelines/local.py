@@ -1,9 +1,10 @@
 """The CICD loop on one machine, on embedded defaults (`sigdl run`, `make run`).
 
-Today the loop is its training stage: LeNet-5 trained on the bundled `digits` data set,
-checkpointed, exported to ONNX, verified with ONNX Runtime, and logged to the local MLflow store.
-Compression, retest and deploy join as their stages land; the Kubeflow pipeline of the same
-loop comes with them.
+Today the loop is training then compression: LeNet-5 trained on the bundled `digits` data set,
+checkpointed, exported to ONNX and verified with ONNX Runtime, then compressed with its Deep
+Compression recipe (prune, share, Huffman) into a `.sdc` and its decoded ONNX model, each stage
+logged to the local MLflow store. Retest and deploy join as their stages land; the Kubeflow
+pipeline of the same loop comes with them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from services.compression.recipe import list_recipes
+from services.compression.stage import run_compression
 from services.training.stage import ProgressFn, run_training
 from sigdl import settings
 from sigdl.errors import InputError
@@ -29,6 +32,7 @@ class LoopConfig:
     epochs: int = 15
     out: str | None = None  # None: $SIGDL_HOME/runs/run-<timestamp>
     nproc: int = 1  # data-parallel processes for training
+    recipe: str | None = None  # None: deep-compression-<model> if built in, else deep-compression
     train: dict = field(default_factory=dict)  # any other TrainConfig option
 
     @classmethod
@@ -51,6 +55,12 @@ class LoopConfig:
             )
         return cls(**data)
 
+    def recipe_name(self) -> str:
+        if self.recipe:
+            return self.recipe
+        own = f"deep-compression-{self.model}"
+        return own if own in list_recipes() else "deep-compression"
+
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(
             {**self.train, "model": self.model, "dataset": self.dataset, "epochs": self.epochs}
@@ -62,4 +72,6 @@ def run_loop(cfg: LoopConfig, on_epoch: ProgressFn | None = None) -> dict:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.out) if cfg.out else settings.SIGDL_HOME.get() / "runs" / f"run-{stamp}"
     train = run_training(cfg.train_config(), out / "train", nproc=cfg.nproc, on_epoch=on_epoch)
-    return {"command": "run", "config": asdict(cfg), "out": str(out), "stages": {"train": train}}
+    compressed = run_compression(out / "train", cfg.recipe_name(), cfg.dataset, out / "compress")
+    stages = {"train": train, "compress": compressed}
+    return {"command": "run", "config": asdict(cfg), "out": str(out), "stages": stages}

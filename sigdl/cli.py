@@ -282,7 +282,12 @@ def run(
     if out:
         cfg.out = str(out)
     report = run_loop(cfg, on_epoch=print_epoch)
-    human = "\n".join([f"run: {report['out']}", _train_summary(report["stages"]["train"])])
+    c = report["stages"]["compress"]["metrics"]
+    human = "\n".join([
+        f"run: {report['out']}", _train_summary(report["stages"]["train"]),
+        f"compressed: {c['ratio']:.1f}x ({c['compressed_bytes']:,} bytes .sdc), accuracy "
+        f"{c['dense_accuracy']:.4f} -> {c['onnx_test_accuracy']:.4f}",
+    ])  # fmt: skip
     emit(report, as_json, human)
 
 

@@ -25,6 +25,10 @@ def test_run_writes_the_training_stage_and_logs_to_mlflow(tmp_path, mlflow_uri):
     assert train["metrics"]["onnx_test_accuracy"] == train["metrics"]["test_accuracy"] > 0.8
     assert (tmp_path / "run" / "train" / "model.onnx").is_file()
     assert train["mlflow"]["tracking_uri"] == mlflow_uri
+    compressed = report["stages"]["compress"]
+    assert compressed["recipe"]["name"] == "deep-compression-lenet-5"
+    assert compressed["metrics"]["ratio"] > 10
+    assert (tmp_path / "run" / "compress" / "model.sdc").is_file()
 
 
 @pytest.mark.parametrize(
