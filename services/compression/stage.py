@@ -34,7 +34,10 @@ def sdc_tensors(result: CompressionResult) -> dict[str, object]:
     for key, value in result.model.state_dict().items():
         if key in result.shared:
             codebook, assignments = result.shared[key]
-            tensors[key] = SharedTensor(codebook, assignments, result.index_bits[key])
+            tensors[key] = SharedTensor(
+                codebook, assignments, result.index_bits[key],
+                fp16_codebook=key in result.fp16_codebooks,
+            )  # fmt: skip
         else:
             tensors[key] = value.detach().cpu()
     return tensors
