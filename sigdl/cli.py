@@ -59,11 +59,14 @@ def _root(
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
     """List the zoo's models with their default input and parameter counts."""
+    import torch
+
     from sigdl import zoo
 
     rows = []
     for spec in zoo.list_models():
-        net = zoo.build_model(spec.name)
+        with torch.device("meta"):  # shapes only: VGG-16 would fill 553 MB of weights
+            net = zoo.build_model(spec.name)
         rows.append(
             {
                 "name": spec.name,
