@@ -9,10 +9,7 @@ Writes benchmarks/results/baselines.{json,md}.
 
 from __future__ import annotations
 
-import argparse
-import json
-
-from common import RESULTS, WORK, merge, sigdl, write_table
+from common import WORK, load, merge, pairs_to_run, sigdl, write_table
 
 # Deep Compression (Han et al., ICLR 2016), Table 2/3: dense baselines' top-1 accuracy.
 PAPER = {("lenet-300-100", "mnist"): 98.36, ("lenet-5", "mnist"): 99.20}
@@ -92,14 +89,10 @@ def table(doc: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="model:dataset pairs to (re)run")
-    parser.add_argument("--table", action="store_true", help="only rewrite the table")
-    args = parser.parse_args()
-    if args.table:
-        table(json.loads((RESULTS / "baselines.json").read_text()))
+    todo = pairs_to_run(__doc__, RUNS)
+    if todo is None:
+        table(load("baselines"))
         return
-    todo = [tuple(p.split(":", 1)) for p in args.only] if args.only else RUNS
     doc = None
     for model, dataset in todo:
         row = run(model, dataset)

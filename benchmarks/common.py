@@ -6,6 +6,7 @@ pieces) and `benchmarks/results/<name>.md`. Scratch output goes to `benchmarks/r
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -66,3 +67,18 @@ def write_table(
     if notes:
         lines += ["", notes]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def pairs_to_run(doc: str, runs: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+    """Parse `--only model:dataset ...` and `--table`; None means: only rewrite the table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="model:dataset pairs to (re)run")
+    parser.add_argument("--table", action="store_true", help="only rewrite the table")
+    args = parser.parse_args()
+    if args.table:
+        return None
+    return [tuple(p.split(":", 1)) for p in args.only] if args.only else runs
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())

@@ -12,10 +12,9 @@ huffman step), labelled as such. Writes benchmarks/results/compression.{json,md}
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from common import RESULTS, WORK, merge, sigdl, write_table
+from common import WORK, load, merge, pairs_to_run, sigdl, write_table
 
 # Deep Compression (Han et al., ICLR 2016), Table 1: ratio and top-1 accuracy before -> after.
 PAPER = {
@@ -82,14 +81,10 @@ def table(doc: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", help="model:dataset pairs to (re)run")
-    parser.add_argument("--table", action="store_true", help="only rewrite the table")
-    args = parser.parse_args()
-    if args.table:
-        table(json.loads((RESULTS / "compression.json").read_text()))
+    todo = pairs_to_run(__doc__, RUNS)
+    if todo is None:
+        table(load("compression"))
         return
-    todo = [tuple(p.split(":", 1)) for p in args.only] if args.only else RUNS
     for model, dataset in todo:
         row = run(model, dataset)
         print(

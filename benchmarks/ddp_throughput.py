@@ -11,10 +11,9 @@ evaluation, ONNX export and checks. Writes benchmarks/results/ddp_throughput.{js
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
-from common import RESULTS, WORK, machine, merge, sigdl, write_table
+from common import WORK, load, machine, merge, sigdl, write_table
 
 
 def run(nproc: int, epochs: int, repeat: int) -> dict:
@@ -48,7 +47,7 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="only rewrite the table")
     args = parser.parse_args()
     if args.table:
-        table(json.loads((RESULTS / "ddp_throughput.json").read_text()))
+        table(load("ddp_throughput"))
         return
     doc = None
     for nproc in (1, 2):

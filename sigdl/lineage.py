@@ -130,6 +130,12 @@ class Lineage:
         return sorted(rows, key=lambda r: r["version"])
 
 
+def registered_name(model: str, dataset: str) -> str:
+    """The registered-model name of a model trained on a data set, e.g. `lenet-5-mnist`; every
+    stage registers its versions under it, so `sigdl lineage NAME` shows them together."""
+    return f"{model}-{dataset}".replace(":", "-").replace("/", "-")
+
+
 def open_lineage() -> Lineage | None:
     """The Lineage in force from settings, or None when tracking is off."""
     uri = settings.mlflow_tracking_uri()

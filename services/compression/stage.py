@@ -145,7 +145,7 @@ def log_lineage(report: dict, artifacts_dir: Path, model: str, dataset: str) -> 
     store = lineage.open_lineage()
     if store is None:
         return None
-    name = f"{model}-{dataset}".replace(":", "-").replace("/", "-")
+    name = lineage.registered_name(model, dataset)
     params = {"recipe": report["recipe"]["name"], "recipe_digest": report["recipe_digest"]}
     tags = {TAG_STAGE: "compress", TAG_RECIPE: report["recipe_digest"]}
     with store.run(f"compress {name}", params=params, tags=tags) as run_id:

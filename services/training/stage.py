@@ -180,7 +180,7 @@ def log_lineage(report: dict, artifacts_dir: Path) -> dict | None:
     store = lineage.open_lineage()
     if store is None:
         return None
-    name = f"{report['model']}-{report['dataset']}".replace(":", "-").replace("/", "-")
+    name = lineage.registered_name(report["model"], report["dataset"])
     params = {**report["config"], "nproc": report["nproc"], "parameters": report["parameters"]}
     with store.run(f"train {name}", params=params, tags={lineage.TAG_STAGE: "train"}) as run_id:
         for row in report["history"]:
