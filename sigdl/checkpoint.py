@@ -130,3 +130,40 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[PixelModel, ModelMeta]:
         raise InputError(f"{weights}: does not match model {meta.model!r}: {first}") from None
     model.eval()
     return model, meta
+
+
+@torch.no_grad()
+def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Reshape the conv/linear/BatchNorm modules of a freshly built model to the shapes in
+    `state` (a structurally pruned checkpoint), so that `load_state_dict(state)` fits.
+    Returns the names of the modules it resized."""
+    resized = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        key = f"{prefix}weight"
+        if key not in state or not isinstance(getattr(module, "weight", None), torch.Tensor):
+            continue
+        shape = tuple(state[key].shape)
+        if shape == tuple(module.weight.shape):
+            continue
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            current = getattr(module, attr, None)
+            if isinstance(current, torch.Tensor) and f"{prefix}{attr}" in state:
+                fresh = torch.empty_like(state[f"{prefix}{attr}"], dtype=current.dtype)
+                is_param = isinstance(current, nn.Parameter)
+                setattr(module, attr, nn.Parameter(fresh) if is_param else fresh)
+        if isinstance(module, nn.Linear):
+            module.out_features, module.in_features = shape
+        elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
+            module.num_features = shape[0]
+        elif isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            if module.groups > 1 and module.groups == module.out_channels:
+                module.groups = shape[0]
+                module.in_channels = shape[0]
+            else:
+                module.in_channels = shape[1] * module.groups
+            module.out_channels = shape[0]
+        else:
+            raise InputError(f"cannot resize module {name!r} ({type(module).__name__})")
+        resized.append(name)
+    return resized

@@ -239,8 +239,8 @@ def decompress(
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild the exact weights of a .sdc file and write them as an ONNX model."""
-    from services.compression.sdc import load_model
     from sigdl import onnx_io
+    from sigdl.sdc import load_model
 
     if not sdc_file.is_file():
         raise InputError(f"{str(sdc_file)!r} does not exist")

@@ -79,7 +79,7 @@ class CompressionResult:
     fp16_codebooks: set[str] = field(default_factory=set)  # keys whose codebooks are exact
     # in float16 (write them with SharedTensor(fp16_codebook=True), losslessly)
     resized: list[str] = field(default_factory=list)  # modules whose shapes a structured step
-    # changed: rebuild the zoo model, then `prune.resize_to_state_dict`, before loading weights
+    # changed: rebuild the zoo model, then `checkpoint.resize_to_state_dict`, before loading weights
 
     def to_dict(self) -> dict:
         """JSON-ready summary for report.json (no tensors)."""

@@ -18,11 +18,11 @@ import torch
 
 from services.compression.engine import CompressionResult, compress
 from services.compression.recipe import load_recipe
-from services.compression.sdc import SdcSummary, SharedTensor, load_model, write_sdc
 from sigdl import __version__, atomic, checkpoint, lineage, onnx_io, settings
 from sigdl.datasets import load_dataset
 from sigdl.evaluation import score_onnx
 from sigdl.lineage import TAG_RECIPE, TAG_STAGE
+from sigdl.sdc import SdcSummary, SharedTensor, load_model, write_sdc
 
 EventFn = Callable[[dict], None]
 

@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from services.compression.sdc import read_sdc
 from services.compression.stage import run_compression
 from services.training.stage import run_training
 from sigdl import onnx_io
+from sigdl.sdc import read_sdc
 from sigdl.training import TrainConfig
 
 RECIPE = """

@@ -26,7 +26,6 @@ from services.compression.prune import (
     magnitude_mask,
     magnitude_threshold,
     remove_channels,
-    resize_to_state_dict,
     sensitivity,
     sparsity_mask,
 )
@@ -40,7 +39,7 @@ from services.compression.share import (
 )
 from services.training.stage import run_training
 from sigdl import zoo
-from sigdl.checkpoint import load_checkpoint
+from sigdl.checkpoint import load_checkpoint, resize_to_state_dict
 from sigdl.datasets import load_dataset
 from sigdl.errors import InputError
 from sigdl.training import TrainConfig, fit

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.compression import huffman, sparse
-from services.compression.huffman import HuffmanCode
+from sigdl import huffman, sparse
 from sigdl.errors import InputError
+from sigdl.huffman import HuffmanCode
 
 FAST = settings(max_examples=60, deadline=None)
 

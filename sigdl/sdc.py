@@ -36,9 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.compression import huffman, sparse
-from sigdl import atomic
-from sigdl.checkpoint import ModelMeta, PixelModel, build
+from sigdl import atomic, huffman, sparse
+from sigdl.checkpoint import ModelMeta, PixelModel, build, resize_to_state_dict
 from sigdl.errors import InputError
 
 MAGIC = b"SDC1"
@@ -383,8 +382,6 @@ def load_model(path: str | Path) -> tuple[PixelModel, ModelMeta]:
 
     A structurally pruned model has thinner layers than the zoo builds: they are resized to the
     stored shapes first (the shapes are data in the header, so this runs no code)."""
-    from services.compression.prune import resize_to_state_dict
-
     sdc = read_sdc(path)
     try:
         meta = ModelMeta.from_json(sdc.header["model"], where=f"{path}: header.model")
