@@ -63,19 +63,33 @@ def export_onnx(
     return Path(path)
 
 
-def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session; `threads` pins intra-op threads (None: ORT's default)."""
-    if not Path(path).is_file():
-        raise InputError(f"ONNX model {str(path)!r} does not exist")
+def _options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    return opts
+
+
+def session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session; `threads` pins intra-op threads (None: ORT's default)."""
+    if not Path(path).is_file():
+        raise InputError(f"ONNX model {str(path)!r} does not exist")
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path), _options(threads), providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # ORT raises its own untyped errors for malformed models
         raise InputError(f"{str(path)!r} is not a loadable ONNX model: {exc}") from None
+
+
+def session_from_bytes(model: bytes, threads: int | None = None) -> ort.InferenceSession:
+    """Like `session`, for a model held in memory."""
+    try:
+        return ort.InferenceSession(model, _options(threads), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own untyped errors for malformed models
+        raise InputError(f"not a loadable ONNX model: {exc}") from None
 
 
 def input_shape(sess: ort.InferenceSession) -> tuple[int, int, int]:
