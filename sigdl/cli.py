@@ -19,6 +19,7 @@ from typer.exceptions import TyperException
 
 from sigdl import __version__
 from sigdl.errors import InputError
+from sigdl.store import ArtifactNotFoundError
 
 app = typer.Typer(
     help="SigDL: train, compress, retest on emulated targets, deploy to the edge.",
@@ -252,6 +253,26 @@ def decompress(
 
 
 @app.command()
+def deploy(
+    source: Annotated[str, typer.Argument(help="Run or package folder: path, file:// or s3://.")],
+    target: Annotated[str, typer.Option(help="Target profile name (see `sigdl targets list`).")],
+    fleet: Annotated[str, typer.Option(help="Fleet name: lowercase letters, digits, '-'.")],
+    store: Annotated[
+        str | None, typer.Option("--store", help="Store root [default: $SIGDL_HOME/artifacts].")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Version [default: the next vN].")] = None,
+    retest: Annotated[str | None, typer.Option(help="A retest report.json to include.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Package a run for a target and publish it as the fleet's current version."""
+    from services.deploy.stage import run_deploy, summary
+
+    result = run_deploy(source, target, fleet, store_root=store, version=version,
+                        retest_report=retest)  # fmt: skip
+    emit(result, as_json, summary(result))
+
+
+@app.command()
 def lineage(
     model_name: Annotated[str, typer.Argument(help="Registered model name, e.g. lenet-5-mnist.")],
     as_json: JsonOpt = False,
@@ -307,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.format_message():  # empty when `sigdl` alone printed the help
             err(f"error: {exc.format_message()}")
         return getattr(exc, "exit_code", 2)
-    except InputError as exc:
+    except (InputError, ArtifactNotFoundError) as exc:  # a named artifact missing: bad input
         err(f"error: {exc}")
         return 2
     return 0

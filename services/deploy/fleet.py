@@ -1,0 +1,220 @@
+"""Where edge packages live in the artifact store, and the `current` pointer of each fleet.
+
+Layout under a store root (a ``file://`` folder or an ``s3://bucket/prefix``)::
+
+    fleets/<fleet>/<target>/v1/model.onnx, model.sdc, manifest.json
+    fleets/<fleet>/<target>/v2/...
+    fleets/<fleet>/<target>/current     {"version": "v2", "manifest_sha256": ..., "history": [...]}
+
+A version folder is immutable once published. `current` is one small JSON object written in a
+single atomic put (a rename on disk, one PUT on S3), and only after every file of its version
+has been uploaded and read back with the expected sha256: an edge agent that reads `current`
+always finds a complete, verified version. The history of what was current lives in the same
+object, so pointer and history can never disagree.
+
+    ft = FleetTarget.at("s3://artifacts", "lab", "jetson-tx2")
+    ft.read_pointer()["version"]  # 'v2'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sigdl import store
+from sigdl.errors import InputError
+
+POINTER = "current"
+MANIFEST = "manifest.json"
+# a DNS label: fleet and target names may become Kubernetes labels and hostnames on the edge
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+VERSION_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+NUMBERED_RE = re.compile(r"^v(\d+)$")  # the versions SigDL numbers itself: v1, v2, ...
+
+# One publisher at a time per fleet/target in this process (the deploy service runs jobs in a
+# thread pool). Publishers in other processes are caught by the pointer check before the swap.
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+class ConcurrentPublishError(store.StoreError):
+    """`current` moved while this publish was uploading: another publisher got there first."""
+
+
+def check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise InputError(
+            f"{what} {value!r} is not valid: expected lowercase letters, digits and '-' "
+            "(at most 63, starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def check_version(value: str) -> str:
+    if not isinstance(value, str) or not VERSION_RE.match(value) or value == POINTER:
+        raise InputError(
+            f"version {value!r} is not valid: expected e.g. 'v3' or '2026-11-24.1' (lowercase "
+            f"letters, digits, '.', '_', '-'; not {POINTER!r})"
+        )
+    return value
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class FleetTarget:
+    """The packages of one target model in one fleet, under one store root."""
+
+    root: str  # store root URI, no trailing slash
+    fleet: str  # fleet name (a DNS label)
+    target: str  # target profile name (a DNS label)
+
+    @classmethod
+    def at(cls, store_root: str | None, fleet: str, target: str) -> FleetTarget:
+        root = store.as_uri(store_root) if store_root else store.local_artifact_root()
+        return cls(root.rstrip("/"), check_name(fleet, "fleet"), check_name(target, "target"))
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.root}/fleets/{self.fleet}/{self.target}"
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([self.prefix, *parts])
+
+    @contextlib.contextmanager
+    def lock(self):
+        with _LOCKS_GUARD:
+            lock = _LOCKS.setdefault(self.prefix, threading.Lock())
+        with lock:
+            yield
+
+    # --- reading ------------------------------------------------------------------------------
+    def read_pointer(self) -> dict | None:
+        """The `current` pointer, or None before the first publish."""
+        try:
+            data = store.get_bytes(self.uri(POINTER))
+        except store.ArtifactNotFoundError:
+            return None
+        return json.loads(data)
+
+    def read_manifest(self, version: str) -> tuple[dict, str]:
+        """A version's manifest and the sha256 of its bytes."""
+        data = store.get_bytes(self.uri(version, MANIFEST))
+        return json.loads(data), hashlib.sha256(data).hexdigest()
+
+    def version_folders(self) -> dict[str, set[str]]:
+        """Every version folder in the store with the names of its files (complete or not)."""
+        folders: dict[str, set[str]] = {}
+        for uri in store.list_uris(self.prefix):
+            version, _, name = uri[len(self.prefix) + 1 :].partition("/")
+            if name:
+                folders.setdefault(version, set()).add(name)
+        return folders
+
+    def next_version(self, folders: dict[str, set[str]] | None = None) -> str:
+        """v<N+1> over every numbered folder present, so no published number is ever reused."""
+        folders = self.version_folders() if folders is None else folders
+        numbers = [int(m.group(1)) for v in folders if (m := NUMBERED_RE.match(v))]
+        return f"v{max(numbers, default=0) + 1}"
+
+    def verify_version(self, version: str) -> tuple[dict, str]:
+        """Read a version back and check every file against its manifest (sha256 of the stored
+        bytes, not an ETag); return the manifest and its own sha256."""
+        try:
+            manifest, digest = self.read_manifest(version)
+        except store.ArtifactNotFoundError:
+            raise InputError(
+                f"version {version!r} of {self.fleet}/{self.target} does not exist in {self.root}"
+            ) from None
+        for name, entry in manifest["files"].items():
+            got = store.sha256(self.uri(version, name))
+            if got != entry["sha256"]:
+                raise store.StoreError(
+                    f"{self.uri(version, name)!r}: stored sha256 {got} differs from the "
+                    f"manifest's {entry['sha256']}"
+                )
+        return manifest, digest
+
+    # --- writing ------------------------------------------------------------------------------
+    def upload_version(
+        self,
+        version: str,
+        files: dict[str, Path],
+        manifest_bytes: bytes,
+        on_event: Callable[[dict], None] | None = None,
+    ) -> str:
+        """Upload the files and then the manifest, verify each, return the manifest's sha256.
+
+        On any failure the files uploaded so far are removed: a version folder either holds a
+        verified package or nothing (short of a crash, which `current` never points at)."""
+        uploaded: list[str] = []
+        total = len(files) + 1
+        try:
+            for name, path in sorted(files.items()):
+                expected = store.put_file(self.uri(version, name), path)
+                uploaded.append(self.uri(version, name))
+                self._verify(uploaded[-1], expected)
+                emit(on_event, {"event": "upload", "file": name, "done": len(uploaded),
+                                 "total": total})  # fmt: skip
+            digest = store.put_bytes(self.uri(version, MANIFEST), manifest_bytes)
+            uploaded.append(self.uri(version, MANIFEST))
+            self._verify(uploaded[-1], digest)
+            emit(on_event, {"event": "upload", "file": MANIFEST, "done": total, "total": total})
+        except BaseException:
+            for uri in uploaded:
+                with contextlib.suppress(Exception):
+                    store.delete(uri)
+            raise
+        return digest
+
+    @staticmethod
+    def _verify(uri: str, expected: str) -> None:
+        got = store.sha256(uri)
+        if got != expected:
+            raise store.StoreError(f"{uri!r}: read back sha256 {got}, uploaded {expected}")
+
+    def swap_pointer(self, seen: dict | None, version: str, manifest_sha256: str, action: str):
+        """Point `current` at `version` in one atomic write, keeping the history.
+
+        `seen` is the pointer read when this publish began; if another writer moved `current`
+        since, refuse rather than silently drop its version from the history."""
+        now_pointer = self.read_pointer()
+        if _version_of(now_pointer) != _version_of(seen):
+            raise ConcurrentPublishError(
+                f"{self.uri(POINTER)!r} moved from {_version_of(seen)!r} to "
+                f"{_version_of(now_pointer)!r} during this publish; retry"
+            )
+        at = now()
+        history = list((seen or {}).get("history", []))
+        history.append({"version": version, "manifest_sha256": manifest_sha256,
+                        "action": action, "at": at})  # fmt: skip
+        pointer = {
+            "fleet": self.fleet,
+            "target": self.target,
+            "version": version,
+            "manifest": f"{version}/{MANIFEST}",
+            "manifest_sha256": manifest_sha256,
+            "updated": at,
+            "previous": _version_of(seen),
+            "history": history,
+        }
+        store.put_bytes(self.uri(POINTER), (json.dumps(pointer, indent=2) + "\n").encode())
+        return pointer
+
+
+def _version_of(pointer: dict | None) -> str | None:
+    return pointer["version"] if pointer else None
+
+
+def emit(on_event: Callable[[dict], None] | None, event: dict) -> None:
+    if on_event is not None:
+        on_event(event)
