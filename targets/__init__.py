@@ -1,1 +1,96 @@
+"""Embedded target profiles: one validated YAML file per device, `targets/<name>.yaml`.
 
+A name may carry a power mode after a colon (`jetson-tx2:maxq`); without one the profile's
+`default_mode` applies. Loading validates against `targets.schema.SCHEMA` and a bad profile
+raises `ProfileError` naming the field.
+
+    from targets import load_profile, profile_names
+    profile = load_profile("jetson-tx2:maxq")
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from targets.schema import SCHEMA
+
+HERE = Path(__file__).resolve().parent
+
+
+class ProfileError(ValueError):
+    """An unknown target, an unknown power mode, or a profile that breaks the schema."""
+
+
+def profile_names() -> list[str]:
+    """Every profile shipped in this folder, sorted."""
+    return sorted(p.stem for p in HERE.glob("*.yaml"))
+
+
+def validate(data: object, where: str) -> None:
+    """Raise ProfileError naming the first field (as a dotted path) that breaks the schema."""
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        field = ".".join(str(p) for p in first.absolute_path) or "<top level>"
+        raise ProfileError(f"{where}: field {field!r}: {first.message}")
+
+
+def load_file(path: str | Path) -> dict:
+    """Read and validate one profile file (no power mode applied)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ProfileError(f"{str(path)!r} cannot be read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML ({exc})") from None
+    validate(data, str(path))
+    if data["native_precision"] not in data["precisions"]:
+        raise ProfileError(f"{path}: field 'native_precision' is not in 'precisions'")
+    mode = data.get("default_mode")
+    if mode is not None and mode not in data.get("modes", {}):
+        raise ProfileError(f"{path}: field 'default_mode': {mode!r} is not one of 'modes'")
+    return data
+
+
+@functools.cache
+def _load_cached(name: str) -> dict:
+    path = HERE / f"{name}.yaml"
+    if not path.is_file():
+        raise ProfileError(f"unknown target {name!r}; available: {', '.join(profile_names())}")
+    return load_file(path)
+
+
+def load_profile(name: str) -> dict:
+    """The profile `name` (optionally `name:mode`) with its power mode applied; a fresh copy."""
+    base, _, mode = str(name).strip().lower().partition(":")
+    profile = copy.deepcopy(_load_cached(base))
+    mode = mode or profile.get("default_mode")
+    if mode:
+        modes = profile.get("modes", {})
+        if mode not in modes:
+            known = ", ".join(modes) or "none"
+            raise ProfileError(f"target {base!r} has no power mode {mode!r}; modes: {known}")
+        apply_mode(profile, mode)
+    return profile
+
+
+def apply_mode(profile: dict, mode: str) -> None:
+    """Scale peak throughput by the mode's clock and cores; take its power figures."""
+    override = profile["modes"][mode]
+    compute = profile["compute"]
+    scale = override.get("clock_ghz", compute["clock_ghz"]) / compute["clock_ghz"]
+    scale *= override.get("cores", compute["cores"]) / compute["cores"]
+    compute["peak_gops"] = {p: v * scale for p, v in compute["peak_gops"].items()}
+    compute["clock_ghz"] = override.get("clock_ghz", compute["clock_ghz"])
+    compute["cores"] = override.get("cores", compute["cores"])
+    for key in ("idle_w", "active_w"):
+        if key in override:
+            profile["power"][key] = override[key]
+    profile["mode"] = mode

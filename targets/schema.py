@@ -1,0 +1,194 @@
+"""The JSON Schema every `targets/<name>.yaml` profile is validated against.
+
+A profile describes one embedded device from its data sheet: compute, memory, precisions,
+operators and their constraints, a latency model, a power model and how it is emulated.
+Units are in the field names (`_ghz`, `_gops`, `_gbs` = GB/s, `_mb` = MiB, `_kb` = KiB,
+`_us`, `_w`, `_pj`). One multiply-accumulate counts as 2 operations in every `_gops` figure.
+
+    python -m targets.schema     # prints the schema as JSON
+"""
+
+from __future__ import annotations
+
+import json
+
+PRECISIONS = ["fp32", "fp16", "int8"]
+# Operator classes the latency model knows; every ONNX op type maps to one of them.
+OP_CLASSES = ["conv", "conv_stem", "depthwise", "gemm", "pool", "elementwise", "data"]
+
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+_NON_NEGATIVE = {"type": "number", "minimum": 0}
+_PER_PRECISION = {
+    "type": "object",
+    "propertyNames": {"enum": PRECISIONS},
+    "additionalProperties": _POSITIVE,
+    "minProperties": 1,
+}
+_PER_CLASS = {
+    "type": "object",
+    "propertyNames": {"enum": OP_CLASSES},
+    "additionalProperties": _NON_NEGATIVE,
+}
+# a kernel+stride combination such as "3x3s2"
+_KERNEL_STRIDE = {"type": "string", "pattern": r"^[0-9]+x[0-9]+s[0-9]+$"}
+
+_CONSTRAINTS = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "allowed": {"type": "array", "items": _KERNEL_STRIDE},  # conv/pool kernel+stride
+        "depthwise_allowed": {"type": "array", "items": _KERNEL_STRIDE},
+        "max_channel_multiplier": {"type": "integer", "minimum": 1},  # depthwise out/in
+        "input_multiple_of": {"type": "integer", "minimum": 1},  # Gemm/MatMul K
+        "max_kernel": {"type": "integer", "minimum": 1},
+        "max_plane": {"type": "integer", "minimum": 1},  # H*W of a global pooling input
+        "note": {"type": "string"},
+    },
+}
+
+_LATENCY_PARAMS = {
+    "efficiency": _PER_CLASS,  # fraction of peak compute each op class reaches
+    "overhead_us": _PER_CLASS,  # fixed time per executed node of that class
+    "bandwidth_efficiency": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    "onchip_bandwidth_gbs": _POSITIVE,  # bandwidth when a node's working set fits on chip
+    "bandwidth_gbs": _POSITIVE,  # override of memory.bandwidth_gbs (measured)
+}
+
+SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "SigDL target profile",
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "name", "description", "kind", "emulation", "compute", "memory", "precisions",
+        "native_precision", "latency_model", "power", "operators",
+    ],  # fmt: skip
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+        "description": {"type": "string"},
+        "kind": {"enum": ["cpu", "gpu", "vpu", "dsp"]},
+        "emulation": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["method"],
+            "properties": {
+                # native: this machine, measured; cpu-limited: an x86 CPU with core/clock
+                # limits stands in; same-class: hardware of the same class; model: analytic only
+                "method": {"enum": ["native", "cpu-limited", "same-class", "model"]},
+                "notes": {"type": "string"},
+            },
+        },
+        "compute": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["units", "unit_kind", "cores", "clock_ghz", "peak_gops"],
+            "properties": {
+                "units": {"type": "integer", "minimum": 1},  # cores, CUDA cores, SHAVEs
+                "unit_kind": {"type": "string"},
+                "cores": {"type": "integer", "minimum": 1},  # what threads are spread over
+                "clock_ghz": _POSITIVE,
+                "peak_gops": _PER_PRECISION,  # whole device at clock_ghz
+            },
+        },
+        "memory": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["ram_mb", "bandwidth_gbs", "onchip_kb"],
+            "properties": {
+                "ram_mb": _POSITIVE,
+                "bandwidth_gbs": _POSITIVE,
+                "onchip_kb": _NON_NEGATIVE,
+                "kind": {"type": "string"},
+            },
+        },
+        "precisions": {
+            "type": "array",
+            "items": {"enum": PRECISIONS},
+            "minItems": 1,
+            "uniqueItems": True,
+        },
+        "native_precision": {"enum": PRECISIONS},
+        "weight_bits": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 1, "maximum": 32},
+            "minItems": 2,
+            "maxItems": 2,
+        },
+        "latency_model": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["efficiency", "overhead_us", "bandwidth_efficiency"],
+            "properties": {
+                **_LATENCY_PARAMS,
+                "p90_factor": {"type": "number", "minimum": 1},  # p90 / typical latency
+                "fixed_overhead_us": _NON_NEGATIVE,  # per inference (dispatch, transfers)
+                "fuses": {  # [producer, consumer] pairs the runtime runs as one node
+                    "type": "array",
+                    "items": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "minItems": 2,
+                        "maxItems": 2,
+                    },
+                },
+                "precision_efficiency": _PER_PRECISION,  # multiplier on efficiency
+                # measured per thread count (host): overrides of the fields above
+                "calibrated": {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^[0-9]+$"},
+                    "additionalProperties": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {**_LATENCY_PARAMS, "p90_factor": {"type": "number"}},
+                    },
+                },
+                "calibration_source": {"type": "string"},
+            },
+        },
+        "power": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["idle_w", "active_w", "pj_per_op", "pj_per_dram_byte"],
+            "properties": {
+                "idle_w": _NON_NEGATIVE,
+                "active_w": _POSITIVE,  # the most the device draws (TDP / power-mode cap)
+                "pj_per_op": _PER_PRECISION,  # dynamic energy per arithmetic operation
+                "pj_per_dram_byte": _NON_NEGATIVE,
+                "note": {"type": "string"},
+            },
+        },
+        "operators": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["supported"],
+            "properties": {
+                "max_batch": {"type": "integer", "minimum": 1},
+                "supported": {
+                    "type": "object",
+                    "additionalProperties": {"oneOf": [{"type": "null"}, _CONSTRAINTS]},
+                    "minProperties": 1,
+                },
+                "source": {"type": "string"},
+            },
+        },
+        "modes": {  # named power modes: partial overrides of compute/power/memory
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "clock_ghz": _POSITIVE,
+                    "cores": {"type": "integer", "minimum": 1},
+                    "idle_w": _NON_NEGATIVE,
+                    "active_w": _POSITIVE,
+                    "note": {"type": "string"},
+                },
+            },
+        },
+        "default_mode": {"type": "string"},
+    },
+}
+
+
+if __name__ == "__main__":
+    print(json.dumps(SCHEMA, indent=2))
