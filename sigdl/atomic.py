@@ -18,12 +18,16 @@ from pathlib import Path
 from sigdl.errors import InputError
 
 
+FILE_MODE = 0o644  # what `open()` gives under the usual umask 022
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would hide artifacts from other readers
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

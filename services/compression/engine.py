@@ -38,11 +38,20 @@ from services.compression.prune import (
     sparsity_at_threshold,
     sparsity_mask,
 )
+from services.compression.quantize import (
+    FakeQuant,
+    GridKeeper,
+    dequantize_weight,
+    observe_input_ranges,
+    quantize_weight,
+    weight_scale,
+)
 from services.compression.recipe import (
     LAYER_KINDS,
     HuffmanConfig,
     LayerValue,
     PruneConfig,
+    QuantizeConfig,
     Recipe,
     RetrainConfig,
     ShareConfig,
@@ -54,7 +63,7 @@ from services.compression.recipe import (
 )
 from services.compression.share import CentroidTrainer, SharedWeight, project, share_weights
 from sigdl.checkpoint import ModelMeta
-from sigdl.datasets import Dataset
+from sigdl.datasets import Dataset, adapt
 from sigdl.errors import InputError
 from sigdl.evaluation import Score, score_torch
 from sigdl.training import EpochResult, TrainConfig, fit
@@ -80,6 +89,9 @@ class CompressionResult:
     # in float16 (write them with SharedTensor(fp16_codebook=True), losslessly)
     resized: list[str] = field(default_factory=list)  # modules whose shapes a structured step
     # changed: rebuild the zoo model, then `checkpoint.resize_to_state_dict`, before loading weights
+    quantized: dict[str, tuple[np.ndarray, np.ndarray, int]] = field(default_factory=dict)
+    # key -> (scale (C_out,) float32, levels int8, bits): the weight is exactly scale[c] * q
+    int8: dict | None = None  # the quantize step's activation settings, for the int8 ONNX model
 
     def to_dict(self) -> dict:
         """JSON-ready summary for report.json (no tensors)."""
@@ -91,6 +103,8 @@ class CompressionResult:
             "bits": self.bits,
             "fp16_codebooks": sorted(self.fp16_codebooks),
             "resized": self.resized,
+            "weight_bits": {k: bits for k, (_, _, bits) in self.quantized.items()},
+            "int8": self.int8,
             "ladder": self.ladder,
         }
 
@@ -113,6 +127,9 @@ class CompressionState:
     baseline: float = 0.0  # dense test accuracy
     dense_parameters: int = 0  # parameters before any step: what every ratio divides
     resized: list[str] = field(default_factory=list)  # modules a structured step reshaped
+    grids: dict[str, tuple[torch.Tensor, int]] = field(default_factory=dict)  # quantized
+    # weights: key -> (scale (C_out,), bits)
+    int8: dict | None = None
 
     def score(self) -> Score:
         m = self.meta
@@ -120,7 +137,12 @@ class CompressionState:
 
     def hooks(self) -> list[Callable[[nn.Module], None]]:
         plain = {k: v for k, v in self.masks.items() if k not in self.shared}
-        return [MaskKeeper(self.layers, plain), CentroidTrainer(self.layers, self.shared)]
+        grids = {k: (self.layers[k].weight, s, b) for k, (s, b) in self.grids.items()}
+        return [
+            MaskKeeper(self.layers, plain),
+            CentroidTrainer(self.layers, self.shared),
+            GridKeeper(grids),
+        ]
 
 
 Handler = Callable[[CompressionState, StepConfig, int, dict[str, float | int]], dict]
@@ -186,6 +208,8 @@ def compress(
         bits={k: s.bits for k, s in state.shared.items()},
         fp16_codebooks={k for k, s in state.shared.items() if s.fp16},
         resized=list(state.resized),
+        quantized={k: _grid_arrays(state, k) for k in state.grids},
+        int8=state.int8,
     )
 
 
@@ -195,7 +219,7 @@ def plan_recipe(
     """Resolve every step's per-layer values against the model before anything runs: unknown
     layer names, steps without a handler, a prune after a share of the same layer and a
     structured step after pruning all fail before any work is done."""
-    plan, shared_by, masked_by = [], {}, None
+    plan, shared_by, masked_by, quantized_by = [], {}, None, {}
     for index, step in enumerate(recipe.steps):
         where = f"recipe {recipe.name!r} steps[{index}] ({step.type})"
         if type(step) not in HANDLERS:
@@ -211,23 +235,36 @@ def plan_recipe(
         elif isinstance(step, PruneConfig):
             value = step.quality if step.quality is not None else step.sparsity
             targets = resolve_layers(step.layers, value, layers, where, model_name)
-            for key in targets:
-                if key in shared_by:
-                    raise InputError(
-                        f"{where}: prunes layer {layers[key].name!r}, already shared by "
-                        f"steps[{shared_by[key]}]; put prune steps before share"
-                    )
+            _refuse_fixed(targets, {**shared_by, **quantized_by}, layers, where, "prunes")
         elif isinstance(step, ShareConfig):
             targets = resolve_layers(step.layers, step.bits, layers, where, model_name)
+            _refuse_fixed(targets, quantized_by, layers, where, "shares")
             shared_by.update(dict.fromkeys(targets, index))
+        elif isinstance(step, QuantizeConfig):
+            targets = resolve_layers(step.layers, step.weight_bits, layers, where, model_name)
+            _refuse_fixed(targets, {**shared_by, **quantized_by}, layers, where, "quantizes")
+            quantized_by.update(dict.fromkeys(targets, index))
         elif isinstance(step, HuffmanConfig):
             targets = resolve_layers(["*"], step.index_bits, layers, where, model_name)
         else:
             targets = {}
-        if isinstance(step, PruneConfig | ShareConfig) and masked_by is None:
+        if isinstance(step, PruneConfig | ShareConfig | QuantizeConfig) and masked_by is None:
             masked_by = index
         plan.append(targets)
     return plan
+
+
+def _refuse_fixed(
+    targets: dict, fixed_by: dict[str, int], layers: dict[str, Layer], where: str, verb: str
+) -> None:
+    """A shared or quantized weight is fixed on its codebook or grid: later steps that would
+    move it are refused before anything runs."""
+    for key in targets:
+        if key in fixed_by:
+            raise InputError(
+                f"{where}: {verb} layer {layers[key].name!r}, already fixed on a codebook or "
+                f"grid by steps[{fixed_by[key]}]; prune first, then share or quantize once"
+            )
 
 
 def resolve_layers(
@@ -353,6 +390,47 @@ def _share(state: CompressionState, cfg: ShareConfig, index: int, targets: dict)
     }
 
 
+@register_handler(QuantizeConfig)
+def _quantize(state: CompressionState, cfg: QuantizeConfig, index: int, targets: dict) -> dict:
+    meta = state.meta
+    pixels = calibration_pixels(state.data, meta, cfg.calibration_samples, state.recipe.seed)
+    modules = {key: state.layers[key].module for key in targets}
+    ranges = observe_input_ranges(state.model, modules, pixels.split(64))
+    bits = {key: int(b) for key, b in targets.items()}
+    fake = FakeQuant(modules, ranges, bits, cfg.activations)
+    with fake:
+        before = state.score().accuracy  # weights and activations fake-quantized
+        history = retrain(state, cfg.retrain, index, 0)  # QAT when epochs > 0
+        for key, b in bits.items():
+            weight = state.layers[key].weight
+            scale = weight_scale(weight, b)
+            with torch.no_grad():
+                weight.copy_(dequantize_weight(quantize_weight(weight, scale, b), scale))
+            state.grids[key] = (scale, b)
+        after = state.score().accuracy
+    state.int8 = {
+        "activations": cfg.activations,
+        "method": cfg.method,
+        "calibration_samples": len(pixels),
+    }
+    return {
+        "accuracy_before_retrain": before,
+        "accuracy_fake_quant": after,  # torch emulation of int8 activations; the stage
+        # measures the int8 ONNX model with ONNX Runtime
+        "epochs": len(history),
+        "weight_bits": {state.layers[k].name: b for k, b in bits.items()},
+        "input_ranges": {state.layers[k].name: list(r) for k, r in ranges.items()},
+    }
+
+
+def calibration_pixels(data: Dataset, meta: ModelMeta, count: int, seed: int) -> torch.Tensor:
+    """`count` training images, drawn with `seed`, as the model's pixels (N, C, S, S)."""
+    total = len(data.train.labels)
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count]
+    images = data.train.images[chosen.sort().values]
+    return adapt(images, meta.channels, meta.input_size, meta.adapt_mode)
+
+
 @register_handler(HuffmanConfig)
 def _huffman(state: CompressionState, cfg: HuffmanConfig, index: int, targets: dict) -> dict:
     state.huffman = True
@@ -361,7 +439,8 @@ def _huffman(state: CompressionState, cfg: HuffmanConfig, index: int, targets: d
         state.raw_float16 = True
         with torch.no_grad():
             for key, tensor in state.model.state_dict().items():
-                if key not in state.shared and tensor.is_floating_point():
+                fixed = key in state.shared or key in state.grids
+                if not fixed and tensor.is_floating_point():
                     tensor.copy_(tensor.half().float())  # state_dict tensors share storage
     return {}
 
@@ -421,6 +500,17 @@ def _check_shared(state: CompressionState) -> None:
             weight.view(torch.int32), shared.dense().view(torch.int32)
         ):
             raise RuntimeError(f"{key}: weight drifted from codebook[assignments]")
+
+
+def _grid_arrays(state: CompressionState, key: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(scale, levels, bits) of a quantized weight, checked: the weight must be exactly
+    scale[c] * q, the contract with the .sdc writer."""
+    scale, bits = state.grids[key]
+    weight = state.layers[key].weight.detach()
+    q = quantize_weight(weight, scale, bits)
+    if not torch.equal(dequantize_weight(q, scale), weight):
+        raise RuntimeError(f"{key}: weight drifted off its {bits}-bit grid")
+    return scale.numpy().astype(np.float32), q.numpy(), bits
 
 
 def _net(model: nn.Module) -> nn.Module:

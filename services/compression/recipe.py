@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import yaml
 
 from sigdl.errors import InputError
+from sigdl.numerics import ACTIVATION_SCHEMES, CALIBRATION_METHODS
 from sigdl.training import OPTIMIZERS, SCHEDULES
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -334,6 +335,40 @@ class HuffmanConfig(StepConfig):
         )
         _fail([(self.raw_dtype in ("float32", "float16"), "raw_dtype", self.raw_dtype,
                 "float32 or float16")])  # fmt: skip
+
+
+@register_step
+@dataclass
+class QuantizeConfig(StepConfig):
+    """Fixed-point quantization for integer targets: weights symmetric per output channel on
+    a `weight_bits` grid (zero point 0, so pruned weights stay 0), activations 8-bit (affine
+    uint8 with a zero point, or symmetric int8) with ranges calibrated on training images,
+    32-bit accumulation in the integer kernels. `retrain.epochs` 0 is post-training
+    quantization; more is quantization-aware training (fake quantization with a
+    straight-through gradient). The stage also writes `model.int8.onnx` (ONNX QDQ)."""
+
+    type: ClassVar[str] = "quantize"
+    layers: list[str] = field(default_factory=lambda: ["*"])  # names/globs/kinds to quantize
+    weight_bits: LayerValue = 8  # 2..8 bits per weight (levels -(2**(b-1)-1)..2**(b-1)-1)
+    activations: str = "affine"  # affine (uint8) | symmetric (int8)
+    method: str = "minmax"  # minmax | percentile | entropy: how activation ranges are read
+    calibration_samples: int = 512  # training images that calibrate the activation ranges
+    retrain: RetrainConfig = field(default_factory=lambda: RetrainConfig(epochs=0))
+
+    def __post_init__(self) -> None:
+        self.layers = _check_patterns(self.layers, "layers")
+        self.weight_bits = _check_layer_value(
+            self.weight_bits, "weight_bits", int, lambda v: 2 <= v <= 8, "an integer in 2..8"
+        )
+        _fail([
+            (self.activations in ACTIVATION_SCHEMES, "activations", self.activations,
+             f"one of {', '.join(ACTIVATION_SCHEMES)}"),
+            (self.method in CALIBRATION_METHODS, "method", self.method,
+             f"one of {', '.join(CALIBRATION_METHODS)}"),
+            (isinstance(self.calibration_samples, int) and self.calibration_samples >= 1,
+             "calibration_samples", self.calibration_samples, "an integer >= 1"),
+        ])  # fmt: skip
+        self.retrain = _retrain(self.retrain)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -158,5 +158,5 @@ def test_plan_names_unknown_layers_and_prune_after_share():
     plan = plan_recipe(Recipe("t", [{"type": "share", "bits": {"conv": 8, "fc": 5}}]), layers)
     assert plan == [{"fc1.weight": 5, "fc2.weight": 5, "fc3.weight": 5}]  # a bare net's keys
     late = Recipe("t", [{"type": "share", "bits": 5}, {"type": "prune", "quality": 1.0}])
-    with pytest.raises(InputError, match=r"already shared by steps\[0\]"):
+    with pytest.raises(InputError, match=r"already fixed on a codebook or grid by steps\[0\]"):
         plan_recipe(late, layers)
