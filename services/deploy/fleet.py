@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import targets
 from sigdl import store
 from sigdl.errors import InputError
 
@@ -57,6 +58,16 @@ def check_name(value: str, what: str) -> str:
     return value
 
 
+def check_target(value: str) -> str:
+    """A well-formed name of a target profile in `targets/` (without a power mode: a fleet
+    runs a device, whatever mode it is set to)."""
+    check_name(value, "target")
+    names = targets.profile_names()
+    if value not in names:
+        raise InputError(f"unknown target {value!r}; available: {', '.join(names)}")
+    return value
+
+
 def check_version(value: str) -> str:
     if not isinstance(value, str) or not VERSION_RE.match(value) or value == POINTER:
         raise InputError(
@@ -81,7 +92,7 @@ class FleetTarget:
     @classmethod
     def at(cls, store_root: str | None, fleet: str, target: str) -> FleetTarget:
         root = store.as_uri(store_root) if store_root else store.local_artifact_root()
-        return cls(root.rstrip("/"), check_name(fleet, "fleet"), check_name(target, "target"))
+        return cls(root.rstrip("/"), check_name(fleet, "fleet"), check_target(target))
 
     @property
     def prefix(self) -> str:

@@ -31,7 +31,10 @@ from sigdl.errors import InputError
 PACKAGE_FORMAT = "sigdl-edge-package"  # `format` of every manifest
 FORMAT_VERSION = 1  # bumped when a reader of older manifests would misread a new one
 MANIFEST = "manifest.json"
-MODEL_FILES = ("model.onnx", "model.sdc")  # what a package ships; model.onnx is required
+# what a package ships: model.onnx is required; model.int8.onnx (QDQ, from a recipe with a
+# quantize step) is what an int8 target runs; model.sdc is the compressed weights
+MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.sdc")
+ONNX_FILES = ("model.onnx", "model.int8.onnx")
 REPORT = "report.json"
 # Where a retest report of the same model is looked for when the caller names none: a retest
 # run writes its own report.json, so beside a run it lives in a subfolder or under another name
@@ -137,7 +140,14 @@ def parse_json(data: bytes, where: str, what: str) -> dict:
 def check_model_files(files: dict[str, Path]) -> None:
     """Refuse to ship a model the edge could not load: ONNX must parse and keep the contract
     (`pixels` in, `logits` out); a .sdc must pass its own checksum and decode."""
-    path = files["model.onnx"]
+    for name in ONNX_FILES:
+        if name in files:
+            _check_onnx(files[name])
+    if "model.sdc" in files:
+        sdc.read_sdc(files["model.sdc"])  # raises SdcError (an InputError) naming the file
+
+
+def _check_onnx(path: Path) -> None:
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as exc:  # protobuf raises its own DecodeError; any failure means unusable
@@ -148,8 +158,6 @@ def check_model_files(files: dict[str, Path]) -> None:
             f"{str(path)!r} has inputs {names[0]} and outputs {names[1]}: expected "
             f"{onnx_io.INPUT!r} in and {onnx_io.OUTPUT!r} out (the deployable-model contract)"
         )
-    if "model.sdc" in files:
-        sdc.read_sdc(files["model.sdc"])  # raises SdcError (an InputError) naming the file
 
 
 def file_entry(path: Path) -> dict:
@@ -231,9 +239,11 @@ def report_metrics(report: dict, files: dict[str, dict]) -> dict:
         {
             "accuracy": _first(m, "onnx_test_accuracy", "test_accuracy", "compressed_accuracy"),
             "dense_accuracy": m.get("dense_accuracy"),
+            "int8_accuracy": m.get("int8_onnx_test_accuracy"),
             "size_bytes": shipped["size"],  # the .sdc when there is one: what a report calls size
             "onnx_bytes": files["model.onnx"]["size"],
-            "sdc_bytes": files["model.sdc"]["size"] if "model.sdc" in files else None,
+            "int8_onnx_bytes": (files.get("model.int8.onnx") or {}).get("size"),
+            "sdc_bytes": (files.get("model.sdc") or {}).get("size"),
             "compression_ratio": m.get("ratio"),
             "parameters": m.get("parameters", report.get("parameters")),
         }
@@ -245,7 +255,7 @@ def retest_metrics(retest: dict, target: str) -> dict:
     tested = retest.get("target")
     if isinstance(tested, dict):
         tested = tested.get("name")
-    if tested != target:
+    if str(tested).partition(":")[0] != target:  # a power mode (jetson-tx2:maxq) is the device
         raise InputError(
             f"the retest report is for target {tested!r}, not {target!r}: its latency and power "
             "would describe another device; retest on this target or leave the report out"

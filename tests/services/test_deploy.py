@@ -1,7 +1,7 @@
 """The deploy stage end to end: real runs (LeNet-300-100 trained 1 epoch on digits, then
-compressed by a short recipe: seconds), published to real stores: a `file://` folder under
-tmp_path and a real S3 server (SeaweedFS, the `s3_server` fixture of tests/conftest.py, started
-as `weed mini` on 127.0.0.1 ports)."""
+compressed by a short recipe with a quantize step, so it also writes model.int8.onnx: seconds),
+published to real stores: a `file://` folder under tmp_path and a real S3 server (SeaweedFS,
+the `s3_server` fixture of tests/conftest.py, started as `weed mini` on 127.0.0.1 ports)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ steps:
   - type: prune
     sparsity: {fc1: 0.9, fc2: 0.8, fc3: 0.5}
     rounds: 1
-  - type: share
-    bits: {fc: 5}
+  - type: quantize
+    weight_bits: {fc: 8}
+    calibration_samples: 128
   - type: huffman
-    index_bits: {fc: 5}
 """
 TARGET = "jetson-tx2"
 
@@ -82,9 +82,10 @@ def test_compressed_run_becomes_a_verified_package(runs, tmp_path):
         None,
     )
     package = tmp_path / "store" / "fleets" / "lab" / TARGET / "v1"
-    assert sorted(p.name for p in package.iterdir()) == ["manifest.json", "model.onnx", "model.sdc"]
+    shipped = ["model.int8.onnx", "model.onnx", "model.sdc"]
+    assert sorted(p.name for p in package.iterdir()) == ["manifest.json", *shipped]
     manifest = json.loads((package / "manifest.json").read_text())
-    for name in ("model.onnx", "model.sdc"):  # digests and sizes are those of the bytes shipped
+    for name in shipped:  # digests and sizes are those of the bytes shipped
         assert manifest["files"][name] == {
             "sha256": store.sha256(store.as_uri(package / name)),
             "size": (runs["compress"] / name).stat().st_size,
@@ -93,6 +94,7 @@ def test_compressed_run_becomes_a_verified_package(runs, tmp_path):
     report = json.loads((runs["compress"] / "report.json").read_text())
     m = manifest["metrics"]
     assert m["accuracy"] == report["metrics"]["onnx_test_accuracy"]
+    assert m["int8_accuracy"] == report["metrics"]["int8_onnx_test_accuracy"]
     assert m["compression_ratio"] == report["metrics"]["ratio"]
     assert m["size_bytes"] == m["sdc_bytes"] == report["metrics"]["compressed_bytes"]
     assert manifest["target"] == TARGET and manifest["fleet"] == "lab"
@@ -106,16 +108,13 @@ def test_compressed_run_becomes_a_verified_package(runs, tmp_path):
         == result["manifest_sha256"]
         == store.sha256(store.as_uri(package / "manifest.json"))
     )
-    assert [e["file"] for e in events if e["event"] == "upload"] == [
-        "model.onnx",
-        "model.sdc",
-        "manifest.json",
-    ]
+    assert [e["file"] for e in events if e["event"] == "upload"] == [*shipped, "manifest.json"]
     # what the edge will run: the published model.onnx under ONNX Runtime
-    logits = onnx_io.predict(
-        onnx_io.session(package / "model.onnx"), np.zeros((2, 1, 28, 28), np.float32)
-    )
-    assert logits.shape == (2, 10)
+    for name in ("model.onnx", "model.int8.onnx"):
+        logits = onnx_io.predict(
+            onnx_io.session(package / name), np.zeros((2, 1, 28, 28), np.float32)
+        )
+        assert logits.shape == (2, 10)
 
 
 def test_default_store_is_under_sigdl_home(runs, sigdl_env):
@@ -194,6 +193,16 @@ def test_a_failure_midway_removes_the_partial_version(runs, tmp_path):
     assert set(folders(root)) == {"v1"}  # model.onnx of v2 was uploaded, then removed
     squatter.rmdir()
     assert run_deploy(str(runs["compress"]), TARGET, "lab", store_root=root)["version"] == "v2"
+
+
+def test_an_unknown_target_changes_nothing(runs, tmp_path):
+    root = store.as_uri(tmp_path / "store")
+    run_deploy(str(runs["train"]), TARGET, "lab", store_root=root)
+    before = pointer(root)
+    with pytest.raises(InputError, match=r"unknown target 'jetson-nano'; available: .*jetson-tx2"):
+        run_deploy(str(runs["compress"]), "jetson-nano", "lab", store_root=root)
+    assert pointer(root) == before and set(folders(root)) == {"v1"}
+    assert not (tmp_path / "store" / "fleets" / "lab" / "jetson-nano").exists()
 
 
 @pytest.mark.parametrize(
