@@ -1,0 +1,147 @@
+"""The job API every stage service serves (Submit, Watch, Get, Cancel) over a WorkerPool.
+
+A stage's servicer subclasses `JobServicer`: it names its service, parses its request into
+plain parameters (raising FieldError, ArtifactAccessError or ArtifactNotFoundError) and names
+the function its worker processes run. Everything else, status codes included, is here:
+
+    class TrainingServicer(JobServicer):
+        service, full_name = "training", "sigdl.v1.TrainingService"
+        add_to_server = staticmethod(training_pb2_grpc.add_TrainingServiceServicer_to_server)
+        job_fn = staticmethod(run_job)
+        def parse(self, request) -> dict: ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from typing import ClassVar
+
+import grpc
+
+from services.protos.sigdl.v1 import common_pb2
+from sigdl import jobs, store
+from sigdl.errors import InputError
+
+# Exception -> status code, first match wins (subclasses before their bases).
+STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (jobs.JobNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (store.ArtifactNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (store.BucketNotFoundError, grpc.StatusCode.NOT_FOUND),
+    (jobs.ArtifactAccessError, grpc.StatusCode.PERMISSION_DENIED),
+    (jobs.RequestConflictError, grpc.StatusCode.ALREADY_EXISTS),
+    (InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (jobs.QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (jobs.ShuttingDownError, grpc.StatusCode.UNAVAILABLE),
+    (store.StoreUnreachableError, grpc.StatusCode.UNAVAILABLE),
+    (store.StoreError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+@contextlib.contextmanager
+def status_from_errors(context: grpc.ServicerContext) -> Iterator[None]:
+    """Turn the errors of parsing and of the pool into the status a client can act on."""
+    try:
+        yield
+    except tuple(exc for exc, _ in STATUS_OF) as exc:
+        code = next(c for kind, c in STATUS_OF if isinstance(exc, kind))
+        context.abort(code, str(exc))
+
+
+def json_object(raw: str, name: str) -> dict:
+    """A request's JSON-object field ('' is {}), or FieldError naming it."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise jobs.FieldError(name, f"not valid JSON ({exc.msg} at char {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise jobs.FieldError(name, f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def input_uri(ref: common_pb2.ArtifactRef, name: str, member: str | None = None) -> str:
+    """An input artifact's URI, checked against the roots and for existence (NOT_FOUND)."""
+    uri = jobs.check_uri(ref.uri, f"{name}.uri")
+    jobs.require_artifact(uri, name, member)
+    return uri
+
+
+class JobServicer:
+    """Submit/Watch/Get/Cancel of one stage; subclasses fill in the class attributes and
+    `parse` (and `metrics` when the report's headline numbers are not in report["metrics"])."""
+
+    service: ClassVar[str]  # short name: the job store's file and the jobs/ folder
+    full_name: ClassVar[str]  # the gRPC service name, e.g. sigdl.v1.TrainingService
+    add_to_server: ClassVar[Callable]  # the generated add_<Service>Servicer_to_server
+    job_fn: ClassVar[jobs.JobFn]  # what a worker process runs: (params, JobContext) -> report
+    preload: ClassVar[tuple[str, ...]] = ()  # modules the job function needs (imported once)
+
+    def __init__(self, pool: jobs.WorkerPool) -> None:
+        self.pool = pool
+
+    def parse(self, request) -> dict:
+        """The job's parameters (JSON-able) from the request; raise on a bad field."""
+        raise NotImplementedError
+
+    def metrics(self, report: dict) -> dict[str, float]:
+        numbers = report.get("metrics") or {}
+        return {k: float(v) for k, v in numbers.items() if isinstance(v, int | float)}
+
+    # --- the RPCs ---------------------------------------------------------------------------
+    def Submit(self, request, context: grpc.ServicerContext) -> common_pb2.Job:  # noqa: N802
+        with status_from_errors(context):
+            out_uri = jobs.check_uri(request.out_uri, "out_uri") if request.out_uri else None
+            job = self.pool.submit(self.parse(request), out_uri, request.request_id or None)
+            return self.job_message(job)
+
+    def Get(self, request: common_pb2.GetJobRequest, context) -> common_pb2.Job:  # noqa: N802
+        with status_from_errors(context):
+            return self.job_message(self.pool.store.get(_job_id(request)))
+
+    def Cancel(self, request: common_pb2.CancelJobRequest, context) -> common_pb2.Job:  # noqa: N802
+        with status_from_errors(context):
+            return self.job_message(self.pool.cancel(_job_id(request)))
+
+    def Watch(self, request: common_pb2.WatchJobRequest, context) -> Iterator[common_pb2.JobEvent]:  # noqa: N802
+        with status_from_errors(context):
+            if request.from_index < 0:
+                raise jobs.FieldError("from_index", f"{request.from_index}: expected >= 0")
+            events = self.pool.store.events(_job_id(request), request.from_index, context.is_active)
+            for event in events:
+                yield event_message(event)
+
+    # --- records to messages ----------------------------------------------------------------
+    def job_message(self, job: jobs.JobRecord) -> common_pb2.Job:
+        report = job.report or {}
+        return common_pb2.Job(
+            id=job.id, request_id=job.request_id, service=job.service,
+            state=common_pb2.JobState.Value(str(job.state)), error=job.error,
+            retryable=job.retryable, out_uri=job.out_uri,
+            outputs=[common_pb2.ArtifactRef(uri=o["uri"], sha256=o["sha256"])
+                     for o in job.outputs],
+            metrics=[common_pb2.Metric(name=k, value=v) for k, v in self.metrics(report).items()],
+            report_json=json.dumps(report) if job.report is not None else "",
+            created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+            event_count=job.event_count, worker_pid=job.worker_pid,
+            params_json=json.dumps(job.params),
+        )  # fmt: skip
+
+
+def event_message(event: jobs.JobEvent) -> common_pb2.JobEvent:
+    numbers = {k: float(v) for k, v in event.data.items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+    return common_pb2.JobEvent(
+        job_id=event.job_id, index=event.index, time=event.time, kind=event.kind,
+        state=common_pb2.JobState.Value(str(event.state)), message=event.message,
+        metrics=[common_pb2.Metric(name=k, value=v) for k, v in numbers.items()],
+        data_json=json.dumps(event.data) if event.data else "",
+    )  # fmt: skip
+
+
+def _job_id(request) -> str:
+    if not request.job_id:
+        raise jobs.FieldError("job_id", "required")
+    return request.job_id

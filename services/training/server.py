@@ -1,0 +1,56 @@
+"""sigdl.v1.TrainingService: the training stage behind the job API.
+
+    sigdl serve training --port 50051
+
+The servicer only turns a TrainRequest into a TrainConfig (INVALID_ARGUMENT naming the field
+when it cannot); `run_job` runs `run_training` in the job's worker process, forwarding each
+epoch as a progress event.
+"""
+
+from __future__ import annotations
+
+from services.grpc_common.jobservice import JobServicer, json_object
+from services.protos.sigdl.v1 import training_pb2, training_pb2_grpc
+from sigdl import jobs, zoo
+from sigdl.errors import InputError
+from sigdl.training import TrainConfig
+
+
+def run_job(params: dict, job: jobs.JobContext) -> dict:
+    """In the worker process: train into the job's output directory."""
+    from services.training.stage import run_training
+
+    return run_training(
+        TrainConfig.from_dict(params["config"]), job.out_dir, nproc=params["nproc"],
+        on_epoch=lambda row: job.emit({"event": "epoch", **row}),
+    )  # fmt: skip
+
+
+class TrainingServicer(JobServicer):
+    service = "training"
+    full_name = "sigdl.v1.TrainingService"
+    add_to_server = staticmethod(training_pb2_grpc.add_TrainingServiceServicer_to_server)
+    job_fn = staticmethod(run_job)
+    # imported lazily by the first training otherwise: seconds of every job's time
+    preload = ("services.training.stage", "sklearn.datasets", "onnxscript", "torch._dynamo",
+               "mlflow")  # fmt: skip
+
+    def parse(self, request: training_pb2.TrainRequest) -> dict:
+        if not request.dataset:
+            raise jobs.FieldError("dataset", "required: a data-set name (sigdl data list)")
+        try:
+            zoo.get_spec(request.model)
+        except InputError as exc:
+            raise jobs.FieldError("model", str(exc)) from None
+        if request.nproc < 0:
+            raise jobs.FieldError("nproc", f"{request.nproc}: expected >= 1 (0 means 1)")
+        options = json_object(request.config_json, "config_json")
+        given = {"model": request.model, "dataset": request.dataset, "epochs": request.epochs}
+        try:
+            cfg = TrainConfig.from_dict({**options, **given})
+        except TypeError as exc:  # a config_json value of the wrong type
+            raise jobs.FieldError("config_json", str(exc)) from None
+        return {"config": cfg.to_dict(), "nproc": request.nproc or 1}
+
+
+SERVICER = TrainingServicer

@@ -1,0 +1,662 @@
+"""Jobs that outlive a request: a SQLite record per job, its events, and a bounded pool of worker
+processes that runs them. The gRPC job API of every stage service sits on top of this module,
+which knows no gRPC.
+
+    store = JobStore(settings.SIGDL_HOME.get() / "jobs" / "training.db")
+    pool = WorkerPool(store, "training", run_job, workers=2, queue_size=16)
+    pool.start()                                     # jobs a dead server left RUNNING -> FAILED
+    job = pool.submit({"model": "lenet-5"}, out_uri=None, request_id="client-key-1")
+    for event in store.events(job.id, from_index=0): print(event.message)
+    pool.cancel(job.id)                              # terminates the job's worker process
+
+Each job runs in its own child process (multiprocessing "forkserver": a clean single-threaded
+parent whose stage modules are imported once, so a job starts in milliseconds instead of the
+seconds torch takes to import). Cancel terminates the child's whole process group, so the work
+really stops; the child exits by itself when the server dies. Events and the result come back as
+JSON over a pipe, and the child adopts the submitter's settings, never the forkserver's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import signal
+import sqlite3
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote
+
+from sigdl import settings, store
+from sigdl.errors import InputError
+
+EmitFn = Callable[[dict], None]
+KILL_AFTER_S = 5.0  # a cancelled worker that ignores SIGTERM this long gets SIGKILL
+POLL_S = 0.2  # how often a job's supervising thread looks at its worker
+
+
+class JobState(enum.StrEnum):
+    """Names match sigdl.v1.JobState in the protos."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+# --- errors the service layer maps to status codes ---------------------------------------------
+class JobNotFoundError(LookupError):
+    """No job with this id."""
+
+
+class RequestConflictError(InputError):
+    """A request id reused with different parameters."""
+
+
+class QueueFullError(RuntimeError):
+    """Every worker is busy and the queue is full."""
+
+
+class ShuttingDownError(RuntimeError):
+    """The pool no longer takes jobs."""
+
+
+class ArtifactAccessError(PermissionError):
+    """An artifact URI outside the configured roots, or one that climbs out with '..'."""
+
+
+class FieldError(InputError):
+    """A malformed request field; the message starts with the field's name."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name}: {problem}")
+        self.field = name
+
+
+# --- records -----------------------------------------------------------------------------------
+@dataclass
+class JobRecord:
+    """One job as stored. `params` and `report` are the stage's own JSON."""
+
+    id: str  # unique per service
+    request_id: str  # the client's idempotency key
+    service: str  # training | compression | retest | deploy
+    state: JobState
+    params: dict  # what it was submitted with
+    out_uri: str  # where its outputs go
+    error: str = ""  # why it failed
+    retryable: bool = False  # failed because of the service, not the input
+    outputs: list[dict] = field(default_factory=list)  # [{"uri", "sha256"}] once SUCCEEDED
+    report: dict | None = None  # the stage's report once SUCCEEDED
+    created_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    event_count: int = 0
+    worker_pid: int = 0
+
+
+@dataclass
+class JobEvent:
+    """One thing that happened to a job; `index` counts from 0 per job."""
+
+    job_id: str
+    index: int
+    time: float
+    kind: str  # state | progress | log
+    state: JobState  # the job's state after the event
+    message: str
+    data: dict = field(default_factory=dict)  # the stage's event, for progress
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, request_id TEXT UNIQUE NOT NULL, service TEXT NOT NULL,
+    state TEXT NOT NULL, params TEXT NOT NULL, out_uri TEXT NOT NULL, error TEXT NOT NULL,
+    retryable INTEGER NOT NULL, outputs TEXT NOT NULL, report TEXT, created_at REAL NOT NULL,
+    started_at REAL NOT NULL, finished_at REAL NOT NULL, event_count INTEGER NOT NULL,
+    worker_pid INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL, idx INTEGER NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL,
+    state TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job_id, idx));
+"""
+_JSON_COLUMNS = {"params", "outputs", "report"}
+
+
+class JobStore:
+    """Job records and events in one SQLite file, shared by the threads of one server.
+
+    Every write is a transaction, so a server killed at any moment leaves whole records; events
+    wake the threads that wait for them (`events(...)` follows a job until it ends).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._cond = threading.Condition()
+        with self._cond:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._cond:
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._cond:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._cond.notify_all()
+
+    def create(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        """Insert a QUEUED job; return (the job, True), or (the existing one, False) when its
+        request id was seen before with the same parameters."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE request_id = ?", (record.request_id,)
+            ).fetchone()
+            if row is not None:
+                existing = _record(row)
+                if existing.params != record.params:
+                    raise RequestConflictError(
+                        f"request_id {record.request_id!r} was used for job {existing.id} "
+                        "with other parameters: expected a new request id"
+                    )
+                return existing, False
+            values = _columns(record)
+            db.execute(
+                f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()),
+            )
+            self._append(db, record.id, "state", JobState.QUEUED, "queued", {})
+        return self.get(record.id), True
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._cond:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no job {job_id!r}")
+        return _record(row)
+
+    def find_request(self, request_id: str) -> JobRecord | None:
+        with self._cond:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def ids_in(self, *states: JobState) -> list[str]:
+        marks = ", ".join("?" * len(states))
+        with self._cond:
+            rows = self._db.execute(
+                f"SELECT id FROM jobs WHERE state IN ({marks}) ORDER BY created_at", states
+            ).fetchall()
+        return [r["id"] for r in rows]
+
+    def transition(self, job_id: str, state: JobState, message: str, **fields: object) -> None:
+        """Set the job's state (and other columns) and record the change as an event."""
+        now = time.time()
+        if state == JobState.RUNNING:
+            fields.setdefault("started_at", now)
+        if state.terminal:
+            fields.setdefault("finished_at", now)
+        values = _columns_subset({"state": state, **fields})
+        with self._transaction() as db:
+            sets = ", ".join(f"{k} = ?" for k in values)
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
+            self._append(db, job_id, "state", state, message, {})
+
+    def add_event(self, job_id: str, kind: str, message: str, data: dict) -> None:
+        with self._transaction() as db:
+            state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+            self._append(db, job_id, kind, JobState(state), message, data)
+
+    def _append(self, db, job_id: str, kind: str, state: JobState, message: str, data: dict):
+        index = db.execute("SELECT event_count FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        db.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job_id, index, time.time(), kind, str(state), message, json.dumps(data)),
+        )
+        db.execute("UPDATE jobs SET event_count = ? WHERE id = ?", (index + 1, job_id))
+
+    def events(
+        self, job_id: str, from_index: int = 0, alive: Callable[[], bool] = lambda: True
+    ) -> Iterator[JobEvent]:
+        """The job's events from `from_index` on, waiting for new ones until the job has ended
+        and all are delivered, or until `alive()` turns false (the watcher went away)."""
+        self.get(job_id)  # JobNotFoundError before the first yield
+        next_index = max(0, from_index)
+        while alive():
+            with self._cond:
+                rows = self._db.execute(
+                    "SELECT * FROM events WHERE job_id = ? AND idx >= ? ORDER BY idx",
+                    (job_id, next_index),
+                ).fetchall()
+                ended = not rows and JobState(self.get(job_id).state).terminal
+                if not rows and not ended:
+                    self._cond.wait(timeout=0.5)
+            if ended:
+                return
+            for row in rows:
+                next_index = row["idx"] + 1
+                yield JobEvent(
+                    job_id, row["idx"], row["time"], row["kind"], JobState(row["state"]),
+                    row["message"], json.loads(row["data"]),
+                )  # fmt: skip
+
+    def recover_interrupted(self, reason: str) -> list[str]:
+        """Jobs a previous server left QUEUED or RUNNING end FAILED and retryable, never lost."""
+        ids = self.ids_in(JobState.QUEUED, JobState.RUNNING)
+        for job_id in ids:
+            self.transition(job_id, JobState.FAILED, reason, error=reason, retryable=True)
+        return ids
+
+
+def _columns(record: JobRecord) -> dict[str, object]:
+    return _columns_subset(record.__dict__)
+
+
+def _columns_subset(values: dict[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in values.items():
+        if key in _JSON_COLUMNS:
+            out[key] = None if value is None else json.dumps(value)
+        elif isinstance(value, JobState):
+            out[key] = str(value)
+        elif isinstance(value, bool):
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _record(row: sqlite3.Row) -> JobRecord:
+    values = {k: row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row has no __iter__ keys)
+    for key in _JSON_COLUMNS:
+        values[key] = None if values[key] is None else json.loads(values[key])
+    values["state"] = JobState(values["state"])
+    values["retryable"] = bool(values["retryable"])
+    return JobRecord(**values)
+
+
+# --- artifact URIs a request may name ----------------------------------------------------------
+def allowed_roots() -> list[str]:
+    """The URI prefixes requests may read and write: SIGDL_ARTIFACT_ROOTS, else $SIGDL_HOME."""
+    raw = settings.SIGDL_ARTIFACT_ROOTS.get()
+    if not raw:
+        return [store.as_uri(settings.SIGDL_HOME.get())]
+    return [store.as_uri(part.strip()) for part in raw.split(",") if part.strip()]
+
+
+def check_uri(uri: str, name: str, roots: list[str] | None = None) -> str:
+    """`uri` when it lies under one of `roots`; FieldError when malformed, ArtifactAccessError
+    when outside them or when it climbs with '..' (even if it would land back inside)."""
+    roots = allowed_roots() if roots is None else roots
+    if not uri:
+        raise FieldError(name, "required: expected file:///absolute/path or s3://bucket/key")
+    try:
+        scheme = store.as_uri(uri).split(":", 1)[0].lower() if "://" in uri else ""
+    except store.InvalidURIError as exc:
+        raise FieldError(name, str(exc)) from None
+    if scheme not in ("file", "s3"):
+        raise FieldError(name, f"{uri!r} is not a file:// or s3:// URI")
+    if ".." in PurePosixPath(unquote(uri.split("://", 1)[1])).parts:
+        raise ArtifactAccessError(f"{name}: {uri!r} climbs with '..'; refused")
+    if not any(_under(uri, root) for root in roots):
+        raise ArtifactAccessError(
+            f"{name}: {uri!r} is outside the artifact roots {', '.join(roots)} "
+            "(SIGDL_ARTIFACT_ROOTS); refused"
+        )
+    return uri
+
+
+def _under(uri: str, root: str) -> bool:
+    if uri.startswith("s3://") and root.startswith("s3://"):
+        prefix = root.rstrip("/")
+        return uri == prefix or uri.startswith(prefix + "/")
+    if uri.lower().startswith("file:") and root.lower().startswith("file:"):
+        try:
+            # realpath: a symlink inside a root must not lead outside it
+            path = os.path.realpath(store.FileBackend.path_of(uri))
+            base = os.path.realpath(store.FileBackend.path_of(root))
+        except store.InvalidURIError:
+            return False
+        return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+    return False
+
+
+def require_artifact(uri: str, name: str, member: str | None = None) -> None:
+    """ArtifactNotFoundError unless `uri` (or `uri/member`, for a directory) exists."""
+    target = f"{uri.rstrip('/')}/{member}" if member else uri
+    if not store.exists(target):
+        raise store.ArtifactNotFoundError(target)
+
+
+# --- what a job's worker process does ----------------------------------------------------------
+@dataclass
+class JobContext:
+    """What a stage's job function gets: where to write, how to report, how to read inputs."""
+
+    job_id: str
+    out_dir: Path  # a local directory; uploaded to the job's out_uri when that is s3://
+    emit: EmitFn  # send a progress event (a JSON-able dict) to the job's watchers
+    scratch: Path  # a private temporary directory, removed after the job
+
+    def local(self, uri: str) -> Path:
+        """A local path holding the artifact at `uri`: the file itself for file://, else a
+        download (one object, or every object under a directory-like prefix)."""
+        if uri.lower().startswith("file:"):
+            return store.FileBackend.path_of(uri)
+        target = self.scratch / "inputs" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        if store.exists(uri):
+            store.get_file(uri, target / PurePosixPath(uri).name)
+            return target / PurePosixPath(uri).name
+        if not store.get_dir(uri, target):
+            raise store.ArtifactNotFoundError(uri)
+        return target
+
+
+JobFn = Callable[[dict, JobContext], dict]  # (params, context) -> the stage's report
+
+
+def _exit_with_parent() -> None:
+    # A worker must not outlive a server that was killed: its job is already FAILED/retryable
+    # in the store and a rerun would race its outputs.
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="sigdl-parent-watch", daemon=True).start()
+
+
+def _send(conn, message: dict) -> None:
+    conn.send_bytes(json.dumps(message, default=str).encode())
+
+
+def _worker_main(fn: JobFn, job_id: str, params: dict, out_uri: str, env: dict, conn) -> None:
+    """Entry point of a job's worker process: run `fn`, send events and the result as JSON."""
+    os.setpgid(0, 0)  # its own process group: Cancel stops every process the job started
+    settings.adopt_environment(env)
+    _exit_with_parent()
+    try:
+        result = _run_job(fn, job_id, params, out_uri, lambda event: _send(conn, {"event": event}))
+        _send(conn, {"result": result})
+    except (InputError, store.StoreError, FileNotFoundError, PermissionError) as exc:
+        _send(conn, {"error": str(exc)})
+    except Exception as exc:  # a bug in the stage: the job fails with its reason, not the server
+        _send(conn, {"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        conn.close()
+
+
+def _run_job(fn: JobFn, job_id: str, params: dict, out_uri: str, emit: EmitFn) -> dict:
+    with tempfile.TemporaryDirectory(prefix=f"sigdl-job-{job_id[:8]}-") as tmp:
+        scratch = Path(tmp)
+        local_out = out_uri.lower().startswith("file:")
+        out_dir = store.FileBackend.path_of(out_uri) if local_out else scratch / "out"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = out_dir.resolve()
+        report = fn(params, JobContext(job_id, out_dir, emit, scratch))
+        report = relocate(report, str(out_dir), out_uri.rstrip("/"))
+        if local_out:
+            names = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*"))
+            digests = {n: store.sha256((out_dir / n).as_uri()) for n in names
+                       if (out_dir / n).is_file()}  # fmt: skip
+        else:
+            digests = store.put_dir(out_uri, out_dir)
+    outputs = [{"uri": f"{out_uri.rstrip('/')}/{n}", "sha256": d} for n, d in digests.items()]
+    return {"report": report, "outputs": outputs}
+
+
+def relocate(value: object, old: str, new: str) -> object:
+    """`value` with every string that starts with the path `old` rebased onto `new`: a report
+    names its outputs by the paths the stage wrote, which mean nothing to another machine."""
+    if isinstance(value, str):
+        if value == old or value.startswith(old.rstrip("/") + "/"):
+            return new + value[len(old) :]
+        return value
+    if isinstance(value, dict):
+        return {k: relocate(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relocate(v, old, new) for v in value]
+    return value
+
+
+# --- the pool ----------------------------------------------------------------------------------
+@dataclass
+class _Running:
+    process: multiprocessing.process.BaseProcess
+    cancelled_at: float = 0.0  # when Cancel asked it to stop (0: not cancelled)
+    stopping: str = ""  # why the pool stops it (shutdown), when it does
+
+
+class WorkerPool:
+    """At most `workers` jobs of one service run at once, each in its own process; up to
+    `queue_size` more wait; beyond that, Submit raises QueueFullError."""
+
+    def __init__(
+        self,
+        store_: JobStore,
+        service: str,
+        fn: JobFn,
+        *,
+        workers: int,
+        queue_size: int,
+        preload: tuple[str, ...] = (),
+    ) -> None:
+        if workers < 1 or queue_size < 0:
+            raise InputError(f"workers={workers}, queue_size={queue_size}: expected >= 1, >= 0")
+        self.store, self.service, self.fn = store_, service, fn
+        self.workers, self.queue_size = workers, queue_size
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload(["sigdl.jobs", *preload])
+        self._lock = threading.Lock()
+        self._waiting: list[str] = []  # job ids in submission order
+        self._running: dict[str, _Running] = {}
+        self._wake = threading.Condition(self._lock)
+        self._threads: list[threading.Thread] = []
+        self._closing = False
+
+    def start(self) -> list[str]:
+        """Fail what a previous server left unfinished, then start the workers."""
+        recovered = self.store.recover_interrupted(
+            "the service stopped before the job finished (restart); retry it"
+        )
+        for n in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"{self.service}-worker-{n}")
+            thread.daemon = True
+            thread.start()
+            self._threads.append(thread)
+        return recovered
+
+    @staticmethod
+    def warm() -> None:
+        """Start the forkserver now, so the first job does not wait for its imports."""
+        multiprocessing.forkserver.ensure_running()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def submit(self, params: dict, out_uri: str | None, request_id: str | None) -> JobRecord:
+        """Queue a job, or return the job an earlier Submit with this request id made."""
+        params = json.loads(json.dumps(params))  # what the store will give back, to compare
+        job_id = uuid.uuid4().hex
+        default_out = settings.SIGDL_HOME.get() / "jobs" / self.service / job_id
+        record = JobRecord(
+            id=job_id, request_id=request_id or job_id, service=self.service,
+            state=JobState.QUEUED, params=params, out_uri=out_uri or store.as_uri(default_out),
+            created_at=time.time(),
+        )  # fmt: skip
+        with self._lock:
+            # a known request id gets its job back even when busy or closing: retries are safe
+            existing = self.store.find_request(request_id) if request_id else None
+            if existing is not None:
+                return self.store.create(record)[0]  # raises RequestConflictError on new params
+            if self._closing:
+                raise ShuttingDownError(f"the {self.service} service is shutting down")
+            if len(self._running) + len(self._waiting) >= self.workers + self.queue_size:
+                raise QueueFullError(
+                    f"the {self.service} service is busy: {len(self._running)} jobs running, "
+                    f"{len(self._waiting)} queued (SIGDL_WORKERS={self.workers}, "
+                    f"SIGDL_QUEUE_SIZE={self.queue_size}); retry later"
+                )
+            job, created = self.store.create(record)
+            if created:
+                self._waiting.append(job.id)
+                self._wake.notify()
+        return job
+
+    def cancel(self, job_id: str, wait_s: float = KILL_AFTER_S + 5) -> JobRecord:
+        """Stop a job: a waiting one never starts, a running one's processes are terminated."""
+        with self._lock:
+            job = self.store.get(job_id)
+            if job.state.terminal:
+                return job
+            if job_id in self._waiting:
+                self._waiting.remove(job_id)
+                self.store.transition(job_id, JobState.CANCELLED, "cancelled before it started")
+                return self.store.get(job_id)
+            running = self._running.get(job_id)
+            if running is not None and not running.cancelled_at:
+                running.cancelled_at = time.monotonic()
+                _signal_group(running.process, signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not self.store.get(job_id).state.terminal:
+            time.sleep(0.05)
+        return self.store.get(job_id)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._closing:
+                    self._wake.wait()
+                if self._closing and not self._waiting:
+                    return
+                job_id = self._waiting.pop(0)
+                job = self.store.get(job_id)
+                parent_conn, child_conn = self._ctx.Pipe(duplex=False)
+                process = self._ctx.Process(
+                    target=_worker_main,
+                    args=(self.fn, job.id, job.params, job.out_uri, settings.environment(),
+                          child_conn),
+                    name=f"sigdl-{self.service}-{job.id[:8]}",
+                )  # fmt: skip
+                process.start()
+                child_conn.close()
+                self._running[job_id] = _Running(process)
+                self.store.transition(
+                    job_id, JobState.RUNNING, f"running in process {process.pid}",
+                    worker_pid=process.pid or 0,
+                )  # fmt: skip
+            try:
+                self._supervise(job_id, parent_conn)
+            finally:
+                parent_conn.close()
+                with self._lock:
+                    self._running.pop(job_id, None)
+
+    def _supervise(self, job_id: str, conn) -> None:
+        """Forward the worker's events to the store until it ends; record how it ended."""
+        running = self._running[job_id]
+        outcome: dict = {}
+        while True:
+            if conn.poll(POLL_S):
+                try:
+                    message = json.loads(conn.recv_bytes())
+                except EOFError:
+                    break
+                if "event" in message:
+                    self._progress(job_id, message["event"])
+                else:
+                    outcome = message
+            elif not running.process.is_alive():
+                break
+            elif running.cancelled_at and time.monotonic() - running.cancelled_at > KILL_AFTER_S:
+                _signal_group(running.process, signal.SIGKILL)
+        running.process.join()
+        self._finish(job_id, running, outcome)
+
+    def _progress(self, job_id: str, event: dict) -> None:
+        message = str(event.get("message") or _summary(event))
+        kind = "log" if set(event) <= {"message", "event"} else "progress"
+        self.store.add_event(job_id, kind, message, event)
+
+    def _finish(self, job_id: str, running: _Running, outcome: dict) -> None:
+        code = running.process.exitcode
+        if running.cancelled_at:
+            self.store.transition(job_id, JobState.CANCELLED, "cancelled; worker stopped")
+        elif running.stopping:
+            self.store.transition(
+                job_id, JobState.FAILED, running.stopping, error=running.stopping, retryable=True
+            )
+        elif "result" in outcome:
+            result = outcome["result"]
+            self.store.transition(
+                job_id, JobState.SUCCEEDED, "succeeded", report=result["report"],
+                outputs=result["outputs"],
+            )  # fmt: skip
+        else:
+            # a signal (OOM killer, a crash in native code) is the machine's fault: retryable
+            error = outcome.get("error") or f"the worker process exited with code {code}"
+            killed = code is not None and code < 0
+            self.store.transition(job_id, JobState.FAILED, error, error=error, retryable=killed)
+
+    def shutdown(self, grace_s: float) -> None:
+        """Take no more jobs; let running ones finish for `grace_s`, then stop them and fail
+        them as retryable; queued ones fail as retryable at once."""
+        reason = "the service shut down before the job finished; retry it"
+        with self._lock:
+            self._closing = True
+            for job_id in self._waiting:
+                self.store.transition(job_id, JobState.FAILED, reason, error=reason, retryable=True)
+            self._waiting.clear()
+            self._wake.notify_all()
+        deadline = time.monotonic() + grace_s
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with self._lock:
+            for running in self._running.values():
+                running.stopping = reason
+                _signal_group(running.process, signal.SIGKILL)
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+
+def _signal_group(process: multiprocessing.process.BaseProcess, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
+        os.killpg(process.pid, sig)  # type: ignore[arg-type]
+    with contextlib.suppress(ProcessLookupError, TypeError):
+        os.kill(process.pid, sig)  # type: ignore[arg-type]  (before it made its group)
+
+
+def _summary(event: dict) -> str:
+    """One line for a stage's progress event: its kind, then its numbers."""
+    numbers = " ".join(
+        f"{k} {v:.4g}" for k, v in event.items() if isinstance(v, int | float) and k != "event"
+    )
+    return f"{event.get('event', 'progress')}: {numbers}".strip()
