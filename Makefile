@@ -8,12 +8,12 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 # Tests and benchmarks read MNIST / Fashion-MNIST from here; the product never needs it.
 SHARED_DATA ?= $(abspath ../shared/datasets)
 
-.PHONY: help install dev run test lint format bench-train bench-ddp clean
+.PHONY: help install dev run test lint format protos bench-train bench-ddp clean
 
 help:
 	@echo "make run    - install into $(VENV) and run the loop on embedded defaults"
 	@echo "make test   - install dev extras, run ruff and the whole test suite"
-	@echo "make lint | format | bench-train | bench-ddp | clean"
+	@echo "make lint | format | protos | bench-train | bench-ddp | clean"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ format: dev
 
 test: lint
 	SIGDL_DATA=$(SHARED_DATA) $(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+
+# The Python stubs of services/protos/sigdl/v1/*.proto (committed; a test fails when stale).
+protos: dev
+	$(PY) -m services.protos.generate
 
 # Full-length trainings for the accuracy baselines (about 10-30 min each on 2 cores).
 bench-train: dev

@@ -203,6 +203,42 @@ SIGDL_TOKEN: Setting[str] = _declare(
     None,
     "Bearer token the services require and the clients send.",
 )
+SIGDL_WORKERS: Setting[int] = _declare(
+    "SIGDL_WORKERS",
+    int,
+    2,
+    "Jobs a service runs at once (one worker process each); more wait in its queue.",
+)
+SIGDL_QUEUE_SIZE: Setting[int] = _declare(
+    "SIGDL_QUEUE_SIZE",
+    int,
+    16,
+    "Jobs a service holds waiting for a worker; beyond it Submit is RESOURCE_EXHAUSTED.",
+)
+SIGDL_ARTIFACT_ROOTS: Setting[str] = _declare(
+    "SIGDL_ARTIFACT_ROOTS",
+    str,
+    None,
+    "Comma-separated URI prefixes service requests may name (default: $SIGDL_HOME only).",
+)
+SIGDL_MAX_MESSAGE_BYTES: Setting[int] = _declare(
+    "SIGDL_MAX_MESSAGE_BYTES",
+    int,
+    4 << 20,
+    "Largest gRPC message a service or client accepts (messages carry URIs, not models).",
+)
+SIGDL_SHUTDOWN_GRACE_S: Setting[float] = _declare(
+    "SIGDL_SHUTDOWN_GRACE_S",
+    float,
+    30.0,
+    "Seconds a stopping service lets running jobs finish before failing them as retryable.",
+)
+SIGDL_UPLOAD_URI: Setting[str] = _declare(
+    "SIGDL_UPLOAD_URI",
+    str,
+    None,
+    "Where `--remote` commands upload local inputs (default: $SIGDL_HOME/artifacts/uploads).",
+)
 
 # --- compute -----------------------------------------------------------------------------------
 SIGDL_NUM_THREADS: Setting[int] = _declare(
@@ -232,6 +268,21 @@ def mlflow_tracking_uri() -> str | None:
     if uri.strip().lower() in {"off", "none", "false", "0"}:
         return None
     return uri
+
+
+def environment() -> dict[str, str]:
+    """The raw value of every declared setting that is set, to hand to a worker process."""
+    return {k: os.environ[k] for s in REGISTRY for k in (s.name, *s.aliases) if k in os.environ}
+
+
+def adopt_environment(values: dict[str, str]) -> None:
+    """Make this process read exactly `values` for every declared setting: a job's worker,
+    forked from a server started earlier, must see the settings of the job's submitter."""
+    for key in {k for s in REGISTRY for k in (s.name, *s.aliases)}:
+        if key in values:
+            os.environ[key] = values[key]
+        else:
+            os.environ.pop(key, None)
 
 
 def describe() -> list[dict[str, str]]:
