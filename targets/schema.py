@@ -16,6 +16,19 @@ PRECISIONS = ["fp32", "fp16", "int8"]
 # Operator classes the latency model knows; every ONNX op type maps to one of them.
 OP_CLASSES = ["conv", "conv_stem", "depthwise", "gemm", "pool", "elementwise", "data"]
 
+REQUIRED = [
+    "name",
+    "description",
+    "kind",
+    "emulation",
+    "compute",
+    "memory",
+    "precisions",
+    "native_precision",
+    "latency_model",
+    "power",
+    "operators",
+]
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 _NON_NEGATIVE = {"type": "number", "minimum": 0}
 _PER_PRECISION = {
@@ -52,6 +65,7 @@ _LATENCY_PARAMS = {
     "bandwidth_efficiency": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
     "onchip_bandwidth_gbs": _POSITIVE,  # bandwidth when a node's working set fits on chip
     "bandwidth_gbs": _POSITIVE,  # override of memory.bandwidth_gbs (measured)
+    "fixed_overhead_us": _NON_NEGATIVE,  # per inference (dispatch, transfers)
 }
 
 SCHEMA: dict = {
@@ -59,10 +73,7 @@ SCHEMA: dict = {
     "title": "SigDL target profile",
     "type": "object",
     "additionalProperties": False,
-    "required": [
-        "name", "description", "kind", "emulation", "compute", "memory", "precisions",
-        "native_precision", "latency_model", "power", "operators",
-    ],  # fmt: skip
+    "required": REQUIRED,
     "properties": {
         "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
         "description": {"type": "string"},
@@ -121,7 +132,6 @@ SCHEMA: dict = {
             "properties": {
                 **_LATENCY_PARAMS,
                 "p90_factor": {"type": "number", "minimum": 1},  # p90 / typical latency
-                "fixed_overhead_us": _NON_NEGATIVE,  # per inference (dispatch, transfers)
                 "fuses": {  # [producer, consumer] pairs the runtime runs as one node
                     "type": "array",
                     "items": {

@@ -1,0 +1,244 @@
+"""Calibrate the `host` target's latency model from micro-benchmarks of single operators.
+
+Each micro-benchmark is a tiny ONNX model of one operator class (conv of several shapes, stem
+convs reading 1-3 channels, depthwise conv, gemm at batch 1, pooling, elementwise) timed in
+ONNX Runtime at 1 and 2 intra-op threads (single-stream, median of many queries). Per class a
+straight line  time = overhead + work / rate  is fitted (work: operations; for gemm: bytes),
+giving the class's efficiency (rate / peak), its per-node overhead, and the on-chip and DRAM
+bandwidths. The zoo models are not used here; `benchmarks/emulation.py` checks the result
+against them.
+
+Where ONNX Runtime runs convolutions in its blocked NCHWc layout it adds layout reorders at
+the edges of the graph; shape-preserving operators are therefore timed as chains of 1 and 3
+copies and the difference is the per-node time, which leaves out the session's fixed cost
+and the reorders, as they are left out of a node inside a real network.
+
+    flock /tmp/sigdl-cpu.lock .venv/bin/python benchmarks/calibrate_host.py
+
+Writes benchmarks/results/calibration_host.json and the `calibrated:` block of
+targets/host.yaml (between its BEGIN/END markers).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS, ROOT, machine
+from services.retest.graph import analyze
+from services.retest.measure import single_stream
+
+THREADS = (1, 2)
+RNG = np.random.default_rng(0)
+HOST_YAML = ROOT / "targets" / "host.yaml"
+
+
+def _model(nodes: list, inits: list, in_shape: list[int], out_shape: list[int]) -> bytes:
+    graph = helper.make_graph(
+        nodes, "micro",
+        [helper.make_tensor_value_info("x0", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, out_shape)],
+        initializer=inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _init(name: str, shape: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array((RNG.standard_normal(shape) * 0.05).astype(np.float32), name)
+
+
+def conv_model(c_in: int, c_out: int, size: int, k: int, stride: int, group: int, n: int):
+    """`n` chained Conv+Relu nodes (n > 1 only when the conv keeps the shape)."""
+    nodes, inits, c, s = [], [], c_in, size
+    for i in range(n):
+        pad = k // 2
+        nodes.append(helper.make_node(
+            "Conv", [f"x{2 * i}", f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[k, k],
+            strides=[stride, stride], pads=[pad] * 4, group=group))  # fmt: skip
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"x{2 * i + 2}"]))
+        inits += [_init(f"w{i}", [c_out, c // group, k, k]), _init(f"b{i}", [c_out])]
+        c, s = c_out, (s + 2 * pad - k) // stride + 1
+    return _model(nodes, inits, [1, c_in, size, size], [1, c, s, s])
+
+
+def gemm_model(k: int, n: int) -> bytes:
+    node = helper.make_node("Gemm", ["x0", "w", "b"], ["y"], transB=1)
+    return _model([node], [_init("w", [n, k]), _init("b", [n])], [1, k], [1, n])
+
+
+def pool_model(op: str, c: int, size: int, k: int, stride: int) -> bytes:
+    if op == "GlobalAveragePool":
+        node, out = helper.make_node(op, ["x0"], ["y"]), 1
+    else:
+        node = helper.make_node(op, ["x0"], ["y"], kernel_shape=[k, k], strides=[stride] * 2)
+        out = (size - k) // stride + 1
+    return _model([node], [], [1, c, size, size], [1, c, out, out])
+
+
+def eltwise_model(op: str, c: int, size: int, n: int) -> bytes:
+    """`n` chained elementwise nodes; binary ops take a per-channel constant (like Sub/Div)."""
+    nodes, inits = [], []
+    for i in range(n):
+        if op == "Relu":
+            nodes.append(helper.make_node(op, [f"x{i}"], [f"x{i + 1}"]))
+        else:
+            nodes.append(helper.make_node(op, [f"x{i}", f"k{i}"], [f"x{i + 1}"]))
+            inits.append(numpy_helper.from_array(np.full([1, c, 1, 1], 0.5, np.float32), f"k{i}"))
+    return _model(nodes, inits, [1, c, size, size], [1, c, size, size])
+
+
+def concat_model(c: int, size: int) -> bytes:
+    node = helper.make_node("Concat", ["x0", "x0"], ["y"], axis=1)
+    return _model([node], [], [1, c, size, size], [1, 2 * c, size, size])
+
+
+# (class, label, builder of the n-node model, chainable)
+def cases() -> list[tuple[str, str, object, bool]]:
+    out = []
+    for c, size in [(32, 112), (64, 56), (128, 56), (256, 28), (512, 14), (96, 27)]:
+        out.append(("conv", f"conv3x3 {c}x{size}", lambda n, c=c, s=size: conv_model(
+            c, c, s, 3, 1, 1, n), True))  # fmt: skip
+    for c_in, c_out, size in [(64, 64, 56), (256, 64, 28), (512, 512, 14), (32, 128, 56)]:
+        chain = c_in == c_out
+        out.append(("conv", f"conv1x1 {c_in}->{c_out}x{size}", lambda n, a=c_in, b=c_out,
+                    s=size: conv_model(a, b, s, 1, 1, 1, n), chain))  # fmt: skip
+    out.append(("conv", "conv5x5 48x27", lambda n: conv_model(48, 48, 27, 5, 1, 1, n), True))
+    out.append(("conv", "conv3x3s2 64->128x56", lambda n: conv_model(64, 128, 56, 3, 2, 1, n),
+                False))  # fmt: skip
+    for c_in, c_out, size, k, s in [(3, 32, 160, 3, 1), (3, 48, 192, 5, 2), (3, 64, 224, 7, 2),
+                                     (3, 32, 224, 3, 2), (3, 48, 224, 9, 4), (1, 16, 32, 5, 1)]:
+        out.append(("conv_stem", f"stem {k}x{k}s{s} {c_in}->{c_out}x{size}", lambda n, a=c_in,
+                    b=c_out, z=size, k=k, s=s: conv_model(a, b, z, k, s, 1, n), False))  # fmt: skip
+    for c, size, s in [(32, 112, 1), (128, 56, 1), (256, 28, 1), (512, 14, 1), (64, 112, 2),
+                       (256, 56, 2)]:
+        out.append(("depthwise", f"dw3x3s{s} {c}x{size}", lambda n, c=c, z=size, s=s: conv_model(
+            c, c, z, 3, s, c, n), s == 1))  # fmt: skip
+    for k, n_out in [(256, 256), (512, 1024), (1024, 1024), (2048, 2048), (1024, 4096),
+                     (8192, 4096), (16384, 4096), (4096, 8192)]:
+        out.append(("gemm", f"gemv {k}x{n_out}", lambda n, k=k, m=n_out: gemm_model(k, m), False))
+    for op, c, size, k, s in [("MaxPool", 64, 112, 2, 2), ("MaxPool", 128, 56, 3, 2),
+                              ("MaxPool", 256, 28, 2, 2), ("MaxPool", 16, 24, 2, 2),
+                              ("GlobalAveragePool", 512, 14, 0, 0),
+                              ("GlobalAveragePool", 1024, 7, 0, 0)]:
+        out.append(("pool", f"{op} {k}x{k}s{s} {c}x{size}", lambda n, o=op, c=c, z=size, k=k,
+                    s=s: pool_model(o, c, z, k, s), False))  # fmt: skip
+    for op, c, size in [("Relu", 64, 112), ("Sub", 3, 224), ("Div", 3, 224), ("Add", 128, 28),
+                        ("Relu", 8, 16), ("Mul", 256, 56)]:
+        out.append(("elementwise", f"{op} {c}x{size}", lambda n, o=op, c=c, z=size: eltwise_model(
+            o, c, z, n), True))  # fmt: skip
+    for c, size in [(64, 56), (128, 28), (256, 13), (16, 32)]:
+        out.append(("data", f"concat {c}x{size}", lambda n, c=c, z=size: concat_model(c, z), False))
+    return out
+
+
+def time_ms(model: bytes, threads: int) -> tuple[float, float]:
+    """(median, p90) ms of single-stream queries."""
+    stats = single_stream(model, threads, warmup=10, min_queries=60, min_seconds=0.4)
+    return stats.p50_ms, stats.p90_ms
+
+
+def work_of(model: bytes, klass: str) -> float:
+    """The fit's x: operations of the class's nodes (bytes for gemm)."""
+    nodes = [n for n in analyze(onnx.load_from_string(model)).nodes if n.op_class == klass]
+    if klass == "gemm":
+        return float(sum(4 * (n.weight_elems + n.in_elems + n.out_elems) for n in nodes))
+    return float(sum(n.total_ops for n in nodes))
+
+
+def measure_cases(threads: int, fixed_ms: float) -> list[dict]:
+    rows = []
+    for klass, label, build, chainable in cases():
+        one = build(1)
+        t1, p90 = time_ms(one, threads)
+        if chainable:  # per-node time from the difference of a 3-chain and a 1-chain
+            t3, _ = time_ms(build(3), threads)
+            per_node = (t3 - t1) / 2
+        else:
+            per_node = t1 - fixed_ms
+        rows.append({"class": klass, "case": label, "threads": threads, "work": work_of(one, klass),
+                     "node_ms": max(per_node, 1e-4), "t1_ms": t1, "p90_over_p50": p90 / t1})
+        print(f"  t={threads} {klass:11} {label:28} {rows[-1]['node_ms']:.4f} ms", flush=True)
+    return rows
+
+
+def fit_line(rows: list[dict]) -> tuple[float, float]:
+    """(intercept ms, slope ms per unit) minimizing relative error, intercept >= 0."""
+    x = np.array([r["work"] for r in rows])
+    t = np.array([r["node_ms"] for r in rows])
+    design = np.stack([np.ones_like(x), x], axis=1) / t[:, None]
+    (a, b), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+    if a < 0:  # a negative overhead is unphysical: refit through the origin
+        a, b = 0.0, float(np.sum(x * t / t**2) / np.sum(x**2 / t**2))
+    return float(a), float(b)
+
+
+def calibrate(rows: list[dict], threads: int, peak_gops_per_core: float, onchip_bytes: float):
+    """One thread count's calibrated block (efficiency, overheads, bandwidths)."""
+    peak = peak_gops_per_core * threads * 1e9  # ops/s
+    eff, over = {}, {}
+    for klass in ("conv", "conv_stem", "depthwise", "pool", "elementwise", "data"):
+        a, b = fit_line([r for r in rows if r["class"] == klass])
+        eff[klass] = round((1e-3 / b) / peak, 5)  # b: ms per op
+        over[klass] = round(a * 1e3, 2)
+    gemm = [r for r in rows if r["class"] == "gemm"]
+    a_on, b_on = fit_line([r for r in gemm if r["work"] <= onchip_bytes])
+    _, b_dram = fit_line([r for r in gemm if r["work"] > onchip_bytes])
+    eff["gemm"] = eff["conv"]  # the same SGEMM kernels; at batch 1 gemm is bandwidth-bound
+    over["gemm"] = round(a_on * 1e3, 2)
+    return {
+        "efficiency": eff, "overhead_us": over,
+        "onchip_bandwidth_gbs": round(1e-3 / b_on / 1e9, 2),
+        "bandwidth_gbs": round(1e-3 / b_dram / 1e9, 2),
+        "p90_factor": round(float(np.median([r["p90_over_p50"] for r in rows])), 3),
+    }  # fmt: skip
+
+
+def write_host_yaml(block: dict) -> None:
+    """Replace the calibrated block of targets/host.yaml, keeping every comment."""
+    text = HOST_YAML.read_text()
+    lines = ["  calibrated:"]
+    for threads, values in block.items():
+        lines.append(f'    "{threads}":')
+        for key, value in values.items():
+            lines.append(f"      {key}: {json.dumps(value)}")
+    new = re.sub(
+        r"(  # BEGIN calibrated[^\n]*\n).*?(  # END calibrated)",
+        lambda m: m.group(1) + "\n".join(lines) + "\n" + m.group(2), text, flags=re.S,
+    )  # fmt: skip
+    HOST_YAML.write_text(new)
+
+
+def main() -> None:
+    import yaml
+
+    profile = yaml.safe_load(HOST_YAML.read_text())
+    peak_per_core = profile["compute"]["peak_gops"]["fp32"] / profile["compute"]["cores"]
+    onchip = profile["memory"]["onchip_kb"] * 1024
+    trivial = eltwise_model("Relu", 1, 1, 1)
+    rows, block, fixed = [], {}, {}
+    for threads in THREADS:
+        fixed[threads] = time_ms(trivial, threads)[0]
+        print(f"threads {threads}: fixed session cost {fixed[threads] * 1e3:.1f} us", flush=True)
+        measured = measure_cases(threads, fixed[threads])
+        rows += measured
+        block[str(threads)] = calibrate(measured, threads, peak_per_core, onchip)
+        block[str(threads)]["fixed_overhead_us"] = round(fixed[threads] * 1e3, 2)
+    doc = {"machine": machine(), "fixed_overhead_us": {t: v * 1e3 for t, v in fixed.items()},
+           "calibrated": block, "rows": rows}  # fmt: skip
+    (RESULTS / "calibration_host.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_host_yaml(block)
+    print(json.dumps(block, indent=2))
+
+
+if __name__ == "__main__":
+    main()

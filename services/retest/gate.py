@@ -1,0 +1,107 @@
+"""Requirements such as `fps>=30` or `accuracy_drop<=0.5`, and the verdict against them.
+
+A requirement is `METRIC OP NUMBER` with OP one of <=, >=, <, >, ==. The verdict lists each
+requirement with its measured or predicted value and pass/fail, after two checks every retest
+makes: all operators supported, and the model fits the target's RAM.
+
+    verdict = gate(report, [parse_requirement("fps>=30")])
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+
+from sigdl.errors import InputError
+
+# metric -> (where the value is in the report, unit, what it is)
+METRICS = {
+    "accuracy": (("accuracy", "accuracy"), "fraction", "test accuracy at the target's numerics"),
+    "accuracy_drop": (("accuracy", "drop_pp"), "percentage points",
+                      "fp32 accuracy minus accuracy at the target's numerics"),
+    "latency_ms": (("latency_ms",), "ms", "predicted latency"),
+    "p90_latency_ms": (("p90_latency_ms",), "ms", "predicted p90 latency"),
+    "fps": (("fps",), "1/s", "predicted frames per second (batch 1)"),
+    "power_w": (("power_w",), "W", "estimated average power"),
+    "energy_mj": (("energy_mj",), "mJ", "estimated energy per inference"),
+    "size_kb": (("size_kb",), "KiB", "deployable model size (.sdc when there is one)"),
+    "memory_mb": (("memory", "memory_mb"), "MiB", "weights + peak activations"),
+}  # fmt: skip
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt,
+        "==": operator.eq}  # fmt: skip
+_NUMBER = r"[-+]?[0-9]*\.?[0-9]+(?:e[-+]?\d+)?"
+_PATTERN = re.compile(rf"^\s*([a-z_0-9]+)\s*(<=|>=|==|<|>)\s*({_NUMBER})\s*$")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    metric: str  # a key of METRICS
+    op: str  # <=, >=, <, >, ==
+    threshold: float
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.threshold:g}"
+
+    @property
+    def needs_dataset(self) -> bool:
+        return self.metric in ("accuracy", "accuracy_drop")
+
+
+def parse_requirement(text: str) -> Requirement:
+    """`"fps>=30"` -> Requirement; InputError naming the expression and the known metrics."""
+    match = _PATTERN.match(str(text).lower())
+    if not match:
+        raise InputError(f"requirement {text!r}: expected METRIC OP NUMBER, e.g. 'fps>=30'")
+    metric, op, number = match.groups()
+    if metric not in METRICS:
+        raise InputError(f"requirement {text!r}: unknown metric {metric!r}; known: "
+                         f"{', '.join(METRICS)}")  # fmt: skip
+    return Requirement(metric, op, float(number))
+
+
+def _lookup(report: dict, path: tuple[str, ...]) -> float | None:
+    value: object = report
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value if isinstance(value, int | float) else None
+
+
+def gate(report: dict, requirements: list[Requirement]) -> dict:
+    """{"passed": bool, "checks": [{"requirement", "value", "unit", "passed"}, ...]}."""
+    unsupported = len(report["operators"]["failures"])
+    checks = [
+        {"requirement": "operators supported", "value": f"{unsupported} unsupported",
+         "unit": "", "passed": report["operators"]["passed"]},
+        {"requirement": "fits RAM", "value": round(report["memory"]["memory_mb"], 3),
+         "unit": f"MiB of {report['memory']['ram_mb']}", "passed": report["memory"]["fits_ram"]},
+    ]  # fmt: skip
+    for req in requirements:
+        path, unit, _ = METRICS[req.metric]
+        value = _lookup(report, path)
+        passed = value is not None and _OPS[req.op](value, req.threshold)
+        checks.append({"requirement": str(req), "value": value, "unit": unit, "passed": passed})
+    return {"passed": all(c["passed"] for c in checks), "checks": checks}
+
+
+def verdict_markdown(report: dict) -> str:
+    """verdict.md: the checks as a table, then the headline figures."""
+    v = report["verdict"]
+    lines = [
+        f"# Retest of {report['model']} on {report['target']} ({report['precision']}): "
+        f"{'PASS' if v['passed'] else 'FAIL'}",
+        "",
+        "| requirement | value | unit | result |",
+        "|---|---|---|---|",
+    ]
+    for c in v["checks"]:
+        value = f"{c['value']:.4g}" if isinstance(c["value"], float) else c["value"]
+        lines.append(f"| {c['requirement']} | {value} | {c['unit']} | "
+                     f"{'pass' if c['passed'] else 'FAIL'} |")  # fmt: skip
+    lines += ["", f"Predicted latency {report['latency_ms']:.3f} ms (p90 "
+              f"{report['p90_latency_ms']:.3f} ms, {report['fps']:.1f} fps); estimated power "
+              f"{report['power_w']:.2f} W, {report['energy_mj']:.3f} mJ per inference "
+              "(an estimate from the profile's power model)."]  # fmt: skip
+    for f in report["operators"]["failures"]:
+        lines.append(f"- unsupported: `{f['node']}` ({f['op']}): {f['rule']}")
+    return "\n".join(lines) + "\n"

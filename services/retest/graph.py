@@ -1,0 +1,218 @@
+"""What every node of an ONNX model computes and moves, at batch 1.
+
+Shapes come from ONNX shape inference with the batch axis pinned to 1; the counts are the
+usual ones: multiply-accumulates for Conv/Gemm/MatMul, one operation per output element for
+elementwise ops, one per window element for pooling. Weights are initializers read by a node.
+
+    nodes = analyze(onnx.load("model.onnx", load_external_data=False))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import helper, shape_inference
+
+# Nodes that cost nothing at run time: views, constant plumbing, and the Q/DQ/Cast nodes that
+# are how an ONNX model spells its numerics (a runtime fuses them into the compute nodes).
+FREE_OPS = {
+    "Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Shape", "Constant",
+    "QuantizeLinear", "DequantizeLinear", "Cast",
+}  # fmt: skip
+NUMERICS_OPS = {"QuantizeLinear", "DequantizeLinear", "Cast"}
+POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
+GEMM_OPS = {"Gemm", "MatMul"}
+STEM_MAX_CHANNELS = 4  # a conv reading <= 4 channels (an RGB/gray stem) has its own efficiency
+
+
+@dataclass
+class Node:
+    """One ONNX node with the work and traffic it implies at batch 1."""
+
+    name: str
+    op_type: str
+    op_class: str  # conv | conv_stem | depthwise | gemm | pool | elementwise | data | free
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+    macs: int = 0  # multiply-accumulates (2 operations each)
+    ops: int = 0  # other arithmetic operations
+    weight_elems: int = 0  # initializer elements the node reads
+    in_elems: int = 0  # activation elements read
+    out_elems: int = 0  # activation elements written
+    in_shape: list[int] = field(default_factory=list)  # first activation input
+    weight_shape: list[int] = field(default_factory=list)  # first initializer input
+    fused_into: str | None = None  # the node a runtime fuses this one into
+
+    @property
+    def total_ops(self) -> int:
+        return 2 * self.macs + self.ops
+
+
+def _pin_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the graph (no weights) whose symbolic dimensions are all 1."""
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    del graph.initializer[:]
+    for value in list(graph.input) + list(graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if not dim.HasField("dim_value"):
+                dim.dim_value = 1
+    pinned = helper.make_model(graph, opset_imports=model.opset_import)
+    pinned.ir_version = model.ir_version
+    for init in model.graph.initializer:  # shapes only: inference needs dims, not bytes
+        value = helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+        pinned.graph.input.append(value)
+    return pinned
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    inferred = shape_inference.infer_shapes(_pin_batch(model))
+    shapes = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+    return shapes
+
+
+def _numel(shape: list[int] | None) -> int:
+    return math.prod(shape) if shape else 0
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def op_class(op_type: str, attrs: dict, in_shape: list[int]) -> str:
+    """The latency model's class of an op (see targets.schema.OP_CLASSES)."""
+    if op_type in FREE_OPS:
+        return "free"
+    if op_type == "Conv":
+        channels = in_shape[1] if len(in_shape) > 1 else 0
+        group = attrs.get("group", 1)
+        if group > 1 and group == channels:
+            return "depthwise"
+        return "conv_stem" if channels <= STEM_MAX_CHANNELS else "conv"
+    if op_type in GEMM_OPS:
+        return "gemm"
+    if op_type in POOL_OPS:
+        return "pool"
+    if op_type in ("Concat", "Transpose", "Split", "Slice", "Pad", "Gather"):
+        return "data"
+    return "elementwise"
+
+
+def _work(node: Node, out_shape: list[int]) -> None:
+    """Fill node.macs / node.ops from its type and shapes."""
+    out = _numel(out_shape)
+    if node.op_type == "Conv":
+        kernel = node.weight_shape[1:] if node.weight_shape else [1]
+        node.macs = out * _numel(kernel)  # (C_in / group) * kh * kw per output element
+    elif node.op_type == "Gemm":
+        k = node.in_shape[0] if node.attrs.get("transA") else node.in_shape[-1]
+        node.macs = out * k
+    elif node.op_type == "MatMul":
+        node.macs = out * (node.in_shape[-1] if node.in_shape else 0)
+    elif node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
+        node.ops = _numel(node.in_shape)
+    elif node.op_type in POOL_OPS:
+        node.ops = out * _numel(node.attrs.get("kernel_shape", [1]))
+    elif node.op_class in ("elementwise", "data"):
+        node.ops = out  # one operation (or copy) per output element
+
+
+@dataclass
+class Graph:
+    """The analyzed model: nodes in topological order and activation tensor sizes."""
+
+    nodes: list[Node]
+    tensor_elems: dict[str, int]  # activation tensors (not initializers) -> elements at batch 1
+    inputs: list[str]  # graph inputs that are activations
+    weight_elems: int  # elements of all initializers
+
+    @property
+    def peak_activation_elems(self) -> int:
+        return peak_activation_elems(self.nodes, self.tensor_elems, self.inputs)
+
+
+def analyze(model: onnx.ModelProto) -> Graph:
+    """The nodes of `model` in graph (topological) order, with work and traffic at batch 1."""
+    shapes = _shapes(model)
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    constants = _constant_outputs(model)
+    nodes = []
+    for proto in model.graph.node:
+        attrs = _attrs(proto)
+        acts = [i for i in proto.input if i and i not in weights and i not in constants]
+        params = [i for i in proto.input if i in weights]
+        in_shape = shapes.get(acts[0], []) if acts else []
+        node = Node(
+            name=proto.name or proto.output[0], op_type=proto.op_type,
+            op_class=op_class(proto.op_type, attrs, in_shape),
+            inputs=list(proto.input), outputs=list(proto.output), attrs=attrs,
+            weight_elems=sum(_numel(weights[p]) for p in params),
+            in_elems=sum(_numel(shapes.get(a)) for a in acts),
+            out_elems=sum(_numel(shapes.get(o)) for o in proto.output),
+            in_shape=in_shape, weight_shape=weights[params[0]] if params else [],
+        )  # fmt: skip
+        _work(node, shapes.get(proto.output[0], []))
+        nodes.append(node)
+    skip = set(weights) | constants
+    inputs = [v.name for v in model.graph.input if v.name not in skip]
+    tensors = {name: _numel(shape) for name, shape in shapes.items() if name not in skip}
+    return Graph(nodes, tensors, inputs, sum(_numel(s) for s in weights.values()))
+
+
+def _constant_outputs(model: onnx.ModelProto) -> set[str]:
+    """Outputs computed only from initializers (e.g. Identity of a shared bias)."""
+    known = {init.name for init in model.graph.initializer}
+    out = set()
+    for node in model.graph.node:
+        if all(not i or i in known or i in out for i in node.input):
+            out.update(node.output)
+    return out
+
+
+def apply_fusion(nodes: list[Node], pairs: list[list[str]]) -> None:
+    """Mark each consumer a runtime fuses into its producer ([producer, consumer] op types).
+
+    A consumer fuses when its only activation input comes from a node of the producer type
+    (or from a node already fused into one) that feeds nothing else: Conv -> BN -> Relu all
+    become one node."""
+    allowed = {(p, c) for p, c in pairs}
+    producer = {out: n for n in nodes for out in n.outputs}
+    readers: dict[str, int] = {}
+    for n in nodes:
+        for i in n.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    by_name = {n.name: n for n in nodes}
+    for n in nodes:
+        acts = [i for i in n.inputs if i in producer and producer[i].op_class != "free"]
+        if len(acts) != 1 or readers.get(acts[0], 0) != 1:
+            continue
+        root = producer[acts[0]]
+        root = by_name[root.fused_into] if root.fused_into else root
+        if (root.op_type, n.op_type) in allowed:
+            n.fused_into = root.name
+
+
+def peak_activation_elems(
+    nodes: list[Node], tensor_elems: dict[str, int], inputs: list[str]
+) -> int:
+    """Largest sum of live activation elements at any node (a tensor dies after its last
+    reader; views of free ops are counted as copies, which errs on the safe side)."""
+    last_use: dict[str, int] = {}
+    for step, n in enumerate(nodes):
+        for i in n.inputs:
+            last_use[i] = step
+    live = {name: tensor_elems.get(name, 0) for name in inputs}
+    peak = sum(live.values())
+    for step, n in enumerate(nodes):
+        for out in n.outputs:
+            live[out] = tensor_elems.get(out, 0)
+        peak = max(peak, sum(live.values()))
+        for name in [k for k in live if last_use.get(k, -1) <= step]:
+            del live[name]
+    return peak

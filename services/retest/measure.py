@@ -1,0 +1,65 @@
+"""Measured latency on this machine, MLPerf single-stream style.
+
+One query is one batch-1 inference; after a warm-up the queries run back to back until both a
+minimum count and a minimum duration are reached, and the 90th percentile is the result
+(MLPerf Inference's single-stream metric). Threads are pinned (intra-op N, inter-op 1) and the
+graph optimizations are ONNX Runtime's defaults, as in every SigDL session.
+
+    stats = single_stream(onnx_bytes, threads=1, min_queries=200, min_seconds=2.0)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from sigdl import onnx_io
+
+
+@dataclass
+class LatencyStats:
+    """Single-stream latency of one model at one thread count."""
+
+    threads: int  # ORT intra-op threads
+    queries: int  # timed queries (after warm-up)
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def single_stream(
+    model: bytes,
+    threads: int,
+    *,
+    warmup: int = 5,
+    min_queries: int = 100,
+    min_seconds: float = 1.0,
+    max_queries: int = 100_000,
+    seed: int = 0,
+) -> LatencyStats:
+    """Time batch-1 queries of random pixels in [0, 1] through `model` (ONNX bytes)."""
+    sess = onnx_io.session_from_bytes(model, threads)
+    inp = sess.get_inputs()[0]
+    shape = [1 if not isinstance(d, int) else d for d in inp.shape]
+    feed = {inp.name: np.random.default_rng(seed).random(shape, dtype=np.float32)}
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    started = time.perf_counter()
+    while len(times) < max_queries and (
+        len(times) < min_queries or time.perf_counter() - started < min_seconds
+    ):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    ms = np.asarray(times) * 1e3
+    return LatencyStats(
+        threads, len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
+        float(ms.mean()), float(ms.min()),
+    )  # fmt: skip

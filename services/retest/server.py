@@ -1,0 +1,70 @@
+"""sigdl.v1.RetestService: the retest stage behind the job API.
+
+    sigdl serve retest --port 50053
+
+Submit checks the model artifact (NOT_FOUND, PERMISSION_DENIED), the target profile and the
+numeric fields (INVALID_ARGUMENT naming them); `run_job` runs `run_retest` in the job's worker
+process. A failed gate is a SUCCEEDED job whose report says `verdict.passed: false` (the job
+ran; the model did not pass), so the `passed` metric is 0.
+"""
+
+from __future__ import annotations
+
+import targets
+from services.grpc_common.jobservice import JobServicer, input_uri
+from services.protos.sigdl.v1 import retest_pb2, retest_pb2_grpc
+from sigdl import jobs
+from sigdl.errors import InputError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def run_job(params: dict, job: jobs.JobContext) -> dict:
+    """In the worker process: fetch the model if remote, retest it into the job's out dir."""
+    from services.retest.stage import run_retest
+
+    return run_retest(
+        str(job.local(params["model"])), params["target"], job.out_dir,
+        dataset=params["dataset"], precision=params["precision"], threads=params["threads"],
+        requirements=tuple(params["requirements"]), workers=params["workers"],
+        on_event=job.emit,
+    )  # fmt: skip
+
+
+class RetestServicer(JobServicer):
+    service = "retest"
+    full_name = "sigdl.v1.RetestService"
+    add_to_server = staticmethod(retest_pb2_grpc.add_RetestServiceServicer_to_server)
+    job_fn = staticmethod(run_job)
+    preload = ("services.retest.stage", "sklearn.datasets", "onnxruntime", "targets")
+
+    def parse(self, request: retest_pb2.RetestRequest) -> dict:
+        try:
+            targets.load_profile(request.target)
+        except InputError as exc:
+            raise jobs.FieldError("target", str(exc)) from None
+        if request.precision and request.precision not in PRECISIONS:
+            raise jobs.FieldError(
+                "precision", f"{request.precision!r}: expected one of {', '.join(PRECISIONS)}"
+            )
+        for name in ("threads", "workers"):
+            if getattr(request, name) < 0:
+                raise jobs.FieldError(name, f"{getattr(request, name)}: expected >= 0")
+        return {
+            "model": input_uri(request.model, "model"), "target": request.target,
+            "dataset": request.dataset or None, "precision": request.precision or None,
+            "threads": request.threads or None, "requirements": list(request.requirements),
+            "workers": request.workers or 1,
+        }  # fmt: skip
+
+    def metrics(self, report: dict) -> dict[str, float]:
+        numbers = super().metrics(report)
+        verdict = report.get("verdict") or {}
+        if "passed" in verdict:
+            numbers["passed"] = float(bool(verdict["passed"]))
+        if isinstance(report.get("latency_ms"), int | float):
+            numbers["latency_ms"] = float(report["latency_ms"])
+        return numbers
+
+
+SERVICER = RetestServicer

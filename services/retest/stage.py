@@ -1,0 +1,182 @@
+"""The retest stage: a deployable model on an emulated target, and a verdict.
+
+`run_retest` is the plain function behind `sigdl retest` (and the gRPC servicer). It runs the
+model with the target's numerics (fp32, fp16 or int8 QDQ via `sigdl.numerics`) through ONNX
+Runtime on the test set, sharded over worker processes; predicts latency, fps and p90 per
+operator from the target's profile; estimates power and energy; checks memory and operator
+support; and gates the result against the requirements. On the `host` target it also
+measures the latency for real (single-stream p90). With `out` it writes `report.json` and
+`verdict.md` there, all or nothing.
+
+    report = run_retest("runs/lenet5/model.onnx", "movidius-ma2450", "runs/rt",
+                        dataset="mnist", requirements=["fps>=30", "accuracy_drop<=0.5"])
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import targets
+from services.retest.accuracy import sharded_accuracy
+from services.retest.gate import gate, parse_requirement, verdict_markdown
+from services.retest.graph import analyze
+from services.retest.measure import single_stream
+from services.retest.opcheck import check_operators
+from services.retest.predict import estimate_power, memory_use, predict_latency
+from services.retest.source import ModelSource, load_source
+from sigdl import __version__, atomic, numerics, onnx_io
+from sigdl.datasets import adapt, load_dataset
+from sigdl.errors import InputError
+
+EventFn = Callable[[dict], None]
+CALIBRATION_IMAGES = 256  # training images that calibrate int8 activation ranges
+HOST_MEASURE = {"min_queries": 30, "min_seconds": 1.0, "max_queries": 2000}
+
+
+def load_target(target: str) -> dict:
+    """The target's profile; InputError for an unknown target or mode, or a bad profile."""
+    try:
+        return targets.load_profile(target)
+    except targets.ProfileError as exc:
+        raise InputError(str(exc)) from None
+
+
+def list_targets() -> list[dict]:
+    """One summary row per shipped profile (for `sigdl targets list`)."""
+    rows = []
+    for name in targets.profile_names():
+        p = load_target(name)
+        rows.append({
+            "name": name, "description": p["description"], "kind": p["kind"],
+            "emulation": p["emulation"]["method"], "precisions": p["precisions"],
+            "native_precision": p["native_precision"], "peak_gops": p["compute"]["peak_gops"],
+            "ram_mb": p["memory"]["ram_mb"], "modes": sorted(p.get("modes", {})),
+        })  # fmt: skip
+    return rows
+
+
+def _check_args(profile: dict, precision: str, threads: int | None, workers: int) -> None:
+    if precision not in profile["precisions"]:
+        raise InputError(f"precision {precision!r}: target {profile['name']!r} supports "
+                         f"{', '.join(profile['precisions'])}")  # fmt: skip
+    if threads is not None and threads < 1:
+        raise InputError(f"threads={threads}: expected a positive integer")
+    if workers < 1:
+        raise InputError(f"workers={workers}: expected a positive integer")
+
+
+def _calibration(source: ModelSource, dataset: str | None, data_dir) -> tuple[np.ndarray, str]:
+    """int8 calibration pixels: training images when a data set is given, else random."""
+    shape = onnx_io.input_shape(onnx_io.session_from_bytes(source.onnx_bytes))  # (C, H, W)
+    if dataset:
+        images = load_dataset(dataset, data_dir).train.images[:CALIBRATION_IMAGES]
+        mode = source.meta.adapt_mode if source.meta else "resize"
+        return adapt(images, shape[0], shape[1], mode).numpy(), f"{dataset} train[:256]"
+    pixels = np.random.default_rng(0).random((64, *shape), dtype=np.float32)
+    return pixels, "random-uniform pixels (no data set given)"
+
+
+def run_retest(
+    model: str,
+    target: str,
+    out: Path | None = None,
+    *,
+    dataset: str | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+    requirements: Sequence[str] = (),
+    workers: int = 1,
+    data_dir: str | Path | None = None,
+    on_event: EventFn | None = None,
+) -> dict:
+    """Retest `model` on `target`; return the report (see the module docstring)."""
+    emit = on_event or (lambda event: None)
+    profile = load_target(target)
+    precision = precision or profile["native_precision"]
+    _check_args(profile, precision, threads, workers)
+    reqs = [parse_requirement(r) for r in requirements]
+    if dataset is None and any(r.needs_dataset for r in reqs):
+        raise InputError("requirements on accuracy need a data set (--dataset)")
+    out = atomic.check_writable_dir(out) if out is not None else None
+    data_dir = str(data_dir) if data_dir else None
+    started = time.perf_counter()
+    source = load_source(model)
+    emit({"stage": "load", "done": 1, "total": 1})
+    calibration, calibration_note = None, None
+    if precision == "int8":
+        calibration, calibration_note = _calibration(source, dataset, data_dir)
+    deployable = numerics.convert(source.onnx_bytes, precision, calibration)
+    report = _predictions(source, deployable, profile, precision, threads)
+    report["calibration"] = calibration_note
+    emit({"stage": "predict", "done": 1, "total": 1})
+    if dataset:
+        report["accuracy"] = _accuracy(source, deployable, precision, dataset, data_dir,
+                                       workers, threads, emit)  # fmt: skip
+    if profile["emulation"]["method"] == "native":
+        stats = single_stream(deployable, report["threads"], **HOST_MEASURE)
+        report["measured"] = stats.to_json()
+        report["measured_p90_latency_ms"] = stats.p90_ms
+        emit({"stage": "measure", "done": 1, "total": 1})
+    report["verdict"] = gate(report, reqs)
+    report["wall_seconds"] = time.perf_counter() - started
+    if out is not None:
+        with atomic.staged_dir(out) as stage:
+            atomic.write_json(stage / "report.json", report)
+            atomic.write_bytes(stage / "verdict.md", verdict_markdown(report).encode())
+        report["artifacts"] = {"report": str(out / "report.json"),
+                               "verdict": str(out / "verdict.md")}  # fmt: skip
+    return report
+
+
+def _predictions(
+    source: ModelSource, deployable: bytes, profile: dict, precision: str, threads: int | None
+) -> dict:
+    """Latency, power, memory and operator checks from the fp32 graph at `precision`."""
+    graph = analyze(onnx.load_from_string(source.onnx_bytes))
+    latency = predict_latency(graph, profile, precision, threads)
+    ops = sum(layer["ops"] for layer in latency["layers"])
+    power = estimate_power(profile, precision, ops, latency["dram_bytes"], latency["latency_ms"])
+    size = source.sdc_bytes if source.sdc_bytes is not None else len(deployable)
+    return {
+        "command": "retest", "sigdl_version": __version__, "model": source.name,
+        "source": {"where": source.where, "kind": source.kind},
+        "target": profile["name"], "mode": profile.get("mode"),
+        "emulation": profile["emulation"]["method"], "precision": precision,
+        "threads": latency["threads"],
+        "latency_ms": latency["latency_ms"], "p90_latency_ms": latency["p90_latency_ms"],
+        "fps": latency["fps"], "power_w": power["power_w"], "energy_mj": power["energy_mj"],
+        "power": power, "size_kb": size / 1024,
+        "size_source": ".sdc on disk" if source.sdc_bytes is not None else f"{precision} onnx",
+        "memory": memory_use(graph, profile, precision),
+        "operators": check_operators(graph, profile),
+        "macs": sum(n.macs for n in graph.nodes), "layers": latency["layers"],
+    }  # fmt: skip
+
+
+def _accuracy(
+    source: ModelSource, deployable: bytes, precision: str, dataset: str, data_dir: str | None,
+    workers: int, threads: int | None, emit: EventFn,
+) -> dict:  # fmt: skip
+    """Accuracy at the target's numerics and, for the drop, at fp32 (same shards)."""
+    mode = source.meta.adapt_mode if source.meta else "resize"
+    per_worker = max(1, (threads or 2) // workers)
+    with tempfile.TemporaryDirectory(prefix="sigdl-retest-") as tmp:
+        runs = {}
+        for name, data in {precision: deployable, "fp32": source.onnx_bytes}.items():
+            path = Path(tmp) / f"{name}.onnx"
+            atomic.write_bytes(path, data)
+            runs[name] = sharded_accuracy(
+                path, dataset, data_dir=data_dir, mode=mode, workers=workers,
+                threads=per_worker, on_event=emit, label=f"accuracy {name}",
+            )  # fmt: skip
+    result = {k: v for k, v in runs[precision].items() if k != "predictions"}
+    result["fp32_accuracy"] = runs["fp32"]["accuracy"]
+    result["drop_pp"] = 100 * (runs["fp32"]["accuracy"] - result["accuracy"])
+    result["dataset"] = dataset
+    return result
