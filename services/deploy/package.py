@@ -261,14 +261,19 @@ def retest_metrics(retest: dict, target: str) -> dict:
             "would describe another device; retest on this target or leave the report out"
         )
     verdict = retest.get("verdict") or {}
+    accuracy = retest.get("accuracy")  # {"accuracy", "drop_pp", ...} when a data set was given
+    accuracy = accuracy if isinstance(accuracy, dict) else {"accuracy": accuracy}
     return _drop_none(
         {
             "latency_ms": retest.get("latency_ms"),
+            "p90_latency_ms": retest.get("p90_latency_ms"),
             "fps": retest.get("fps"),
-            "power_w": retest.get("power_w"),
+            "power_w": retest.get("power_w"),  # an estimate from the profile's power model
             "energy_mj": retest.get("energy_mj"),
             "precision": retest.get("precision"),
-            "target_accuracy": retest.get("accuracy"),
+            "power_mode": retest.get("mode"),
+            "target_accuracy": accuracy.get("accuracy"),
+            "target_accuracy_drop_pp": accuracy.get("drop_pp"),
             "retest_passed": verdict.get("passed"),
         }
     )
