@@ -31,6 +31,8 @@ models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
 data_app = typer.Typer(help="Data sets.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+targets_app = typer.Typer(help="Embedded target profiles.", no_args_is_help=True)
+app.add_typer(targets_app, name="targets")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Folder to look in first.")]
@@ -273,6 +275,68 @@ def deploy(
 
 
 @app.command()
+def retest(
+    model: Annotated[str, typer.Argument(help="model.onnx, a .sdc, or a train/compress --out.")],
+    target: Annotated[str, typer.Option(help="Target profile, NAME or NAME:MODE.")],
+    dataset: Annotated[str | None, typer.Option(help="Test set for accuracy.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, fp16 or int8 [default: the target's native].")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Cores used on `host`.")] = None,
+    require: Annotated[
+        list[str] | None, typer.Option(help="A requirement such as fps>=30 (repeatable).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write report.json and verdict.md here.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes sharing the test set.")] = 1,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retest a model on an emulated target; exit 1 when the gate fails."""
+    from services.retest.gate import verdict_markdown
+    from services.retest.stage import run_retest
+
+    report = run_retest(
+        model, target, out, dataset=dataset, precision=precision, threads=threads,
+        requirements=require or [], workers=workers, data_dir=data_dir, on_event=print_stage,
+    )  # fmt: skip
+    emit(report, as_json, verdict_markdown(report))
+    if not report["verdict"]["passed"]:
+        raise typer.Exit(1)
+
+
+def print_stage(event: dict) -> None:
+    if event.get("done") == event.get("total"):
+        err(f"{event['stage']}: done")
+
+
+@targets_app.command("list")
+def targets_list(as_json: JsonOpt = False) -> None:
+    """List the target profiles."""
+    from services.retest.stage import list_targets
+
+    rows = list_targets()
+    lines = [f"{'name':16} {'emulation':11} {'precisions':16} description"]
+    for r in rows:
+        lines.append(f"{r['name']:16} {r['emulation']:11} {','.join(r['precisions']):16} "
+                     f"{r['description']}")  # fmt: skip
+    emit(rows, as_json, "\n".join(lines))
+
+
+@targets_app.command("show")
+def targets_show(
+    name: Annotated[str, typer.Argument(help="Target profile, NAME or NAME:MODE.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a target profile (with its power mode applied)."""
+    import yaml
+
+    from services.retest.stage import load_target
+
+    profile = load_target(name)
+    emit(profile, as_json, yaml.safe_dump(profile, sort_keys=False).rstrip())
+
+
+@app.command()
 def lineage(
     model_name: Annotated[str, typer.Argument(help="Registered model name, e.g. lenet-5-mnist.")],
     as_json: JsonOpt = False,
@@ -318,7 +382,8 @@ def run(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps bad input to exit 2 with one line, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False, prog_name="sigdl")
+        # click returns a command's typer.Exit code (e.g. 1: a gate failed) when not standalone
+        code = app(args=argv, standalone_mode=False, prog_name="sigdl")
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
@@ -331,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, ArtifactNotFoundError) as exc:  # a named artifact missing: bad input
         err(f"error: {exc}")
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,226 @@
+"""The retest stage on real models: ONNX analysis, latency/power/memory prediction, operator
+checks, the gate, accuracy with the target's numerics (ONNX Runtime), and the model sources
+(model.onnx, .sdc, checkpoint directory, s3://). S3 runs against the real SeaweedFS server of
+the `s3_server` fixture (tests/conftest.py)."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from services.retest.accuracy import sharded_accuracy
+from services.retest.gate import gate, parse_requirement
+from services.retest.graph import analyze
+from services.retest.opcheck import check_operators
+from services.retest.stage import load_target, run_retest
+from sigdl import checkpoint, onnx_io, store
+from sigdl.checkpoint import ModelMeta
+from sigdl.errors import InputError
+from sigdl.sdc import write_sdc
+
+
+def _meta(model: str) -> ModelMeta:
+    return ModelMeta(model=model, input_size=28, channels=1, classes=10, mean=[0.13],
+                     std=[0.31], dataset="mnist")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lenet(tmp_path_factory):
+    """LeNet-5 and LeNet-300-100 with seeded random weights as model.onnx files."""
+    folder = tmp_path_factory.mktemp("models")
+    paths = {}
+    for name in ("lenet-5", "lenet-300-100"):
+        torch.manual_seed(0)
+        meta = _meta(name)
+        paths[name] = onnx_io.export_onnx(
+            checkpoint.build(meta),
+            folder / f"{name}.onnx",
+            meta.input_shape,
+            {"sigdl.model_json": meta.to_json()},
+        )
+    return paths
+
+
+def test_lenet5_work_and_memory_match_hand_counts(lenet):
+    graph = analyze(onnx.load(lenet["lenet-5"]))
+    macs = {n.name.split("/")[-2]: n.macs for n in graph.nodes if n.macs}
+    # conv1 20x24x24 outputs x 1x5x5, conv2 50x8x8 x 20x5x5, fc1 800->500, fc2 500->10
+    assert macs == {"conv1": 288_000, "conv2": 1_600_000, "fc1": 400_000, "fc2": 5_000}
+    assert graph.weight_elems == 431_080 + 2  # parameters + the normalization's mean and std
+    assert graph.peak_activation_elems >= 20 * 24 * 24  # conv1's output is live at some point
+
+
+def _conv_graph(kernel: int, stride: int, group: int = 1, channels: int = 8) -> onnx.ModelProto:
+    w = numpy_helper.from_array(
+        np.zeros((channels, channels // group, kernel, kernel), np.float32), "w"
+    )
+    node = helper.make_node(
+        "Conv",
+        ["x", "w"],
+        ["y"],
+        kernel_shape=[kernel, kernel],
+        strides=[stride, stride],
+        group=group,
+        name="the_conv",
+    )
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("target", "kernel", "stride", "group", "passes", "rule"),
+    [
+        ("ti-c66x", 7, 2, 1, False, "kernel 7x7s2 not in"),  # TIDL: stride 2 needs kernel < 7
+        ("ti-c66x", 11, 4, 1, True, None),
+        ("ti-c66x", 5, 2, 8, False, "depthwise kernel 5x5s2 not in"),
+        ("movidius-ma2450", 7, 2, 1, True, None),
+        ("movidius-ma2450", 5, 1, 8, False, "depthwise kernel 5x5s1"),  # NCSDK: 3x3 only
+        ("movidius-ma2450", 9, 1, 1, False, "kernel 9x9s1 not in"),
+        ("jetson-tx2", 9, 3, 1, True, None),
+    ],
+)  # fmt: skip
+def test_operator_constraints_name_the_node_and_the_rule(target, kernel, stride, group,
+                                                         passes, rule):  # fmt: skip
+    result = check_operators(analyze(_conv_graph(kernel, stride, group)), load_target(target))
+    assert result["passed"] is passes
+    if not passes:
+        (failure,) = result["failures"]
+        assert failure["node"] == "the_conv" and failure["op"] == "Conv"
+        assert rule in failure["rule"]
+
+
+def test_myriad_refuses_fully_connected_inputs_not_a_multiple_of_8(lenet):
+    result = check_operators(analyze(onnx.load(lenet["lenet-300-100"])),
+                             load_target("movidius-ma2450"))  # fmt: skip
+    assert [(f["node"], f["rule"]) for f in result["failures"]] == [
+        ("/net/fc2/Gemm", "input size 300 is not a multiple of 8"),
+        ("/net/fc3/Gemm", "input size 100 is not a multiple of 8"),
+    ]
+
+
+@pytest.mark.parametrize("text", ["fps>>30", "fps", "speed>=3", ">=3", "fps>=fast"])
+def test_bad_requirements_are_input_errors(text):
+    with pytest.raises(InputError, match="requirement"):
+        parse_requirement(text)
+
+
+def test_the_gate_lists_every_requirement_with_its_value():
+    report = {"fps": 40.0, "power_w": 12.0, "memory": {"memory_mb": 3.0, "ram_mb": 8,
+              "fits_ram": True}, "operators": {"passed": True, "failures": []}}  # fmt: skip
+    verdict = gate(report, [parse_requirement("fps>=30"), parse_requirement("power_w<=10")])
+    assert not verdict["passed"]
+    assert [(c["requirement"], c["value"], c["passed"]) for c in verdict["checks"][2:]] == [
+        ("fps>=30", 40.0, True), ("power_w<=10", 12.0, False)]  # fmt: skip
+
+
+def test_retest_on_host_writes_report_and_verdict(lenet, tmp_path):
+    events = []
+    report = run_retest(
+        str(lenet["lenet-5"]),
+        "host",
+        tmp_path / "rt",
+        threads=1,
+        requirements=["fps>=1", "memory_mb<=64"],
+        on_event=events.append,
+    )
+    for key in ("target", "precision", "latency_ms", "fps", "power_w", "energy_mj", "memory",
+                "operators", "verdict"):  # fmt: skip
+        assert key in report, key
+    assert report["target"] == "host" and report["precision"] == "fp32"
+    assert report["verdict"]["passed"] and report["operators"]["passed"]
+    assert report["measured"]["queries"] >= 30 and report["measured_p90_latency_ms"] > 0
+    assert report["power"]["estimate"] is True
+    written = json.loads((tmp_path / "rt" / "report.json").read_text())
+    assert written["latency_ms"] == report["latency_ms"]
+    assert "| fps>=1 |" in (tmp_path / "rt" / "verdict.md").read_text()
+    assert {"stage": "predict", "done": 1, "total": 1} in events
+
+
+def test_a_failed_gate_is_a_verdict_not_an_error(lenet):
+    report = run_retest(str(lenet["lenet-5"]), "arm-cortex-a53", requirements=["fps>=1e9"])
+    assert not report["verdict"]["passed"]
+    assert report["verdict"]["checks"][-1]["requirement"] == "fps>=1e+09"
+
+
+def test_targets_differ_in_the_direction_their_data_sheets_say(lenet):
+    """Same model: the 4-core A72 beats the A53, Max-Q is slower than MAXN on the TX2."""
+    model = str(lenet["lenet-5"])
+    a53, a72 = (run_retest(model, t)["latency_ms"] for t in ("arm-cortex-a53", "arm-cortex-a72"))
+    maxn, maxq = (run_retest(model, t)["latency_ms"] for t in ("jetson-tx2", "jetson-tx2:maxq"))
+    assert a72 < a53 and maxn < maxq
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target": "tpu"}, "unknown target 'tpu'"),
+        ({"target": "ti-c66x", "precision": "fp32"}, "supports int8"),
+        ({"target": "host", "requirements": ["accuracy_drop<=0.5"]}, "need a data set"),
+        ({"target": "host", "workers": 0}, "workers=0"),
+        ({"target": "host", "precision": "bf16"}, "bf16"),
+    ],
+)
+def test_bad_input_is_an_input_error(lenet, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        run_retest(str(lenet["lenet-5"]), **kwargs)
+
+
+def test_a_missing_model_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        run_retest(str(tmp_path / "nothing.onnx"), "host")
+
+
+def test_sharded_accuracy_equals_single_process_accuracy(lenet, shared_data):
+    single = sharded_accuracy(lenet["lenet-5"], "mnist", workers=1, threads=2)
+    sharded = sharded_accuracy(lenet["lenet-5"], "mnist", workers=2, threads=1)
+    assert sharded["total"] == single["total"] == 10_000
+    assert np.array_equal(sharded["predictions"], single["predictions"])
+    assert sharded["correct"] == single["correct"]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_accuracy_runs_with_the_targets_numerics(lenet, shared_data, precision):
+    report = run_retest(str(lenet["lenet-300-100"]), "host", dataset="mnist", threads=1,
+                        precision=precision, requirements=["accuracy_drop<=100"])  # fmt: skip
+    acc = report["accuracy"]
+    assert acc["total"] == 10_000 and 0 <= acc["accuracy"] <= 1
+    assert acc["drop_pp"] == pytest.approx(100 * (acc["fp32_accuracy"] - acc["accuracy"]))
+    assert report["precision"] == precision
+    if precision == "int8":
+        assert report["calibration"] == "mnist train[:256]"
+
+
+def test_sdc_and_checkpoint_directory_sources(tmp_path):
+    torch.manual_seed(1)
+    meta = _meta("lenet-5")
+    model = checkpoint.build(meta)
+    header = {k: v for k, v in meta.to_json().items() if k not in ("train_config", "metrics")}
+    write_sdc(tmp_path / "model.sdc", model.state_dict(), header)
+    from_sdc = run_retest(str(tmp_path / "model.sdc"), "ti-c66x")
+    assert from_sdc["size_kb"] == pytest.approx((tmp_path / "model.sdc").stat().st_size / 1024)
+    assert from_sdc["source"]["kind"] == "sdc" and from_sdc["model"] == "lenet-5"
+    checkpoint.save_checkpoint(model, meta, tmp_path / "run")
+    from_dir = run_retest(str(tmp_path / "run"), "ti-c66x")
+    assert from_dir["source"]["kind"] == "checkpoint"
+    assert from_dir["latency_ms"] == pytest.approx(from_sdc["latency_ms"])
+
+
+def test_a_model_from_s3(s3_server, monkeypatch, lenet):
+    monkeypatch.setenv("SIGDL_S3_ENDPOINT", s3_server.endpoint)
+    monkeypatch.setenv("SIGDL_S3_ACCESS_KEY", s3_server.access_key)
+    monkeypatch.setenv("SIGDL_S3_SECRET_KEY", s3_server.secret_key)
+    store.S3Backend().client.make_bucket("retest-models")
+    store.put_file("s3://retest-models/lenet/model.onnx", lenet["lenet-5"])
+    report = run_retest("s3://retest-models/lenet/model.onnx", "jetson-tx2")
+    assert report["model"] == "lenet-5" and report["latency_ms"] > 0
+    with pytest.raises(store.ArtifactNotFoundError):
+        run_retest("s3://retest-models/nothing/model.onnx", "jetson-tx2")
