@@ -346,11 +346,15 @@ def _under(uri: str, root: str) -> bool:
     return False
 
 
-def require_artifact(uri: str, name: str, member: str | None = None) -> None:
-    """ArtifactNotFoundError unless `uri` (or `uri/member`, for a directory) exists."""
-    target = f"{uri.rstrip('/')}/{member}" if member else uri
-    if not store.exists(target):
-        raise store.ArtifactNotFoundError(target)
+def require_artifact(uri: str, member: str | None = None) -> None:
+    """ArtifactNotFoundError unless `uri/member` exists (`member` None: `uri` is one artifact
+    or a directory-like prefix holding at least one)."""
+    if member is not None:
+        target = f"{uri.rstrip('/')}/{member}"
+        if not store.exists(target):
+            raise store.ArtifactNotFoundError(target)
+    elif not store.exists(uri) and not store.list_uris(uri):
+        raise store.ArtifactNotFoundError(uri)
 
 
 # --- what a job's worker process does ----------------------------------------------------------

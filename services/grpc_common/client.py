@@ -159,10 +159,14 @@ def progress_printer(on_event: Callable[[dict], None] | None) -> EventFn:
 
 
 def run_remote(
-    client: JobClient, request, out: str | Path, on_event: Callable[[dict], None] | None = None
+    client: JobClient,
+    request,
+    out: str | Path | None,
+    on_event: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Submit, stream progress, fetch the outputs into `out`; return the report as the
-    in-process command returns it (paths in `out`). RemoteJobError when the job fails."""
+    """Submit, stream progress, fetch the outputs into `out` (None: leave them where the
+    service wrote them); return the report as the in-process command returns it (paths in
+    `out`). RemoteJobError when the job fails."""
     if not request.request_id:
         request.request_id = request_id()
     job = client.submit(request)
@@ -171,9 +175,12 @@ def run_remote(
         state = common_pb2.JobState.Name(job.state)
         retry = " (retryable)" if job.retryable else ""
         raise RemoteJobError(f"job {job.id} on {client.address} {state}{retry}: {job.error}")
+    report = json.loads(job.report_json)
+    if out is None:
+        return report
     out = atomic.check_writable_dir(out)
     store.get_dir(job.out_uri, out)
-    report = jobs.relocate(json.loads(job.report_json), job.out_uri.rstrip("/"), str(out))
+    report = jobs.relocate(report, job.out_uri.rstrip("/"), str(out))
     if (out / "report.json").is_file():
         atomic.write_json(out / "report.json", report)
     return report

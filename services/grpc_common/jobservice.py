@@ -63,9 +63,10 @@ def json_object(raw: str, name: str) -> dict:
 
 
 def input_uri(ref: common_pb2.ArtifactRef, name: str, member: str | None = None) -> str:
-    """An input artifact's URI, checked against the roots and for existence (NOT_FOUND)."""
+    """An input artifact's URI, checked against the roots and for existence (NOT_FOUND);
+    `member`: a file the input directory must hold."""
     uri = jobs.check_uri(ref.uri, f"{name}.uri")
-    jobs.require_artifact(uri, name, member)
+    jobs.require_artifact(uri, member)
     return uri
 
 

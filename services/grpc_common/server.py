@@ -59,6 +59,8 @@ def worker_preload() -> tuple[str, ...]:
             names.update(servicer_class(stage).preload)
         except ImportError:  # a stage not written yet
             continue
+    if settings.mlflow_tracking_uri() is None:
+        names.discard("mlflow")  # seconds of imports that no job would use
     return tuple(sorted(n for n in names if importlib.util.find_spec(n.split(".")[0])))
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.protos.sigdl.v1 import common_pb2 as services_dot_protos_dot_sigdl_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%services/protos/sigdl/v1/deploy.proto\x12\x08sigdl.v1\x1a%services/protos/sigdl/v1/common.proto\"\x9e\x01\n\rDeployRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07out_uri\x18\x02 \x01(\t\x12%\n\x06source\x18\x03 \x01(\x0b\x32\x15.sigdl.v1.ArtifactRef\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\r\n\x05\x66leet\x18\x05 \x01(\t\x12\x11\n\tstore_uri\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t2\xdf\x01\n\rDeployService\x12\x30\n\x06Submit\x12\x17.sigdl.v1.DeployRequest\x1a\r.sigdl.v1.Job\x12\x38\n\x05Watch\x12\x19.sigdl.v1.WatchJobRequest\x1a\x12.sigdl.v1.JobEvent0\x01\x12-\n\x03Get\x12\x17.sigdl.v1.GetJobRequest\x1a\r.sigdl.v1.Job\x12\x33\n\x06\x43\x61ncel\x12\x1a.sigdl.v1.CancelJobRequest\x1a\r.sigdl.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%services/protos/sigdl/v1/deploy.proto\x12\x08sigdl.v1\x1a%services/protos/sigdl/v1/common.proto\"\xcc\x01\n\rDeployRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07out_uri\x18\x02 \x01(\t\x12%\n\x06source\x18\x03 \x01(\x0b\x32\x15.sigdl.v1.ArtifactRef\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\r\n\x05\x66leet\x18\x05 \x01(\t\x12\x11\n\tstore_uri\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12,\n\rretest_report\x18\x08 \x01(\x0b\x32\x15.sigdl.v1.ArtifactRef2\xdf\x01\n\rDeployService\x12\x30\n\x06Submit\x12\x17.sigdl.v1.DeployRequest\x1a\r.sigdl.v1.Job\x12\x38\n\x05Watch\x12\x19.sigdl.v1.WatchJobRequest\x1a\x12.sigdl.v1.JobEvent0\x01\x12-\n\x03Get\x12\x17.sigdl.v1.GetJobRequest\x1a\r.sigdl.v1.Job\x12\x33\n\x06\x43\x61ncel\x12\x1a.sigdl.v1.CancelJobRequest\x1a\r.sigdl.v1.Jobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'services.protos.sigdl.v1.de
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEPLOYREQUEST']._serialized_start=91
-  _globals['_DEPLOYREQUEST']._serialized_end=249
-  _globals['_DEPLOYSERVICE']._serialized_start=252
-  _globals['_DEPLOYSERVICE']._serialized_end=475
+  _globals['_DEPLOYREQUEST']._serialized_end=295
+  _globals['_DEPLOYSERVICE']._serialized_start=298
+  _globals['_DEPLOYSERVICE']._serialized_end=521
 # @@protoc_insertion_point(module_scope)

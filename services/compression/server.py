@@ -1,0 +1,55 @@
+"""sigdl.v1.CompressionService: the compression stage behind the job API.
+
+    sigdl serve compression --port 50052
+
+Submit checks that the checkpoint exists (NOT_FOUND) under the artifact roots
+(PERMISSION_DENIED) and that the recipe is built in or names a YAML artifact; `run_job` runs
+`run_compression` in the job's worker process, forwarding the ladder and retraining epochs.
+"""
+
+from __future__ import annotations
+
+from services.compression.recipe import list_recipes
+from services.grpc_common.jobservice import JobServicer, input_uri
+from services.protos.sigdl.v1 import common_pb2, compression_pb2, compression_pb2_grpc
+from sigdl import jobs
+
+
+def run_job(params: dict, job: jobs.JobContext) -> dict:
+    """In the worker process: fetch the checkpoint (and recipe) if remote, compress."""
+    from services.compression.stage import run_compression
+
+    recipe = params["recipe"]
+    if params["recipe_is_uri"]:
+        recipe = job.local(recipe)
+    return run_compression(
+        job.local(params["checkpoint"]), recipe, params["dataset"], job.out_dir,
+        on_event=job.emit,
+    )  # fmt: skip
+
+
+class CompressionServicer(JobServicer):
+    service = "compression"
+    full_name = "sigdl.v1.CompressionService"
+    add_to_server = staticmethod(compression_pb2_grpc.add_CompressionServiceServicer_to_server)
+    job_fn = staticmethod(run_job)
+    preload = ("services.compression.stage", "sklearn.datasets", "onnxscript", "torch._dynamo",
+               "mlflow")  # fmt: skip
+
+    def parse(self, request: compression_pb2.CompressRequest) -> dict:
+        checkpoint = input_uri(request.checkpoint, "checkpoint", member="model.json")
+        recipe, is_uri = request.recipe, "://" in request.recipe
+        if not recipe:
+            raise jobs.FieldError("recipe", "required: a built-in recipe name or a YAML URI")
+        if is_uri:
+            recipe = input_uri(common_pb2.ArtifactRef(uri=recipe), "recipe")
+        elif recipe not in list_recipes():
+            raise jobs.FieldError(
+                "recipe", f"unknown recipe {recipe!r}: expected one of "
+                f"{', '.join(list_recipes())}, or the file:// or s3:// URI of a recipe YAML",
+            )  # fmt: skip
+        return {"checkpoint": checkpoint, "recipe": recipe, "recipe_is_uri": is_uri,
+                "dataset": request.dataset or None}  # fmt: skip
+
+
+SERVICER = CompressionServicer

@@ -1,0 +1,60 @@
+"""sigdl.v1.DeployService: the deploy stage behind the job API.
+
+    sigdl serve deploy --port 50054
+
+Submit checks names (fleet, target, version) and URIs (source, store root, retest report);
+`run_job` runs `run_deploy` in the job's worker process, which publishes the package under
+`<store>/fleets/<fleet>/<target>/<version>/` and moves `current`; the job's own out_uri gets
+the deploy result as report.json.
+"""
+
+from __future__ import annotations
+
+from services.deploy.fleet import check_name, check_target, check_version
+from services.grpc_common.jobservice import JobServicer, input_uri
+from services.protos.sigdl.v1 import deploy_pb2, deploy_pb2_grpc
+from sigdl import atomic, jobs
+from sigdl.errors import InputError
+
+
+def run_job(params: dict, job: jobs.JobContext) -> dict:
+    """In the worker process: package and publish, then record the result."""
+    from services.deploy.stage import run_deploy
+
+    result = run_deploy(
+        params["source"], params["target"], params["fleet"], store_root=params["store_uri"],
+        version=params["version"], on_event=job.emit, retest_report=params["retest_report"],
+    )  # fmt: skip
+    atomic.write_json(job.out_dir / "report.json", result)
+    return result
+
+
+class DeployServicer(JobServicer):
+    service = "deploy"
+    full_name = "sigdl.v1.DeployService"
+    add_to_server = staticmethod(deploy_pb2_grpc.add_DeployServiceServicer_to_server)
+    job_fn = staticmethod(run_job)
+    preload = ("services.deploy.stage", "onnx")
+
+    def parse(self, request: deploy_pb2.DeployRequest) -> dict:
+        checks = [("fleet", check_name, (request.fleet, "fleet")),
+                  ("target", check_target, (request.target,))]  # fmt: skip
+        if request.version:
+            checks.append(("version", check_version, (request.version,)))
+        for name, check, args in checks:
+            try:
+                check(*args)
+            except InputError as exc:
+                raise jobs.FieldError(name, str(exc)) from None
+        retest = request.retest_report
+        return {
+            "source": input_uri(request.source, "source"),
+            "target": request.target, "fleet": request.fleet,
+            "store_uri": jobs.check_uri(request.store_uri, "store_uri") if request.store_uri
+            else None,
+            "version": request.version or None,
+            "retest_report": input_uri(retest, "retest_report") if retest.uri else None,
+        }  # fmt: skip
+
+
+SERVICER = DeployServicer
