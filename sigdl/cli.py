@@ -36,6 +36,10 @@ app.add_typer(targets_app, name="targets")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Folder to look in first.")]
+RemoteOpt = Annotated[
+    str | None,
+    typer.Option("--remote", metavar="ADDRESS", help="Run on the stage's service (host:port)."),
+]
 
 
 def emit(result: object, as_json: bool, human: str) -> None:
@@ -160,6 +164,7 @@ def train(
     target_accuracy: Annotated[float | None, _opt("Stop at this test accuracy.")] = None,
     max_train_samples: Annotated[int | None, _opt("Train on the first N samples.")] = None,
     data_dir: DataDirOpt = None,
+    remote: RemoteOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a zoo model; write model.safetensors, model.json, model.onnx, report.json."""
@@ -177,10 +182,24 @@ def train(
         model=model, dataset=dataset, epochs=epochs,
         **{k: v for k, v in given.items() if v is not None},
     )  # fmt: skip
-    report = run_training(
-        cfg, out, nproc=nproc, data_dir=str(data_dir) if data_dir else None, on_epoch=print_epoch
-    )
+    if remote:
+        from services.training.client import train_remote
+
+        _local_only(data_dir=data_dir)
+        report = train_remote(remote, cfg, out, nproc, on_event=print_epoch)
+    else:
+        report = run_training(
+            cfg, out, nproc=nproc, data_dir=str(data_dir) if data_dir else None,
+            on_epoch=print_epoch,
+        )  # fmt: skip
     emit(report, as_json, _train_summary(report))
+
+
+def _local_only(**options: object) -> None:
+    """Options that name this machine's folders mean nothing to a --remote service."""
+    given = [name.replace("_", "-") for name, value in options.items() if value is not None]
+    if given:
+        raise InputError(f"--{given[0]} cannot be used with --remote: the service finds its own")
 
 
 def _train_summary(report: dict) -> str:
@@ -209,15 +228,22 @@ def compress(
         str | None, typer.Option(help="Data set for retraining (default: the checkpoint's).")
     ] = None,
     data_dir: DataDirOpt = None,
+    remote: RemoteOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compress a checkpoint with a recipe; write model.sdc, model.onnx, report.json."""
     from services.compression.stage import run_compression
 
-    report = run_compression(
-        checkpoint_dir, recipe, dataset, out, data_dir=str(data_dir) if data_dir else None,
-        on_event=print_event,
-    )  # fmt: skip
+    if remote:
+        from services.compression.client import compress_remote
+
+        _local_only(data_dir=data_dir)
+        report = compress_remote(remote, checkpoint_dir, recipe, dataset, out, print_event)
+    else:
+        report = run_compression(
+            checkpoint_dir, recipe, dataset, out, data_dir=str(data_dir) if data_dir else None,
+            on_event=print_event,
+        )  # fmt: skip
     m = report["metrics"]
     human = (
         f"{report['model']}: {m['dense_bytes']:,} -> {m['compressed_bytes']:,} bytes "
@@ -264,13 +290,20 @@ def deploy(
     ] = None,
     version: Annotated[str | None, typer.Option(help="Version [default: the next vN].")] = None,
     retest: Annotated[str | None, typer.Option(help="A retest report.json to include.")] = None,
+    remote: RemoteOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Package a run for a target and publish it as the fleet's current version."""
     from services.deploy.stage import run_deploy, summary
 
-    result = run_deploy(source, target, fleet, store_root=store, version=version,
-                        retest_report=retest)  # fmt: skip
+    if remote:
+        from services.deploy.client import deploy_remote
+
+        result = deploy_remote(remote, source, target, fleet, store_root=store, version=version,
+                               retest_report=retest)  # fmt: skip
+    else:
+        result = run_deploy(source, target, fleet, store_root=store, version=version,
+                            retest_report=retest)  # fmt: skip
     emit(result, as_json, summary(result))
 
 
@@ -377,6 +410,20 @@ def run(
         f"{c['dense_accuracy']:.4f} -> {c['onnx_test_accuracy']:.4f}",
     ])  # fmt: skip
     emit(report, as_json, human)
+
+
+@app.command()
+def serve(
+    stage: Annotated[str, typer.Argument(help="training, compression, retest, deploy or all.")],
+    port: Annotated[
+        int | None, typer.Option(help="Port [default: from SIGDL_<STAGE>_ADDR; all: training's].")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface (0.0.0.0 in a container).")] = "127.0.0.1",
+) -> None:
+    """Serve a stage's job API over gRPC (with health and reflection) until SIGTERM."""
+    from services.grpc_common.server import serve as serve_stage
+
+    raise typer.Exit(serve_stage(stage, host, port))
 
 
 def main(argv: list[str] | None = None) -> int:
