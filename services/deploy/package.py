@@ -286,6 +286,7 @@ def report_lineage(report: dict, source_uri: str) -> dict:
         {
             "source": source_uri,
             "stage": report.get("command"),
+            "mlflow_tracking_uri": ml.get("tracking_uri"),
             "mlflow_run_id": ml.get("run_id"),
             "registered_model": ml.get("registered_model"),
             "model_version": ml.get("version"),

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from services.deploy.fleet import MANIFEST, POINTER, FleetTarget, check_version, emit
 from services.deploy.package import build_manifest, open_source
-from sigdl import __version__
+from sigdl import __version__, lineage
 from sigdl.errors import InputError
 
 EventFn = Callable[[dict], None]
@@ -75,7 +75,9 @@ def run_deploy(
         digest = ft.upload_version(chosen, src.files, data, on_event)
         new_pointer = ft.swap_pointer(pointer, chosen, digest, "publish")
     emit(on_event, {"event": "current", "version": chosen, "manifest_sha256": digest})
-    return _result(ft, manifest, new_pointer, "publish")
+    result = _result(ft, manifest, new_pointer, "publish")
+    result["mlflow"] = mark_deployed(manifest["lineage"], fleet, target)
+    return result
 
 
 def _unchanged(ft: FleetTarget, pointer: dict | None, content: str, version: str | None):
@@ -102,7 +104,33 @@ def rollback(
             raise InputError(f"version {to_version!r} is already current for {fleet}/{target}")
         manifest, digest = ft.verify_version(to_version)
         new_pointer = ft.swap_pointer(pointer, to_version, digest, "rollback")
-    return _result(ft, manifest, new_pointer, "rollback")
+    result = _result(ft, manifest, new_pointer, "rollback")
+    result["mlflow"] = mark_deployed(manifest.get("lineage", {}), fleet, target)
+    return result
+
+
+def deployed_alias(fleet: str, target: str) -> str:
+    # '_' cannot occur in fleet or target names, so the alias names exactly one pair
+    return f"deployed_{fleet}_{target}"
+
+
+def mark_deployed(lineage_ids: dict, fleet: str, target: str) -> dict | None:
+    """Point the MLflow alias `deployed_<fleet>_<target>` at the registered model version the
+    package came from (ARCHITECTURE.md: aliases mark what is deployed per target), and tag the
+    version with its target. None when tracking is off, the package names no registered
+    version, or that version lives in another tracking store. An MLflow failure is reported
+    in the result, not raised: the package is already live."""
+    name, version = lineage_ids.get("registered_model"), lineage_ids.get("model_version")
+    tracking = lineage.open_lineage() if name and version else None
+    if tracking is None or lineage_ids.get("mlflow_tracking_uri") != tracking.tracking_uri:
+        return None
+    alias = deployed_alias(fleet, target)
+    try:
+        tracking.client.set_registered_model_alias(name, alias, str(version))
+        tracking.client.set_model_version_tag(name, str(version), lineage.TAG_TARGET, target)
+    except Exception as exc:  # MlflowException, or the tracking server is down
+        return {"registered_model": name, "version": str(version), "error": str(exc)[:300]}
+    return {"registered_model": name, "version": str(version), "alias": alias}
 
 
 def list_versions(fleet: str, target: str, store_root: str | None = None) -> list[dict]:
@@ -149,6 +177,7 @@ def _result(ft: FleetTarget, manifest: dict, pointer: dict, action: str) -> dict
         "files": manifest["files"],
         "metrics": manifest.get("metrics", {}),
         "lineage": manifest.get("lineage", {}),
+        "mlflow": None,  # set by mark_deployed when an alias moved
     }
 
 

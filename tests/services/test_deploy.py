@@ -21,6 +21,7 @@ from services.training.stage import run_training
 from sigdl import onnx_io, store
 from sigdl.cli import main
 from sigdl.errors import InputError
+from sigdl.lineage import Lineage, open_lineage
 from sigdl.training import TrainConfig
 
 RECIPE = """
@@ -301,6 +302,46 @@ def test_a_retest_report_beside_the_run_adds_latency(runs, copy_of, tmp_path):
         run_deploy(str(runs["compress"]), TARGET, "lab", store_root=root,
                    retest_report=other["artifacts"]["report"])  # fmt: skip
     assert pointer(root)["version"] == "v1"
+
+
+def _register(run: Path, tracking: Lineage, name: str) -> dict:
+    """Register `run` as a new version in the real MLflow store, as the stages do, and write
+    the ids into its report.json."""
+    with tracking.run(f"compress {name}") as run_id:
+        tracking.log_dir(run_id, run, "model")
+        version = tracking.register(name, run_id, "model")
+    report = json.loads((run / "report.json").read_text())
+    report["mlflow"] = {"tracking_uri": tracking.tracking_uri, "run_id": run_id,
+                        "registered_model": name, "version": version.version}  # fmt: skip
+    (run / "report.json").write_text(json.dumps(report))
+    return report["mlflow"]
+
+
+def test_the_deployed_alias_follows_current(copy_of, tmp_path, mlflow_uri):
+    """A real MLflow store (SQLite in tmp_path, the `mlflow_uri` fixture)."""
+    tracking = open_lineage()
+    first, second = copy_of("train"), copy_of("compress")
+    ids = [_register(run, tracking, "lenet-300-100-digits") for run in (first, second)]
+    root = str(tmp_path / "store")
+
+    def deployed() -> str:
+        alias = tracking.client.get_model_version_by_alias("lenet-300-100-digits",
+                                                           "deployed_lab_jetson-tx2")  # fmt: skip
+        return str(alias.version)
+
+    result = run_deploy(str(first), TARGET, "lab", store_root=root)
+    assert result["lineage"] == {
+        "source": store.as_uri(first), "stage": "train",
+        "mlflow_tracking_uri": mlflow_uri, "mlflow_run_id": ids[0]["run_id"],
+        "registered_model": "lenet-300-100-digits", "model_version": "1",
+    }  # fmt: skip
+    assert result["mlflow"]["alias"] == "deployed_lab_jetson-tx2" and deployed() == "1"
+    run_deploy(str(second), TARGET, "lab", store_root=root)
+    assert deployed() == "2"
+    rollback("lab", TARGET, store_root=root)
+    assert deployed() == "1"
+    tags = tracking.client.get_model_version("lenet-300-100-digits", "1").tags
+    assert tags["sigdl.target"] == TARGET
 
 
 # --- S3 ---------------------------------------------------------------------------------------
