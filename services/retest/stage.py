@@ -25,7 +25,7 @@ import onnx
 import targets
 from services.retest.accuracy import sharded_accuracy
 from services.retest.gate import gate, parse_requirement, verdict_markdown
-from services.retest.graph import analyze
+from services.retest.graph import Graph, analyze
 from services.retest.measure import single_stream
 from services.retest.opcheck import check_operators
 from services.retest.predict import estimate_power, memory_use, predict_latency
@@ -134,28 +134,35 @@ def run_retest(
     return report
 
 
-def _predictions(
-    source: ModelSource, deployable: bytes, profile: dict, precision: str, threads: int | None
-) -> dict:
-    """Latency, power, memory and operator checks from the fp32 graph at `precision`."""
-    graph = analyze(onnx.load_from_string(source.onnx_bytes))
+def predict_on_target(graph: Graph, profile: dict, precision: str, threads: int | None) -> dict:
+    """Predicted latency/fps/p90, estimated power and energy, memory and operator checks."""
     latency = predict_latency(graph, profile, precision, threads)
     ops = sum(layer["ops"] for layer in latency["layers"])
     power = estimate_power(profile, precision, ops, latency["dram_bytes"], latency["latency_ms"])
-    size = source.sdc_bytes if source.sdc_bytes is not None else len(deployable)
     return {
-        "command": "retest", "sigdl_version": __version__, "model": source.name,
-        "source": {"where": source.where, "kind": source.kind},
         "target": profile["name"], "mode": profile.get("mode"),
         "emulation": profile["emulation"]["method"], "precision": precision,
         "threads": latency["threads"],
         "latency_ms": latency["latency_ms"], "p90_latency_ms": latency["p90_latency_ms"],
         "fps": latency["fps"], "power_w": power["power_w"], "energy_mj": power["energy_mj"],
-        "power": power, "size_kb": size / 1024,
-        "size_source": ".sdc on disk" if source.sdc_bytes is not None else f"{precision} onnx",
-        "memory": memory_use(graph, profile, precision),
+        "power": power, "memory": memory_use(graph, profile, precision),
         "operators": check_operators(graph, profile),
         "macs": sum(n.macs for n in graph.nodes), "layers": latency["layers"],
+    }  # fmt: skip
+
+
+def _predictions(
+    source: ModelSource, deployable: bytes, profile: dict, precision: str, threads: int | None
+) -> dict:
+    """The report's head: what the model is, its size, and the predictions."""
+    graph = analyze(onnx.load_from_string(source.onnx_bytes))
+    size = source.sdc_bytes if source.sdc_bytes is not None else len(deployable)
+    return {
+        "command": "retest", "sigdl_version": __version__, "model": source.name,
+        "source": {"where": source.where, "kind": source.kind},
+        "size_kb": size / 1024,
+        "size_source": ".sdc on disk" if source.sdc_bytes is not None else f"{precision} onnx",
+        **predict_on_target(graph, profile, precision, threads),
     }  # fmt: skip
 
 

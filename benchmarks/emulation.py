@@ -1,0 +1,157 @@
+"""Emulation: predicted vs measured latency on `host`, and predictions on every target.
+
+Part `host`: the six zoo models (LeNet-300-100 and LeNet-5 at 28x28x1/10 classes, AlexNet,
+VGG-16, MobileNet v1 and SqueezeNet 1.0 at 224x224x3/1000; untrained, exported with
+`sigdl.zoo` + `sigdl.onnx_io`) at 1 and 2 ONNX Runtime intra-op threads. Measured: MLPerf
+single-stream (warm-up, then the 90th percentile over many batch-1 queries; VGG-16 gets fewer).
+Predicted: the retest stage's per-operator model with the `host` profile, whose efficiencies
+come from single-operator micro-benchmarks (benchmarks/calibrate_host.py), not from these
+models. Target: |predicted p90 / measured p90 - 1| <= 10% for at least 90% of the 12 pairs.
+
+Part `targets`: predicted latency, fps, power, memory and the operator-check verdict of the
+six models on every target at its native precision (no measurement, no lock needed).
+
+    flock /tmp/sigdl-cpu.lock .venv/bin/python benchmarks/emulation.py --part host
+    .venv/bin/python benchmarks/emulation.py --part targets
+
+Writes benchmarks/results/emulation_host.{json,md} and emulation_targets.{json,md}; exported
+models are cached under benchmarks/results/.work/onnx/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import RESULTS, WORK, machine, write_table
+from services.retest.graph import analyze
+from services.retest.measure import single_stream
+from services.retest.stage import load_target, predict_on_target
+from sigdl import onnx_io
+from sigdl.exporting import load_for_export
+
+MODELS = ["lenet-300-100", "lenet-5", "alexnet", "vgg-16", "mobilenet-v1", "squeezenet-1.0"]
+THREADS = (1, 2)
+TOLERANCE = 0.10
+# (min queries, min seconds): VGG-16 takes ~0.3 s per query at one thread, so fewer of them
+QUERIES = {"vgg-16": (40, 0.0), "alexnet": (150, 3.0)}
+DEFAULT_QUERIES = (300, 3.0)
+
+
+def model_path(name: str) -> Path:
+    """The untrained zoo model at its standard input, exported once and cached."""
+    path = WORK / "onnx" / f"{name}.onnx"
+    if not path.is_file():
+        model, meta = load_for_export(name, None, None, None)
+        onnx_io.export_onnx(model, path, meta.input_shape, {"sigdl.model_json": meta.to_json()})
+    return path
+
+
+def host_part() -> dict:
+    profile = load_target("host")
+    rows = []
+    for name in MODELS:
+        path = model_path(name)
+        graph = analyze(onnx.load(path))
+        data = path.read_bytes()
+        for threads in THREADS:
+            predicted = predict_on_target(graph, profile, "fp32", threads)
+            queries, seconds = QUERIES.get(name, DEFAULT_QUERIES)
+            stats = single_stream(data, threads, warmup=5, min_queries=queries,
+                                  min_seconds=seconds)  # fmt: skip
+            error = predicted["p90_latency_ms"] / stats.p90_ms - 1
+            rows.append({
+                "model": name, "threads": threads, "predicted_ms": predicted["latency_ms"],
+                "predicted_p90_ms": predicted["p90_latency_ms"], "measured": stats.to_json(),
+                "error": error, "within": abs(error) <= TOLERANCE,
+            })  # fmt: skip
+            print(f"{name:15} t={threads} predicted p90 {predicted['p90_latency_ms']:9.3f} ms, "
+                  f"measured {stats.p90_ms:9.3f} ms ({100 * error:+.1f}%)", flush=True)  # fmt: skip
+    within = sum(r["within"] for r in rows)
+    doc = {"machine": machine(), "load_before": os.getloadavg(), "rows": rows,
+           "within_10pct": within, "pairs": len(rows),
+           "target_met": within >= 0.9 * len(rows)}  # fmt: skip
+    (RESULTS / "emulation_host.json").write_text(json.dumps(doc, indent=2) + "\n")
+    table = [[r["model"], r["threads"], f"{r['predicted_p90_ms']:.3f}",
+              f"{r['measured']['p90_ms']:.3f}", f"{r['measured']['p50_ms']:.3f}",
+              r["measured"]["queries"], f"{100 * r['error']:+.1f}%",
+              "yes" if r["within"] else "**no**"] for r in rows]  # fmt: skip
+    notes = (f"{within} of {len(rows)} pairs within +-10% (target: at least 90%). Measured: "
+             "ONNX Runtime CPU, pinned intra-op threads, single-stream p90 after warm-up. "
+             "Predicted: `host` profile calibrated from single-operator micro-benchmarks "
+             "(`benchmarks/calibrate_host.py`, `results/calibration_host.json`).")  # fmt: skip
+    write_table("emulation_host", "Host latency: predicted vs measured (ONNX Runtime, batch 1)",
+                ["model", "threads", "predicted p90 ms", "measured p90 ms", "measured p50 ms",
+                 "queries", "error", "within 10%"], table, notes)  # fmt: skip
+    return doc
+
+
+def targets_part() -> dict:
+    import targets
+
+    rows = []
+    graphs = {name: analyze(onnx.load(model_path(name))) for name in MODELS}
+    for target in targets.profile_names():
+        profile = load_target(target)
+        precision = profile["native_precision"]
+        for name, graph in graphs.items():
+            p = predict_on_target(graph, profile, precision, None)
+            rows.append({
+                "target": target, "model": name, "precision": precision,
+                "latency_ms": p["latency_ms"], "p90_latency_ms": p["p90_latency_ms"],
+                "fps": p["fps"], "power_w": p["power_w"], "energy_mj": p["energy_mj"],
+                "memory_mb": p["memory"]["memory_mb"], "fits_ram": p["memory"]["fits_ram"],
+                "operators_pass": p["operators"]["passed"],
+                "failures": p["operators"]["failures"],
+            })  # fmt: skip
+    doc = {"machine": machine(), "rows": rows}
+    (RESULTS / "emulation_targets.json").write_text(json.dumps(doc, indent=2) + "\n")
+    table = [[r["target"], r["model"], r["precision"], f"{r['latency_ms']:.3f}",
+              f"{r['fps']:.1f}", f"{r['power_w']:.2f}", f"{r['energy_mj']:.3f}",
+              f"{r['memory_mb']:.1f}", "yes" if r["fits_ram"] else "**no**",
+              _verdict(r)] for r in rows]  # fmt: skip
+    write_table("emulation_targets", "Predicted latency, fps, power and memory on every target",
+                ["target", "model", "precision", "latency ms", "fps", "power W (est.)",
+                 "energy mJ (est.)", "memory MiB", "fits RAM", "operators"], table,
+                NOTES)  # fmt: skip
+    return doc
+
+
+def _verdict(row: dict) -> str:
+    if row["operators_pass"]:
+        return "pass"
+    rules = sorted({f"{f['op']}: {f['rule']}" for f in row["failures"]})
+    return f"**fail** ({len(row['failures'])} nodes: {'; '.join(rules)})"
+
+
+NOTES = (
+    "Batch 1, each target at its native precision. Latency, fps: the retest stage's per-operator "
+    "roofline with the target profile's per-class efficiencies (calibrated on `host`, data-sheet "
+    "figures and estimates elsewhere: see the comments in `targets/*.yaml`). Power and energy: "
+    "an estimate from the profile's power model (idle + energy per operation and per DRAM byte, "
+    "capped at the active power). Memory: weights + peak live activations. Operators: every "
+    "node against the profile's operator list and constraints (NCSDK for Myriad 2, TIDL for "
+    "the C66x)."
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["host", "targets", "all"], default="all")
+    args = parser.parse_args()
+    if args.part in ("host", "all"):
+        doc = host_part()
+        print(f"host: {doc['within_10pct']}/{doc['pairs']} pairs within 10%")
+    if args.part in ("targets", "all"):
+        targets_part()
+
+
+if __name__ == "__main__":
+    main()
