@@ -115,12 +115,12 @@ class FleetTarget:
             data = store.get_bytes(self.uri(POINTER))
         except store.ArtifactNotFoundError:
             return None
-        return json.loads(data)
+        return _stored_json(data, self.uri(POINTER))
 
     def read_manifest(self, version: str) -> tuple[dict, str]:
         """A version's manifest and the sha256 of its bytes."""
         data = store.get_bytes(self.uri(version, MANIFEST))
-        return json.loads(data), hashlib.sha256(data).hexdigest()
+        return _stored_json(data, self.uri(version, MANIFEST)), hashlib.sha256(data).hexdigest()
 
     def version_folders(self) -> dict[str, set[str]]:
         """Every version folder in the store with the names of its files (complete or not)."""
@@ -220,6 +220,17 @@ class FleetTarget:
         }
         store.put_bytes(self.uri(POINTER), (json.dumps(pointer, indent=2) + "\n").encode())
         return pointer
+
+
+def _stored_json(data: bytes, uri: str) -> dict:
+    """What SigDL wrote; anything else there is a damaged store, not bad input."""
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise store.StoreError(f"{uri!r} is not valid JSON ({exc}): the store is damaged") from None
+    if not isinstance(obj, dict):
+        raise store.StoreError(f"{uri!r} is not a JSON object: the store is damaged")
+    return obj
 
 
 def _version_of(pointer: dict | None) -> str | None:

@@ -22,6 +22,12 @@ Decisions where the design was silent:
   made for the same target; another target's report is refused. A failed retest verdict is
   recorded (`metrics.retest_passed`), not enforced: the gate before deploy decides.
 - Rollback without a version returns to the pointer's `previous` (what was current before).
+- When the package names a registered MLflow version in the tracking store in force, the alias
+  `deployed_<fleet>_<target>` follows `current` (publish and rollback); an MLflow failure is
+  reported in the result's `mlflow`, not raised, since the package is already live.
+- Publishers of one fleet/target are serialized within a process; across processes, the pointer
+  is re-read just before the swap and a move by someone else fails the publish (S3 has no
+  compare-and-swap, so run one deploy service per store).
 """
 
 from __future__ import annotations
