@@ -343,25 +343,15 @@ def _prune(state: CompressionState, cfg: PruneConfig, index: int, targets: dict)
 
 @register_handler(StructuredConfig)
 def _structured(state: CompressionState, cfg: StructuredConfig, index: int, targets: dict) -> dict:
-    net = _net(state.model)
-    groups, refused = channel_groups(net)
     named = set(cfg.layers) | (set(cfg.fraction) if isinstance(cfg.fraction, dict) else set())
-    channels, skipped = {}, {}
-    for key, fraction in targets.items():
-        layer = state.layers[key]
-        group = groups.get(layer.name)
-        if group is None:
-            why = refused.get(layer.name, "is not prunable by channel")
-            if layer.name in named:
-                raise InputError(f"steps[{index}] (structured): layer {layer.name!r} {why}")
-            skipped[layer.name] = why
-            continue
-        before = layer.weight.shape[0]
-        keep = channels_to_keep(channel_scores(layer.weight, cfg.norm), fraction, cfg.multiple)
-        remove_channels(net, group, keep)
-        channels[layer.name] = {"kept": len(keep), "of": before}
-        changed = [group.producer, *group.followers, *(name for name, _ in group.consumers)]
-        state.resized.extend(n for n in changed if n not in state.resized)
+    fractions = {state.layers[key].name: float(f) for key, f in targets.items()}
+    try:
+        channels, skipped, changed = prune_channels(
+            _net(state.model), fractions, cfg.norm, cfg.multiple, required=named
+        )
+    except InputError as exc:
+        raise InputError(f"steps[{index}] (structured): {exc}") from None
+    state.resized.extend(n for n in changed if n not in state.resized)
     before_retrain = state.score().accuracy
     history = retrain(state, cfg.retrain, index, 0)
     return {
@@ -370,6 +360,38 @@ def _structured(state: CompressionState, cfg: StructuredConfig, index: int, targ
         "accuracy_before_retrain": before_retrain,
         "epochs": len(history),
     }
+
+
+def prune_channels(
+    net: nn.Module,
+    fractions: dict[str, float],
+    norm: str = "l1",
+    multiple: int = 1,
+    required: set[str] | frozenset[str] = frozenset(),
+) -> tuple[dict, dict, list[str]]:
+    """Remove `fractions[name]` of each named layer's output channels (lowest norm first),
+    resizing what they feed. Layers whose channels cannot be removed alone (e.g. feeding a
+    residual add) are skipped, or refused when `required` names them.
+    Returns ({name: {kept, of}}, {skipped name: why}, names of every module resized)."""
+    groups, refused = channel_groups(net)
+    modules = dict(net.named_modules())
+    channels, skipped, changed = {}, {}, []
+    for name, fraction in fractions.items():
+        group = groups.get(name)
+        if group is None:
+            why = refused.get(name, "is not prunable by channel")
+            if name in required:
+                raise InputError(f"layer {name!r} {why}")
+            skipped[name] = why
+            continue
+        weight = modules[name].weight
+        before = weight.shape[0]
+        keep = channels_to_keep(channel_scores(weight, norm), fraction, multiple)
+        remove_channels(net, group, keep)
+        channels[name] = {"kept": len(keep), "of": before}
+        touched = [group.producer, *group.followers, *(n for n, _ in group.consumers)]
+        changed.extend(n for n in touched if n not in changed)
+    return channels, skipped, changed
 
 
 @register_handler(ShareConfig)

@@ -13,6 +13,7 @@ from services.compression.engine import (
     compress,
     layer_bits,
     plan_recipe,
+    prune_channels,
     relative_index_symbols,
 )
 from services.compression.prune import (
@@ -304,3 +305,21 @@ def test_structured_step_shrinks_the_model(checkpoint_dir, digits):
     assert model.net.fc3.weight.shape == (10, 52)
     with pytest.raises(InputError, match="put structured steps first"):
         plan_recipe(Recipe("late", [recipe.steps[1], recipe.steps[0]]), find_layers(model))
+
+
+def test_prune_channels_thins_mobilenet_and_skips_what_cannot_shrink_alone():
+    """MobileNet v2's residual producers cannot lose channels on their own: skipped, unless a
+    recipe names them, which is refused with the reason."""
+    torch.manual_seed(0)
+    net = zoo.build_model("mobilenet-v2", input_size=64, classes=10).eval()
+    convs = {x.name: 0.5 for x in find_layers(net).values() if x.kind == "conv"}
+    before = sum(p.numel() for p in net.parameters())
+    channels, skipped, changed = prune_channels(net, convs)
+    assert channels and skipped and set(channels).isdisjoint(skipped)
+    assert all(c["kept"] == (c["of"] + 1) // 2 for c in channels.values())
+    assert set(channels) <= set(changed)
+    assert sum(p.numel() for p in net.parameters()) < 0.8 * before
+    assert net(torch.rand(1, 3, 64, 64)).shape == (1, 10)  # still a working network
+    blocked = next(iter(skipped))
+    with pytest.raises(InputError, match=repr(blocked)):
+        prune_channels(net, {blocked: 0.5}, required={blocked})
