@@ -322,16 +322,22 @@ def retest(
     out: Annotated[Path | None, typer.Option(help="Write report.json and verdict.md here.")] = None,
     workers: Annotated[int, typer.Option(help="Processes sharing the test set.")] = 1,
     data_dir: DataDirOpt = None,
+    remote: RemoteOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Retest a model on an emulated target; exit 1 when the gate fails."""
     from services.retest.gate import verdict_markdown
     from services.retest.stage import run_retest
 
-    report = run_retest(
-        model, target, out, dataset=dataset, precision=precision, threads=threads,
-        requirements=require or [], workers=workers, data_dir=data_dir, on_event=print_stage,
-    )  # fmt: skip
+    options = dict(dataset=dataset, precision=precision, threads=threads,
+                   requirements=require or [], workers=workers)  # fmt: skip
+    if remote:
+        from services.retest.client import retest_remote
+
+        _local_only(data_dir=data_dir)
+        report = retest_remote(remote, model, target, out, print_stage, **options)
+    else:
+        report = run_retest(model, target, out, data_dir=data_dir, on_event=print_stage, **options)
     emit(report, as_json, verdict_markdown(report))
     if not report["verdict"]["passed"]:
         raise typer.Exit(1)

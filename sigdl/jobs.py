@@ -663,4 +663,4 @@ def _summary(event: dict) -> str:
     numbers = " ".join(
         f"{k} {v:.4g}" for k, v in event.items() if isinstance(v, int | float) and k != "event"
     )
-    return f"{event.get('event', 'progress')}: {numbers}".strip()
+    return f"{event.get('event') or event.get('stage') or 'progress'}: {numbers}".strip()

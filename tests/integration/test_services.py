@@ -33,9 +33,11 @@ from services.protos.sigdl.v1 import (
     common_pb2,
     compression_pb2,
     deploy_pb2,
+    retest_pb2,
     training_pb2,
     training_pb2_grpc,
 )
+from services.retest.client import RetestClient
 from services.training.client import TrainingClient, train_request
 from sigdl import jobs, store
 from sigdl.training import TrainConfig
@@ -106,8 +108,8 @@ def process_gone(pid: int) -> bool:
 
 
 # --- the job API -------------------------------------------------------------------------------
-def test_train_compress_deploy_through_the_services(serve, sigdl_env):
-    address = serve(("training", "compression", "deploy"))
+def test_train_compress_retest_deploy_through_the_services(serve, sigdl_env):
+    address = serve(("training", "compression", "retest", "deploy"))
     with TrainingClient(address, token=TOKEN) as client:
         request = tiny_training()
         request.request_id = "train-1"
@@ -145,15 +147,32 @@ def test_train_compress_deploy_through_the_services(serve, sigdl_env):
         assert compressed.state == common_pb2.SUCCEEDED, compressed.error
         assert {m.name: m.value for m in compressed.metrics}["ratio"] > 2
 
+    source = common_pb2.ArtifactRef(uri=compressed.out_uri)
+    with RetestClient(address, token=TOKEN) as client:
+        request = retest_pb2.RetestRequest(model=source, target="jetson-tx2", dataset="digits",
+                                           requirements=["accuracy>=0.2"])  # fmt: skip
+        retested = client.wait(client.submit(request).id)
+        assert retested.state == common_pb2.SUCCEEDED, retested.error
+        metrics = {m.name: m.value for m in retested.metrics}
+        assert metrics["passed"] == 1.0 and metrics["latency_ms"] > 0
+        request.requirements[:] = ["accuracy>=1.5"]  # a failed gate is a finished job
+        failed_gate = client.wait(client.submit(request).id)
+        assert failed_gate.state == common_pb2.SUCCEEDED
+        assert {m.name: m.value for m in failed_gate.metrics}["passed"] == 0.0
+
     with DeployClient(address, token=TOKEN) as client:
-        source = common_pb2.ArtifactRef(uri=compressed.out_uri)
-        job = client.submit(deploy_pb2.DeployRequest(source=source, target="jetson-tx2",
-                                                     fleet="lab"))  # fmt: skip
+        retest_report = common_pb2.ArtifactRef(uri=retested.out_uri + "/report.json")
+        job = client.submit(
+            deploy_pb2.DeployRequest(
+                source=source, target="jetson-tx2", fleet="lab", retest_report=retest_report
+            )
+        )
         deployed = client.wait(job.id)
         assert deployed.state == common_pb2.SUCCEEDED, deployed.error
         result = json.loads(deployed.report_json)
         assert result["version"] == "v1" and result["published"]
         assert store.exists(result["manifest_uri"])
+        assert result["metrics"]["retest_passed"] is True
 
 
 def test_cancel_stops_a_running_job(serve):
@@ -224,6 +243,43 @@ def test_bad_requests_get_the_status_that_names_the_problem(serve, sigdl_env):
         assert failed.error, "a failed job says why"
     with TrainingClient(address, token=TOKEN) as client:  # the service is still up
         assert client.wait(client.submit(tiny_training()).id).state == common_pb2.SUCCEEDED
+
+
+def test_cli_remote_prints_what_in_process_prints(serve, sigdl_env, tmp_path, monkeypatch, capsys):
+    from sigdl.cli import main
+
+    address = serve(("training", "retest"))
+    monkeypatch.setenv("SIGDL_TOKEN", TOKEN)  # what the CLI's client sends
+    outputs = {}
+    for mode, extra in (("local", []), ("remote", ["--remote", address])):
+        out = tmp_path / mode
+        train = ["train", "--model", "lenet-300-100", "--dataset", "digits", "--epochs", "1"]
+        assert main([*train, "--out", str(out / "train"), *extra]) == 0
+        retest = ["retest", str(out / "train"), "--target", "jetson-tx2", "--dataset", "digits"]
+        assert main([*retest, "--out", str(out / "retest"), *extra]) == 0
+        printed = capsys.readouterr().out.replace(str(out), "OUT")
+        outputs[mode] = re.sub(r"\d+\.\d s\b", "N s", printed)  # training wall time
+        files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+        assert {"train/model.onnx", "train/report.json", "retest/report.json"} <= files
+    assert outputs["remote"] == outputs["local"]
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "lenet-300-100",
+                "--dataset",
+                "digits",
+                "--out",
+                str(tmp_path / "x"),
+                "--remote",
+                address,
+                "--data-dir",
+                "/data",
+            ]
+        )
+        == 2
+    )
 
 
 # --- security ----------------------------------------------------------------------------------
