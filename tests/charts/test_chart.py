@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import socket
 import subprocess
+import sys
 import tarfile
+import time
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -134,7 +138,7 @@ def test_each_service_serves_its_stage_safely(helm, stage):
     deployment = by_kind(objects, "Deployment")[f"sigdl-{stage}"]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["args"] == ["serve", stage, "--port", "50051"]
+    assert container["args"] == ["serve", stage, "--host", "0.0.0.0", "--port", "50051"]
     assert container["ports"] == [{"name": "grpc", "containerPort": 50051, "protocol": "TCP"}]
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"] == {"port": 50051}
@@ -187,6 +191,56 @@ def test_every_option_renders_valid_objects(helm, tmp_path):
     deploy_pod = by_kind(objects, "Deployment")["sigdl-deploy"]["spec"]["template"]["spec"]
     deploy_env = {e["name"] for e in deploy_pod["containers"][0]["env"]}
     assert "SIGDL_NUM_THREADS" not in deploy_env and "OMP_NUM_THREADS" not in deploy_env
+
+
+def test_the_rendered_command_serves_and_turns_healthy(helm, tmp_path):
+    """Run the deploy pod's container as the kubelet would (the image's entry point is `sigdl`,
+    the chart gives the arguments and environment), with a free port and a temporary folder
+    for the emptyDir, and ask grpc.health.v1 what the native probe asks: SERVING."""
+    (container,) = by_kind(render(helm), "Deployment")["sigdl-deploy"]["spec"]["template"][
+        "spec"]["containers"]  # fmt: skip
+    args, port = list(container["args"]), _free_port()
+    args[args.index("--port") + 1] = str(port)
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env["SIGDL_HOME"] = str(tmp_path / "home")
+    sigdl = Path(sys.executable).with_name("sigdl")
+    with (tmp_path / "serve.log").open("wb") as log:
+        server = subprocess.Popen([str(sigdl), *args], env={**os.environ, **env}, stdout=log,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            status = _health(f"127.0.0.1:{port}", server)
+        finally:
+            server.send_signal(signal.SIGTERM)  # what the kubelet sends on pod deletion
+            code = server.wait(timeout=60)
+    output = (tmp_path / "serve.log").read_text()[-3000:]
+    assert status == "SERVING" and code == 0, output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _health(address: str, server: subprocess.Popen, timeout_s: float = 90.0) -> str:
+    """Poll grpc.health.v1 Check(service="") until SERVING, the server exits, or time runs out."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    status = "UNREACHABLE"
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError:
+                status = "UNREACHABLE"
+            if status == "SERVING":
+                break
+            time.sleep(0.2)
+    return status
 
 
 def test_tls_without_a_secret_is_refused(helm, tmp_path):

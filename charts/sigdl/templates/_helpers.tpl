@@ -156,7 +156,7 @@ spec:
         - name: server
           image: {{ include "sigdl.image" $root | quote }}
           imagePullPolicy: {{ $v.image.pullPolicy }}
-          args: ["serve", {{ .stage | quote }}, "--port", {{ $v.port | quote }}]
+          args: ["serve", {{ .stage | quote }}, "--host", {{ $v.host | quote }}, "--port", {{ $v.port | quote }}]
           ports:
             - name: grpc
               containerPort: {{ $v.port }}
