@@ -1,0 +1,107 @@
+"""The job store (a real SQLite file), artifact-root checks and report relocation.
+
+The worker pool itself runs real jobs in tests/integration/test_services.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sigdl import jobs, store
+
+
+def record(job_id: str, request_id: str, params: dict | None = None) -> jobs.JobRecord:
+    return jobs.JobRecord(
+        id=job_id, request_id=request_id, service="training", state=jobs.JobState.QUEUED,
+        params=params or {"epochs": 1}, out_uri="file:///tmp/out", created_at=time.time(),
+    )  # fmt: skip
+
+
+def test_a_request_id_names_one_job(tmp_path: Path):
+    db = jobs.JobStore(tmp_path / "jobs.db")
+    first, created = db.create(record("a", "req-1"))
+    assert created and first.state == jobs.JobState.QUEUED and first.event_count == 1
+    again, created = db.create(record("b", "req-1"))
+    assert not created and again.id == "a"
+    with pytest.raises(jobs.RequestConflictError, match="req-1"):
+        db.create(record("c", "req-1", {"epochs": 2}))
+    with pytest.raises(jobs.JobNotFoundError):
+        db.get("b")
+
+
+def test_events_follow_a_job_to_its_end(tmp_path: Path):
+    db = jobs.JobStore(tmp_path / "jobs.db")
+    db.create(record("a", "req-1"))
+
+    def run() -> None:
+        time.sleep(0.2)
+        db.transition("a", jobs.JobState.RUNNING, "running", worker_pid=123)
+        db.add_event("a", "progress", "epoch 1", {"epoch": 1, "loss": 0.5})
+        db.transition("a", jobs.JobState.SUCCEEDED, "done", report={"ok": True}, outputs=[])
+
+    threading.Thread(target=run).start()
+    events = list(db.events("a"))  # waits for the thread's events, ends with the job
+    assert [e.index for e in events] == [0, 1, 2, 3]
+    assert [e.state for e in events] == ["QUEUED", "RUNNING", "RUNNING", "SUCCEEDED"]
+    assert events[2].data == {"epoch": 1, "loss": 0.5}
+    assert [e.index for e in db.events("a", from_index=2)] == [2, 3]
+    job = db.get("a")
+    assert job.report == {"ok": True} and job.worker_pid == 123 and job.finished_at > 0
+
+
+def test_a_restart_fails_unfinished_jobs_as_retryable(tmp_path: Path):
+    db = jobs.JobStore(tmp_path / "jobs.db")
+    for job_id in ("queued", "running", "done"):
+        db.create(record(job_id, job_id))
+    db.transition("running", jobs.JobState.RUNNING, "running")
+    db.transition("done", jobs.JobState.SUCCEEDED, "done", report={}, outputs=[])
+    db.close()
+    reopened = jobs.JobStore(tmp_path / "jobs.db")  # what a restarted server sees
+    assert sorted(reopened.recover_interrupted("restarted")) == ["queued", "running"]
+    for job_id in ("queued", "running"):
+        job = reopened.get(job_id)
+        assert job.state == jobs.JobState.FAILED and job.retryable and job.error == "restarted"
+    assert reopened.get("done").state == jobs.JobState.SUCCEEDED
+
+
+def test_uris_must_stay_inside_the_roots(tmp_path: Path):
+    home = tmp_path / "home"
+    (home / "runs" / "a").mkdir(parents=True)
+    (home / "escape").symlink_to(tmp_path)
+    roots = [store.as_uri(home), "s3://artifacts/sigdl"]
+    inside = [store.as_uri(home / "runs" / "a"), "s3://artifacts/sigdl/runs/1"]
+    for uri in inside:
+        assert jobs.check_uri(uri, "model.uri", roots) == uri
+    refused = [
+        "file:///etc/passwd",
+        store.as_uri(home) + "/runs/../../x",
+        store.as_uri(home) + "/runs/%2E%2E/%2e%2e/x",
+        store.as_uri(home / "escape"),
+        store.as_uri(tmp_path / "home2"),  # a sibling sharing the prefix "home"
+        "s3://artifacts/sigdl-other/x",
+        "s3://artifacts/sigdl/../x",
+    ]
+    for uri in refused:
+        with pytest.raises(jobs.ArtifactAccessError, match=r"model\.uri"):
+            jobs.check_uri(uri, "model.uri", roots)
+    for uri in ("", "runs/a", "http://example.com/x"):
+        with pytest.raises(jobs.FieldError, match=r"model\.uri"):
+            jobs.check_uri(uri, "model.uri", roots)
+
+
+def test_default_roots_are_the_home(sigdl_env: Path, monkeypatch: pytest.MonkeyPatch):
+    assert jobs.allowed_roots() == [store.as_uri(sigdl_env)]
+    monkeypatch.setenv("SIGDL_ARTIFACT_ROOTS", "s3://a, /data/x")
+    assert jobs.allowed_roots() == ["s3://a", "file:///data/x"]
+
+
+def test_relocate_rebases_paths_only_at_a_path_boundary():
+    report = {"artifacts": {"onnx": "/srv/job/model.onnx", "other": "/srv/jobs/x"},
+              "list": ["/srv/job", 3]}  # fmt: skip
+    moved = jobs.relocate(report, "/srv/job", "s3://b/run")
+    assert moved == {"artifacts": {"onnx": "s3://b/run/model.onnx", "other": "/srv/jobs/x"},
+                     "list": ["s3://b/run", 3]}  # fmt: skip
