@@ -282,13 +282,16 @@ def decompress(
 
 @app.command()
 def deploy(
-    source: Annotated[str, typer.Argument(help="Run or package folder: path, file:// or s3://.")],
+    source: Annotated[
+        str,
+        typer.Argument(metavar="RUN_OR_PACKAGE", help="A folder: path, file:// or s3:// URI."),
+    ],
     target: Annotated[str, typer.Option(help="Target profile name (see `sigdl targets list`).")],
     fleet: Annotated[str, typer.Option(help="Fleet name: lowercase letters, digits, '-'.")],
     store: Annotated[
-        str | None, typer.Option("--store", help="Store root [default: $SIGDL_HOME/artifacts].")
+        str | None, typer.Option("--store", help="Store root (default: $SIGDL_HOME/artifacts).")
     ] = None,
-    version: Annotated[str | None, typer.Option(help="Version [default: the next vN].")] = None,
+    version: Annotated[str | None, typer.Option(help="Version (default: the next vN).")] = None,
     retest: Annotated[str | None, typer.Option(help="A retest report.json to include.")] = None,
     remote: RemoteOpt = None,
     as_json: JsonOpt = False,
