@@ -8,13 +8,18 @@ Predicted: the retest stage's per-operator model with the `host` profile, whose 
 come from single-operator micro-benchmarks (benchmarks/calibrate_host.py), not from these
 models. Target: |predicted p90 / measured p90 - 1| <= 10% for at least 90% of the 12 pairs.
 
+Part `sharded`: test-set accuracy of a trained LeNet-300-100 on MNIST with 1 and 2 worker
+processes (each running ONNX Runtime on a shard) through `sigdl retest --workers N`: the
+counts must be identical.
+
 Part `targets`: predicted latency, fps, power, memory and the operator-check verdict of the
 six models on every target at its native precision (no measurement, no lock needed).
 
     flock /tmp/sigdl-cpu.lock .venv/bin/python benchmarks/emulation.py --part host
     .venv/bin/python benchmarks/emulation.py --part targets
+    flock /tmp/sigdl-cpu.lock .venv/bin/python benchmarks/emulation.py --part sharded
 
-Writes benchmarks/results/emulation_host.{json,md} and emulation_targets.{json,md}; exported
+Writes benchmarks/results/emulation_{host,targets,sharded}.{json,md}; exported
 models are cached under benchmarks/results/.work/onnx/ (git-ignored).
 """
 
@@ -30,7 +35,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import RESULTS, WORK, machine, write_table
+from benchmarks.common import RESULTS, WORK, machine, sigdl, write_table
 from services.retest.graph import analyze
 from services.retest.measure import single_stream
 from services.retest.stage import load_target, predict_on_target
@@ -142,15 +147,58 @@ NOTES = (
 )
 
 
+def sharded_part(model_dir: Path) -> dict:
+    """Accuracy on the MNIST test set with 1 and 2 worker processes: equal, and how fast."""
+    if not (model_dir / "model.onnx").is_file():
+        sigdl("train", "--model", "lenet-300-100", "--dataset", "mnist", "--epochs", "1",
+              "--out", str(model_dir))  # fmt: skip
+    rows = []
+    for target in ("arm-cortex-a72", "ti-c66x"):  # fp32 and int8 (QDQ) numerics
+        for workers in (1, 2):
+            r = sigdl("retest", str(model_dir), "--target", target, "--dataset", "mnist",
+                      "--workers", str(workers), "--threads", "2")  # fmt: skip
+            acc = r["accuracy"]
+            rows.append({"target": target, "precision": r["precision"], "workers": workers,
+                         "correct": acc["correct"], "total": acc["total"],
+                         "accuracy": acc["accuracy"], "fp32_accuracy": acc["fp32_accuracy"],
+                         "wall_s": r["_wall_s"]})  # fmt: skip
+            print(rows[-1], flush=True)
+    equal = all(
+        a["correct"] == b["correct"] for a in rows for b in rows if a["target"] == b["target"]
+    )
+    doc = {"machine": machine(), "model_dir": str(model_dir), "rows": rows, "equal": equal}
+    (RESULTS / "emulation_sharded.json").write_text(json.dumps(doc, indent=2) + "\n")
+    table = [[r["target"], r["precision"], r["workers"], f"{r['correct']}/{r['total']}",
+              f"{r['accuracy']:.4f}", f"{r['fp32_accuracy']:.4f}", f"{r['wall_s']:.1f}"]
+             for r in rows]  # fmt: skip
+    notes = (f"LeNet-300-100 trained 1 epoch on MNIST (`sigdl train ... --epochs 1`), retested "
+             f"with `sigdl retest DIR --target T --dataset mnist --workers N --threads 2`. "
+             f"Sharded accuracy identical to one process: {'yes' if equal else '**no**'}. "
+             "Wall time is the whole command (process start, int8 conversion, fp32 reference "
+             "run, spawned workers), on a 2-core machine shared with other jobs.")  # fmt: skip
+    write_table("emulation_sharded", "Sharded test-set accuracy (ONNX Runtime, MNIST)",
+                ["target", "precision", "workers", "correct", "accuracy", "fp32 accuracy",
+                 "wall s"], table, notes)  # fmt: skip
+    return doc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["host", "targets", "all"], default="all")
+    parser.add_argument("--part", choices=["host", "targets", "sharded", "all"], default="all")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=WORK / "lenet300-mnist",
+        help="a trained MNIST model for --part sharded (trained if missing)",
+    )
     args = parser.parse_args()
     if args.part in ("host", "all"):
         doc = host_part()
         print(f"host: {doc['within_10pct']}/{doc['pairs']} pairs within 10%")
     if args.part in ("targets", "all"):
         targets_part()
+    if args.part in ("sharded", "all"):
+        sharded_part(args.model_dir)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ from services.retest.measure import single_stream
 from services.retest.opcheck import check_operators
 from services.retest.predict import estimate_power, memory_use, predict_latency
 from services.retest.source import ModelSource, load_source
-from sigdl import __version__, atomic, numerics, onnx_io
+from sigdl import __version__, atomic, lineage, numerics, onnx_io
 from sigdl.datasets import adapt, load_dataset
 from sigdl.errors import InputError
+from sigdl.lineage import TAG_STAGE, TAG_TARGET
 
 EventFn = Callable[[dict], None]
 CALIBRATION_IMAGES = 256  # training images that calibrate int8 activation ranges
@@ -125,6 +126,7 @@ def run_retest(
         emit({"stage": "measure", "done": 1, "total": 1})
     report["verdict"] = gate(report, reqs)
     report["wall_seconds"] = time.perf_counter() - started
+    report["mlflow"] = log_lineage(report)
     if out is not None:
         with atomic.staged_dir(out) as stage:
             atomic.write_json(stage / "report.json", report)
@@ -132,6 +134,29 @@ def run_retest(
         report["artifacts"] = {"report": str(out / "report.json"),
                                "verdict": str(out / "verdict.md")}  # fmt: skip
     return report
+
+
+def log_lineage(report: dict) -> dict | None:
+    """Log the retest as an MLflow run: its figures as metrics, the target as a tag."""
+    store = lineage.open_lineage()
+    if store is None:
+        return None
+    target = report["target"] + (f":{report['mode']}" if report.get("mode") else "")
+    accuracy = report.get("accuracy") or {}
+    metrics = {
+        key: report.get(key)
+        for key in ("latency_ms", "p90_latency_ms", "fps", "power_w", "energy_mj", "size_kb",
+                    "measured_p90_latency_ms")
+    }  # fmt: skip
+    metrics.update(memory_mb=report["memory"]["memory_mb"], accuracy=accuracy.get("accuracy"),
+                   accuracy_drop_pp=accuracy.get("drop_pp"),
+                   passed=float(report["verdict"]["passed"]))  # fmt: skip
+    params = {"model": report["source"]["where"], "target": target,
+              "precision": report["precision"], "threads": report["threads"]}  # fmt: skip
+    tags = {TAG_STAGE: "retest", TAG_TARGET: target}
+    with store.run(f"retest {report['model']} on {target}", params=params, tags=tags) as run_id:
+        store.log_metrics(run_id, metrics)
+    return {"tracking_uri": store.tracking_uri, "run_id": run_id}
 
 
 def predict_on_target(graph: Graph, profile: dict, precision: str, threads: int | None) -> dict:

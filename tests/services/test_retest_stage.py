@@ -145,6 +145,17 @@ def test_retest_on_host_writes_report_and_verdict(lenet, tmp_path):
     assert {"stage": "predict", "done": 1, "total": 1} in events
 
 
+def test_the_retest_is_logged_to_mlflow(lenet, mlflow_uri):
+    report = run_retest(str(lenet["lenet-5"]), "jetson-tx2:maxq", requirements=["fps>=1"])
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(mlflow_uri).get_run(report["mlflow"]["run_id"])
+    assert run.data.tags["sigdl.stage"] == "retest"
+    assert run.data.tags["sigdl.target"] == "jetson-tx2:maxq"
+    assert run.data.metrics["latency_ms"] == pytest.approx(report["latency_ms"])
+    assert run.data.metrics["passed"] == 1.0
+
+
 def test_a_failed_gate_is_a_verdict_not_an_error(lenet):
     report = run_retest(str(lenet["lenet-5"]), "arm-cortex-a53", requirements=["fps>=1e9"])
     assert not report["verdict"]["passed"]
