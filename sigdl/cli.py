@@ -407,18 +407,29 @@ def run(
 ) -> None:
     """Run the whole loop locally on embedded defaults (LeNet-5 on the bundled digits)."""
     from pipelines.local import LoopConfig, run_loop
+    from services.deploy.stage import summary as deploy_summary
 
     cfg = LoopConfig.from_file(config) if config else LoopConfig()
     if out:
         cfg.out = str(out)
     report = run_loop(cfg, on_epoch=print_epoch)
-    c = report["stages"]["compress"]["metrics"]
+    stages = report["stages"]
+    c, r = stages["compress"]["metrics"], stages["retest"]
+    checks = ", ".join(
+        f"{x['requirement']} ({'pass' if x['passed'] else 'FAIL'})" for x in r["verdict"]["checks"]
+    )
+    deployed = stages.get("deploy")
     human = "\n".join([
-        f"run: {report['out']}", _train_summary(report["stages"]["train"]),
+        f"run: {report['out']}", _train_summary(stages["train"]),
         f"compressed: {c['ratio']:.1f}x ({c['compressed_bytes']:,} bytes .sdc), accuracy "
         f"{c['dense_accuracy']:.4f} -> {c['onnx_test_accuracy']:.4f}",
+        f"retest on {r['target']} ({r['precision']}): {r['latency_ms']:.3f} ms predicted, "
+        f"gate {'passed' if report['gate_passed'] else 'FAILED'}: {checks}",
+        deploy_summary(deployed) if deployed else "not deployed: the gate failed",
     ])  # fmt: skip
     emit(report, as_json, human)
+    if not report["gate_passed"]:
+        raise typer.Exit(1)
 
 
 @app.command()
