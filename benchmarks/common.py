@@ -25,7 +25,8 @@ def sigdl(*args: str, env: dict | None = None) -> dict:
     cmd = [sys.executable, "-m", "sigdl.cli", *args, "--json"]
     full_env = {**os.environ, "SIGDL_PROGRESS": "0", **(env or {})}
     started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, check=False)
+    # from the repository root: run from benchmarks/, `services.py` here would shadow the package
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, check=False, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout)
