@@ -14,7 +14,10 @@ import json
 
 PRECISIONS = ["fp32", "fp16", "int8"]
 # Operator classes the latency model knows; every ONNX op type maps to one of them.
-OP_CLASSES = ["conv", "conv_stem", "depthwise", "gemm", "pool", "elementwise", "data"]
+# pointwise: a 1x1 conv; conv_stem: a conv reading <= 4 channels (an RGB / gray input)
+OP_CLASSES = [
+    "conv", "pointwise", "conv_stem", "depthwise", "gemm", "pool", "elementwise", "data",
+]  # fmt: skip
 
 REQUIRED = [
     "name",

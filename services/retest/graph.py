@@ -33,7 +33,7 @@ class Node:
 
     name: str
     op_type: str
-    op_class: str  # conv | conv_stem | depthwise | gemm | pool | elementwise | data | free
+    op_class: str  # a targets.schema.OP_CLASSES entry, or "free"
     inputs: list[str]
     outputs: list[str]
     attrs: dict = field(default_factory=dict)
@@ -94,7 +94,9 @@ def op_class(op_type: str, attrs: dict, in_shape: list[int]) -> str:
         group = attrs.get("group", 1)
         if group > 1 and group == channels:
             return "depthwise"
-        return "conv_stem" if channels <= STEM_MAX_CHANNELS else "conv"
+        if channels <= STEM_MAX_CHANNELS:
+            return "conv_stem"
+        return "pointwise" if list(attrs.get("kernel_shape", [])) == [1, 1] else "conv"
     if op_type in GEMM_OPS:
         return "gemm"
     if op_type in POOL_OPS:

@@ -2,8 +2,9 @@
 
 Per node: time = overhead(class) + max(operations / (peak x efficiency(class)),
 bytes moved / bandwidth), a roofline with a per-class efficiency and a per-layer overhead;
-nodes the target fuses into their producer cost nothing. Bandwidth is the on-chip one when a
-node's working set fits in on-chip memory, else the DRAM one. The sum plus a fixed
+nodes the target fuses into their producer cost nothing. Weights are read from DRAM unless
+the whole model's weights fit in on-chip memory; activations from on-chip memory when a
+node's fit there. The sum plus a fixed
 per-inference overhead is the latency; p90 = latency x the profile's p90 factor.
 
 Power and energy are an estimate from the profile's power model: idle power over the
@@ -48,31 +49,41 @@ def node_bytes(node: Node, precision: str) -> int:
     return (node.weight_elems + node.in_elems + node.out_elems) * BYTES[precision]
 
 
-def node_time_s(node: Node, profile: dict, params: dict, precision: str) -> tuple[float, bool]:
-    """(seconds, served from DRAM) for one node."""
+def node_time_s(
+    node: Node, profile: dict, params: dict, precision: str, weights_resident: bool
+) -> tuple[float, int]:
+    """(seconds, bytes read or written in DRAM) for one node.
+
+    Weights stay on chip between queries only when the whole model's weights fit there (a
+    network streams every layer's weights each query); a node's activations are on chip when
+    they fit."""
     if node.op_class == "free" or node.fused_into:
-        return 0.0, False
+        return 0.0, 0
     peak = profile["compute"]["peak_gops"][precision] * 1e9 * params["core_share"]
     efficiency = params["efficiency"].get(node.op_class, 0.05)
     efficiency *= profile["latency_model"].get("precision_efficiency", {}).get(precision, 1.0)
     compute = node.total_ops / (peak * efficiency)
-    moved = node_bytes(node, precision)
-    onchip = moved <= profile["memory"]["onchip_kb"] * 1024
-    bandwidth = params["onchip_bandwidth_gbs"] if onchip else params["bandwidth_gbs"]
-    memory = moved / (bandwidth * 1e9 * params["bandwidth_efficiency"])
+    size = BYTES[precision]
+    weights, activations = node.weight_elems * size, (node.in_elems + node.out_elems) * size
+    onchip = profile["memory"]["onchip_kb"] * 1024
+    dram = (0 if weights_resident else weights) + (0 if activations <= onchip else activations)
+    scale = 1e9 * params["bandwidth_efficiency"]
+    memory = dram / (params["bandwidth_gbs"] * scale)
+    memory += (weights + activations - dram) / (params["onchip_bandwidth_gbs"] * scale)
     overhead = params["overhead_us"].get(node.op_class, 0.0) * 1e-6
-    return overhead + max(compute, memory), not onchip
+    return overhead + max(compute, memory), dram
 
 
 def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | None) -> dict:
     """End-to-end latency, p90 and fps, with the per-node breakdown."""
     params = latency_params(profile, threads)
     apply_fusion(graph.nodes, profile["latency_model"].get("fuses", []))
+    resident = graph.weight_elems * BYTES[precision] <= profile["memory"]["onchip_kb"] * 1024
     layers, dram_bytes, total = [], 0, 0.0
     for node in graph.nodes:
-        seconds, from_dram = node_time_s(node, profile, params, precision)
+        seconds, dram = node_time_s(node, profile, params, precision, resident)
         total += seconds
-        dram_bytes += node_bytes(node, precision) if from_dram else 0
+        dram_bytes += dram
         if node.op_class != "free":
             layers.append({
                 "name": node.name, "op": node.op_type, "class": node.op_class,

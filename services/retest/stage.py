@@ -14,6 +14,7 @@ measures the latency for real (single-stream p90). With `out` it writes `report.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -197,7 +198,7 @@ def _accuracy(
 ) -> dict:  # fmt: skip
     """Accuracy at the target's numerics and, for the drop, at fp32 (same shards)."""
     mode = source.meta.adapt_mode if source.meta else "resize"
-    per_worker = max(1, (threads or 2) // workers)
+    per_worker = max(1, (threads or os.cpu_count() or 1) // workers)  # workers share the cores
     with tempfile.TemporaryDirectory(prefix="sigdl-retest-") as tmp:
         runs = {}
         for name, data in {precision: deployable, "fp32": source.onnx_bytes}.items():
