@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -403,6 +404,9 @@ def _send(conn, message: dict) -> None:
 
 def _worker_main(fn: JobFn, job_id: str, params: dict, out_uri: str, env: dict, conn) -> None:
     """Entry point of a job's worker process: run `fn`, send events and the result as JSON."""
+    # What the forkserver imported is shared copy-on-write: keep the collector from walking
+    # (and so copying) those objects in every job
+    gc.freeze()
     os.setpgid(0, 0)  # its own process group: Cancel stops every process the job started
     settings.adopt_environment(env)
     _exit_with_parent()
