@@ -574,13 +574,18 @@ class WorkerPool:
                           child_conn),
                     name=f"sigdl-{self.service}-{job.id[:8]}",
                 )  # fmt: skip
-                process.start()
-                child_conn.close()
-                self._running[job_id] = _Running(process)
+                running = self._running[job_id] = _Running(process)
+            # outside the lock: the first start waits for the forkserver's imports, and
+            # Submit must not wait with it
+            process.start()
+            child_conn.close()
+            with self._lock:
                 self.store.transition(
                     job_id, JobState.RUNNING, f"running in process {process.pid}",
                     worker_pid=process.pid or 0,
                 )  # fmt: skip
+                if running.cancelled_at:  # Cancel came while it was starting
+                    _signal_group(process, signal.SIGTERM)
             try:
                 self._supervise(job_id, parent_conn)
             finally:
