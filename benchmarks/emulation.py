@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, WORK, machine, sigdl, write_table
 from services.retest.graph import analyze
-from services.retest.measure import single_stream
+from services.retest.measure import LatencyStats, single_stream
 from services.retest.stage import load_target, predict_on_target
 from sigdl import onnx_io
 from sigdl.exporting import load_for_export
@@ -48,6 +48,7 @@ TOLERANCE = 0.10
 # (min queries, min seconds): VGG-16 takes ~0.3 s per query at one thread, so fewer of them
 QUERIES = {"vgg-16": (40, 0.0), "alexnet": (150, 3.0)}
 DEFAULT_QUERIES = (300, 3.0)
+DISTURBED = 1.5  # measured p90 / median above this: another job shared the cores; re-run
 
 
 def model_path(name: str) -> Path:
@@ -59,6 +60,17 @@ def model_path(name: str) -> Path:
     return path
 
 
+def measure(name: str, data: bytes, threads: int) -> tuple[LatencyStats, int]:
+    """Single-stream stats; re-run (at most 3 times) while the p90 is far above the median,
+    which on this shared 2-core machine means another job took a core mid-run."""
+    queries, seconds = QUERIES.get(name, DEFAULT_QUERIES)
+    runs: list[LatencyStats] = []
+    while len(runs) < 3 and (not runs or runs[-1].p90_ms / runs[-1].p50_ms > DISTURBED):
+        runs.append(single_stream(data, threads, warmup=5, min_queries=queries,
+                                  min_seconds=seconds))  # fmt: skip
+    return min(runs, key=lambda s: s.p90_ms / s.p50_ms), len(runs)
+
+
 def host_part() -> dict:
     profile = load_target("host")
     rows = []
@@ -68,13 +80,12 @@ def host_part() -> dict:
         data = path.read_bytes()
         for threads in THREADS:
             predicted = predict_on_target(graph, profile, "fp32", threads)
-            queries, seconds = QUERIES.get(name, DEFAULT_QUERIES)
-            stats = single_stream(data, threads, warmup=5, min_queries=queries,
-                                  min_seconds=seconds)  # fmt: skip
+            stats, attempts = measure(name, data, threads)
             error = predicted["p90_latency_ms"] / stats.p90_ms - 1
             rows.append({
                 "model": name, "threads": threads, "predicted_ms": predicted["latency_ms"],
                 "predicted_p90_ms": predicted["p90_latency_ms"], "measured": stats.to_json(),
+                "attempts": attempts,
                 "error": error, "within": abs(error) <= TOLERANCE,
             })  # fmt: skip
             print(f"{name:15} t={threads} predicted p90 {predicted['p90_latency_ms']:9.3f} ms, "
