@@ -1,10 +1,10 @@
 """What the gRPC services cost: retest through RetestService vs in-process, and throughput.
 
     SIGDL_DATA=../shared/datasets flock /tmp/sigdl-cpu.lock \\
-        .venv/bin/python benchmarks/services.py [--repeats 5] [--jobs-per-client 4]
+        .venv/bin/python benchmarks/services.py [--repeats 3] [--jobs-per-client 4]
 
-1. Overhead. One retest job (LeNet-5 on the 10,000 MNIST test images, jetson-tx2, fp32),
-   `--repeats` times each way:
+1. Overhead. Two retest jobs (LeNet-5 on the 10,000 MNIST test images: jetson-tx2 fp32, and
+   arm-cortex-a53 int8 with calibration), `--repeats` times each way:
    - in-process: `run_retest` in a fresh Python that has already imported the stage (what a
      service worker is: a process forked with the stage imported), timed around the call;
      also the same call repeated in one warm process, for reference;
@@ -38,7 +38,12 @@ from common import ROOT, WORK, merge, write_table
 sys.path.insert(0, str(ROOT))
 
 HOME = WORK / "services" / "home"
-RETEST = {"target": "jetson-tx2", "precision": "fp32"}
+# the overhead's retest jobs: a short one (fp32 predictions) and one with int8 calibration
+OVERHEAD_JOBS = {
+    "fp32": {"target": "jetson-tx2", "precision": "fp32"},
+    "int8": {"target": "arm-cortex-a53", "precision": "int8"},
+}
+SMALL_JOB = OVERHEAD_JOBS["fp32"]
 CLIENTS = 8
 
 
@@ -62,15 +67,14 @@ def checkpoint(model: str, dataset: str) -> Path:
     return out
 
 
-def in_process_cold(model: Path, dataset: str, repeats: int) -> list[float]:
+def in_process_cold(model: Path, dataset: str, options: dict, repeats: int) -> list[float]:
     """Seconds of `run_retest` in fresh processes that imported the stage first."""
     code = (
         "import json, sys, time, tempfile\n"
         "from services.retest.stage import run_retest\n"
         "with tempfile.TemporaryDirectory() as out:\n"
         "    t = time.perf_counter()\n"
-        f"    run_retest({str(model)!r}, {RETEST['target']!r}, out, dataset={dataset!r},\n"
-        f"               precision={RETEST['precision']!r})\n"
+        f"    run_retest({str(model)!r}, out=out, dataset={dataset!r}, **{options!r})\n"
         "    print(json.dumps(time.perf_counter() - t))\n"
     )
     times = []
@@ -81,26 +85,26 @@ def in_process_cold(model: Path, dataset: str, repeats: int) -> list[float]:
     return times
 
 
-def in_process_warm(model: Path, dataset: str, repeats: int) -> list[float]:
+def in_process_warm(model: Path, dataset: str, options: dict, repeats: int) -> list[float]:
     from services.retest.stage import run_retest
 
     times = []
     for n in range(repeats + 1):  # the first call pays data loading; not counted
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
-            run_retest(str(model), out=Path(out), dataset=dataset, **RETEST)
+            run_retest(str(model), out=Path(out), dataset=dataset, **options)
             if n:
                 times.append(time.perf_counter() - started)
     return times
 
 
-def through_service(address: str, model: Path, dataset: str) -> dict:
+def through_service(address: str, model: Path, dataset: str, options: dict) -> dict:
     """One job through RetestService, outputs fetched; seconds and where they went."""
     from services.grpc_common.client import run_remote
     from services.protos.sigdl.v1 import common_pb2
     from services.retest.client import RetestClient, retest_request
 
-    request = retest_request(model, dataset=dataset, **RETEST)
+    request = retest_request(model, dataset=dataset, **options)
     with RetestClient(address) as client, tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
         run_remote(client, request, out)
@@ -121,22 +125,22 @@ def start_server(workers: int):
     return server, f"127.0.0.1:{port}"
 
 
-def overhead(repeats: int) -> dict:
+def overhead(options: dict, repeats: int) -> dict:
     model = checkpoint("lenet-5", "mnist")
-    warm = in_process_warm(model, "mnist", repeats)
+    warm = in_process_warm(model, "mnist", options, repeats)
     server, address = start_server(workers=1)
     cold, runs = [], []
     try:
-        through_service(address, model, "mnist")  # warm-up: the forkserver's imports
+        through_service(address, model, "mnist", options)  # warm-up: the forkserver's imports
         for _ in range(repeats):  # interleaved: a change in the machine's load hits both
-            cold += in_process_cold(model, "mnist", 1)
-            runs.append(through_service(address, model, "mnist"))
+            cold += in_process_cold(model, "mnist", options, 1)
+            runs.append(through_service(address, model, "mnist", options))
     finally:
         server.stop(grace_s=0)
     service = statistics.median(r["wall_s"] for r in runs)
     base = statistics.median(cold)
     return {
-        "job": f"retest {model.name} on mnist (10,000 images), {RETEST}",
+        "job": f"retest {model.name} on mnist (10,000 images), {options}",
         "repeats": repeats, "in_process_s": cold, "in_process_warm_s": warm,
         "service_runs": runs, "service_median_s": service, "in_process_median_s": base,
         "in_process_warm_median_s": statistics.median(warm),
@@ -149,7 +153,7 @@ def throughput(jobs_per_client: int) -> dict:
     from services.retest.client import RetestClient, retest_request
 
     model = checkpoint("lenet-300-100", "digits")
-    sequential = in_process_warm(model, "digits", CLIENTS)
+    sequential = in_process_warm(model, "digits", SMALL_JOB, CLIENTS)
     server, address = start_server(workers=2)
     latencies: list[float] = []
     lock = threading.Lock()
@@ -158,14 +162,14 @@ def throughput(jobs_per_client: int) -> dict:
         with RetestClient(address) as client:
             for _ in range(jobs_per_client):
                 started = time.perf_counter()
-                job = client.wait(client.submit(retest_request(model, dataset="digits",
-                                                               **RETEST)).id)  # fmt: skip
+                request = retest_request(model, dataset="digits", **SMALL_JOB)
+                job = client.wait(client.submit(request).id)
                 assert job.error == "", job.error
                 with lock:
                     latencies.append(time.perf_counter() - started)
 
     try:
-        through_service(address, model, "digits")  # warm-up
+        through_service(address, model, "digits", SMALL_JOB)  # warm-up
         started = time.perf_counter()
         threads = [threading.Thread(target=client_loop) for _ in range(CLIENTS)]
         for thread in threads:
@@ -177,7 +181,7 @@ def throughput(jobs_per_client: int) -> dict:
         server.stop(grace_s=0)
     latencies.sort()
     return {
-        "job": f"retest {model.name} on digits (360 images), {RETEST}",
+        "job": f"retest {model.name} on digits (360 images), {SMALL_JOB}",
         "clients": CLIENTS, "workers": 2, "jobs": len(latencies), "wall_s": wall,
         "jobs_per_s": len(latencies) / wall,
         "latency_p50_s": latencies[len(latencies) // 2],
@@ -188,21 +192,31 @@ def throughput(jobs_per_client: int) -> dict:
 
 
 def table(doc: dict) -> None:
-    o, t = doc["rows"]["overhead"], doc["rows"]["throughput"]
-    rows = [
-        ["overhead", o["job"], f"{o['in_process_median_s']:.2f} s (fresh process), "
-         f"{o['in_process_warm_median_s']:.2f} s (warm)", f"{o['service_median_s']:.2f} s",
-         f"**{o['overhead_pct']:+.1f}%** ({o['overhead_s'] * 1000:+.0f} ms)"],
-        ["throughput", t["job"], f"{t['in_process_jobs_per_s']:.2f} jobs/s (one process)",
-         f"{t['jobs_per_s']:.2f} jobs/s ({t['clients']} clients, {t['workers']} workers)",
-         f"latency p50 {t['latency_p50_s']:.2f} s, p90 {t['latency_p90_s']:.2f} s"],
-    ]  # fmt: skip
+    rows = []
+    for name in OVERHEAD_JOBS:
+        o = doc["rows"].get(f"overhead-{name}")
+        if o is None:
+            continue
+        rows.append([
+            "overhead", o["job"], f"{o['in_process_median_s']:.2f} s (fresh process), "
+            f"{o['in_process_warm_median_s']:.2f} s (warm)",
+            f"{o['service_median_s']:.2f} s (worker {o['worker_median_s']:.2f} s)",
+            f"**{o['overhead_pct']:+.1f}%** ({o['overhead_s'] * 1000:+.0f} ms)",
+        ])  # fmt: skip
+    t = doc["rows"]["throughput"]
+    rows.append([
+        "throughput", t["job"], f"{t['in_process_jobs_per_s']:.2f} jobs/s (one process)",
+        f"{t['jobs_per_s']:.2f} jobs/s ({t['clients']} clients, {t['workers']} workers)",
+        f"latency p50 {t['latency_p50_s']:.2f} s, p90 {t['latency_p90_s']:.2f} s",
+    ])  # fmt: skip
     notes = (
         f"Machine: {doc['machine']} (2 cores shared with other work: compare within a run). "
         "Run: `SIGDL_DATA=../shared/datasets flock /tmp/sigdl-cpu.lock .venv/bin/python "
-        "benchmarks/services.py`. In-process is `run_retest` timed around the call in a "
-        "process that had imported the stage (a service worker is such a process, forked); "
-        "the service time runs from Submit to the outputs fetched into a local folder."
+        "benchmarks/services.py`. In-process is `run_retest` timed around the call in a fresh "
+        "process that had imported the stage (a service worker is such a process, forked), "
+        "interleaved with the service runs; `warm` repeats the call in one process (data set "
+        "and sessions cached), for reference. The service time runs from Submit to the "
+        "outputs fetched into a local folder; `worker` is the job's time in its worker process."
     )
     header = ["measure", "job", "in-process", "through the service", "result"]
     write_table("services", "gRPC services: overhead and throughput", header, rows, notes)
@@ -210,16 +224,17 @@ def table(doc: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--jobs-per-client", type=int, default=4)
     parser.add_argument("--table", action="store_true", help="only rewrite the table")
     args = parser.parse_args()
     setup_environment()
     if not args.table:
-        merge("services", "overhead", overhead(args.repeats))
-        doc = merge("services", "throughput", throughput(args.jobs_per_client))
-    else:
-        doc = json.loads((WORK.parent / "services.json").read_text())
+        for name, options in OVERHEAD_JOBS.items():
+            merge("services", f"overhead-{name}", overhead(options, args.repeats))
+        merge("services", "throughput", throughput(args.jobs_per_client))
+    doc = json.loads((WORK.parent / "services.json").read_text())
+    doc["rows"].pop("overhead", None)  # the single job of an earlier version of this script
     table(doc)
     print((WORK.parent / "services.md").read_text())
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import fcntl
 import gc
 import hashlib
 import json
@@ -35,6 +36,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import IO
 from urllib.parse import unquote
 
 from sigdl import settings, store
@@ -488,9 +490,11 @@ class WorkerPool:
         self._wake = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
         self._closing = False
+        self._store_lock: IO[str] | None = None  # held while this pool owns the store
 
     def start(self) -> list[str]:
-        """Fail what a previous server left unfinished, then start the workers."""
+        """Own the job store, fail what a previous server left unfinished, start the workers."""
+        self._own_store()
         recovered = self.store.recover_interrupted(
             "the service stopped before the job finished (restart); retry it"
         )
@@ -500,6 +504,19 @@ class WorkerPool:
             thread.start()
             self._threads.append(thread)
         return recovered
+
+    def _own_store(self) -> None:
+        # Recovery fails every RUNNING job: a second server on the same store would fail the
+        # first one's jobs. The kernel drops the lock when its holder dies, even by SIGKILL.
+        self._store_lock = open(self.store.path.with_suffix(".lock"), "w")  # noqa: SIM115
+        try:
+            fcntl.flock(self._store_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._store_lock.close()
+            raise InputError(
+                f"{str(self.store.path)!r} is in use by another running {self.service} "
+                "service: one server per service and SIGDL_HOME"
+            ) from None
 
     @staticmethod
     def warm() -> None:
@@ -658,6 +675,9 @@ class WorkerPool:
                 _signal_group(running.process, signal.SIGKILL)
         for thread in self._threads:
             thread.join(timeout=10)
+        if self._store_lock is not None:
+            self._store_lock.close()  # releases the flock
+            self._store_lock = None
 
 
 def _signal_group(process: multiprocessing.process.BaseProcess, sig: int) -> None:

@@ -127,16 +127,20 @@ class StageServer:
         self._stopping = threading.Event()
 
     def start(self) -> int:
-        """Recover interrupted jobs, start the pools, listen; return the port. Health turns
-        SERVING once every artifact root answers (in the background)."""
+        """Listen, recover interrupted jobs and start the pools, then serve; return the port.
+        Health turns SERVING once every artifact root answers (in the background)."""
+        address = f"{self.config.host}:{self.config.port}"
+        try:  # bind first: a server that cannot listen must not touch the job stores
+            if self.config.tls.server_enabled:
+                credentials = self.config.tls.server_credentials()
+                port = self.grpc_server.add_secure_port(address, credentials)
+            else:
+                port = self.grpc_server.add_insecure_port(address)
+        except RuntimeError:  # grpc says only "Failed to bind"
+            raise InputError(f"cannot listen on {address}: in use or not permitted") from None
         for servicer in self.servicers:
             servicer.pool.start()
         threading.Thread(target=jobs.WorkerPool.warm, name="sigdl-warm", daemon=True).start()
-        address = f"{self.config.host}:{self.config.port}"
-        if self.config.tls.server_enabled:
-            port = self.grpc_server.add_secure_port(address, self.config.tls.server_credentials())
-        else:
-            port = self.grpc_server.add_insecure_port(address)
         self.grpc_server.start()
         threading.Thread(target=self._become_ready, name="sigdl-ready", daemon=True).start()
         return port

@@ -40,6 +40,7 @@ from services.protos.sigdl.v1 import (
 from services.retest.client import RetestClient
 from services.training.client import TrainingClient, train_request
 from sigdl import jobs, store
+from sigdl.errors import InputError
 from sigdl.training import TrainConfig
 
 TOKEN = "test-token-5f2c"
@@ -381,7 +382,7 @@ def test_tls_and_mutual_tls(serve, tmp_path):
         assert code_of(lambda: client.get("none"))[0] == grpc.StatusCode.UNAVAILABLE
 
     mutual = TlsFiles(cert=pem["server"], key=key["server"], ca=pem["ca"])
-    address = serve(tls=mutual)
+    address = serve(tls=mutual, home=tmp_path / "second-home")  # one server per job store
     with TrainingClient(address, token=TOKEN, tls=TlsFiles(ca=pem["ca"])) as client:
         assert code_of(lambda: client.get("none"))[0] == grpc.StatusCode.UNAVAILABLE  # no cert
     client_tls = TlsFiles(cert=pem["client"], key=key["client"], ca=pem["ca"])
@@ -404,6 +405,14 @@ def test_a_generic_client_sees_the_four_services_serving(serve):
         status = health.Check(health_pb2.HealthCheckRequest(service=name)).status
         assert status == health_pb2.HealthCheckResponse.SERVING, name
     channel.close()
+
+
+def test_one_server_per_job_store(serve):
+    serve()
+    second = StageServer(["training"], ServerConfig(port=0))
+    with pytest.raises(InputError, match="in use by another running training service"):
+        second.start()
+    second.grpc_server.stop(grace=0)
 
 
 def test_not_serving_until_the_store_answers(sigdl_env, monkeypatch):
