@@ -127,7 +127,8 @@ def upload_input(path: str | Path) -> str:
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.relative_to(source.parent).as_posix().encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
+        with file.open("rb") as stream:
+            digest.update(hashlib.file_digest(stream, "sha256").digest())
     root = settings.SIGDL_UPLOAD_URI.get() or store.local_artifact_root() + "/uploads"
     target = f"{root.rstrip('/')}/{digest.hexdigest()[:20]}/{source.name}"
     if source.is_dir():
