@@ -130,11 +130,15 @@ def upload_input(path: str | Path) -> str:
         with file.open("rb") as stream:
             digest.update(hashlib.file_digest(stream, "sha256").digest())
     root = settings.SIGDL_UPLOAD_URI.get() or store.local_artifact_root() + "/uploads"
-    target = f"{root.rstrip('/')}/{digest.hexdigest()[:20]}/{source.name}"
+    folder = f"{root.rstrip('/')}/{digest.hexdigest()[:20]}"
+    target = f"{folder}/{source.name}"
+    if store.exists(f"{folder}/.complete"):  # written last: an interrupted upload is redone
+        return target
     if source.is_dir():
         store.put_dir(target, source)
     else:
         store.put_file(target, source)
+    store.put_bytes(f"{folder}/.complete", b"")
     return target
 
 
