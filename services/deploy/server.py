@@ -13,7 +13,7 @@ from __future__ import annotations
 from services.deploy.fleet import check_name, check_target, check_version
 from services.grpc_common.jobservice import JobServicer, input_uri
 from services.protos.sigdl.v1 import deploy_pb2, deploy_pb2_grpc
-from sigdl import atomic, jobs
+from sigdl import atomic, jobs, roots
 from sigdl.errors import InputError
 
 
@@ -50,7 +50,7 @@ class DeployServicer(JobServicer):
         return {
             "source": input_uri(request.source, "source"),
             "target": request.target, "fleet": request.fleet,
-            "store_uri": jobs.check_uri(request.store_uri, "store_uri") if request.store_uri
+            "store_uri": roots.check_uri(request.store_uri, "store_uri") if request.store_uri
             else None,
             "version": request.version or None,
             "retest_report": input_uri(retest, "retest_report") if retest.uri else None,

@@ -21,7 +21,7 @@ from typing import ClassVar
 import grpc
 
 from services.protos.sigdl.v1 import common_pb2
-from sigdl import jobs, store
+from sigdl import jobs, roots, store
 from sigdl.errors import InputError
 
 # Exception -> status code, first match wins (subclasses before their bases).
@@ -29,7 +29,7 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (jobs.JobNotFoundError, grpc.StatusCode.NOT_FOUND),
     (store.ArtifactNotFoundError, grpc.StatusCode.NOT_FOUND),
     (store.BucketNotFoundError, grpc.StatusCode.NOT_FOUND),
-    (jobs.ArtifactAccessError, grpc.StatusCode.PERMISSION_DENIED),
+    (roots.ArtifactAccessError, grpc.StatusCode.PERMISSION_DENIED),
     (jobs.RequestConflictError, grpc.StatusCode.ALREADY_EXISTS),
     (InputError, grpc.StatusCode.INVALID_ARGUMENT),
     (jobs.QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -65,8 +65,8 @@ def json_object(raw: str, name: str) -> dict:
 def input_uri(ref: common_pb2.ArtifactRef, name: str, member: str | None = None) -> str:
     """An input artifact's URI, checked against the roots and for existence (NOT_FOUND);
     `member`: a file the input directory must hold."""
-    uri = jobs.check_uri(ref.uri, f"{name}.uri")
-    jobs.require_artifact(uri, member)
+    uri = roots.check_uri(ref.uri, f"{name}.uri")
+    roots.require_artifact(uri, member)
     return uri
 
 
@@ -94,7 +94,7 @@ class JobServicer:
     # --- the RPCs ---------------------------------------------------------------------------
     def Submit(self, request, context: grpc.ServicerContext) -> common_pb2.Job:  # noqa: N802
         with status_from_errors(context):
-            out_uri = jobs.check_uri(request.out_uri, "out_uri") if request.out_uri else None
+            out_uri = roots.check_uri(request.out_uri, "out_uri") if request.out_uri else None
             job = self.pool.submit(self.parse(request), out_uri, request.request_id or None)
             return self.job_message(job)
 

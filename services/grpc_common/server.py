@@ -32,6 +32,7 @@ from services.grpc_common.jobservice import JobServicer
 from services.grpc_common.security import TlsFiles, TokenInterceptor
 from sigdl import jobs, settings, store
 from sigdl.errors import InputError
+from sigdl.roots import allowed_roots
 
 STAGES = ("training", "compression", "retest", "deploy")
 DEFAULT_ADDRESS = {
@@ -75,7 +76,7 @@ class ServerConfig:
     token: str | None = None  # bearer token required on every call but health checks
     tls: TlsFiles = field(default_factory=TlsFiles)  # cert+key: TLS; +ca: mutual TLS
     max_message_bytes: int = 4 << 20  # requests and replies carry URIs, never models
-    roots: list[str] | None = None  # artifact roots; None: jobs.allowed_roots()
+    roots: list[str] | None = None  # artifact roots; None: allowed_roots()
     home: Path | None = None  # job stores under home/jobs; None: SIGDL_HOME
     grace_s: float = 30.0  # running jobs may finish this long on shutdown
 
@@ -146,7 +147,7 @@ class StageServer:
         return port
 
     def _become_ready(self) -> None:
-        roots = self.config.roots if self.config.roots is not None else jobs.allowed_roots()
+        roots = self.config.roots if self.config.roots is not None else allowed_roots()
         while not self._stopping.is_set():
             if all(s.pool.ready for s in self.servicers) and _roots_answer(roots):
                 break
