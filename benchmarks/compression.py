@@ -71,8 +71,9 @@ def table(doc: dict) -> None:
             f"{100 * r['compressed_onnx_accuracy']:.2f}%", f"{-r['drop_points']:+.2f}",
             paper_text, f"{r['wall_s'] / 60:.1f}", f"`{r['command']}`",
         ])  # fmt: skip
+        recipe = r.get("recipe", f"deep-compression-{r['model']}")
         for step in r["ladder"]:
-            ladder_rows.append([r["model"], r["dataset"], r.get("recipe", "-"), step["step"],
+            ladder_rows.append([r["model"], r["dataset"], recipe, step["step"],
                                 f"{100 * step['accuracy']:.2f}%", f"{step['nonzeros']:,}",
                                 f"{step['estimated_ratio']:.1f}x"])  # fmt: skip
     notes = [
