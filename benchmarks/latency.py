@@ -130,7 +130,7 @@ def run(model: str, retime: bool) -> dict:
     else:
         variants = lenet_variants() if model == "lenet-5" else mobilenet_variants(model)
     for v in variants:
-        v["onnx"] = str(Path(v["onnx"]).resolve().relative_to(ROOT))
+        v["onnx"] = str((ROOT / v["onnx"]).resolve().relative_to(ROOT))  # stored relative
         v["bytes"] = (ROOT / v["onnx"]).stat().st_size
         v["latency"] = {str(t): single_stream(ROOT / v["onnx"], t) for t in THREADS}
         print(model, v["variant"], {t: round(x["p50_ms"], 3) for t, x in v["latency"].items()})
