@@ -234,7 +234,6 @@ def main() -> None:
             merge("services", f"overhead-{name}", overhead(options, args.repeats))
         merge("services", "throughput", throughput(args.jobs_per_client))
     doc = json.loads((WORK.parent / "services.json").read_text())
-    doc["rows"].pop("overhead", None)  # the single job of an earlier version of this script
     table(doc)
     print((WORK.parent / "services.md").read_text())
 
