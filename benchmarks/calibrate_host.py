@@ -271,7 +271,7 @@ def calibrate(rows: list[dict], threads: int, peak_gops_per_core: float, onchip_
         b = fit_slope([r for r in rows if r["class"] == klass], dispatch)
         # a class whose nodes are nearly free once the reorders are out can fit above peak,
         # which no node reaches
-        eff[klass] = round(min((1e3 / b) / peak, 1.0), 5)  # b: ms per op
+        eff[klass] = round(min((1e3 / b) / peak, 1.0), 5) if b > 0 else 1.0  # b: ms per op
     gemm = [r for r in rows if r["class"] == "gemm"]
     b_on = fit_slope([r for r in gemm if r["work"] <= onchip_bytes], dispatch)
     b_dram = fit_slope([r for r in gemm if r["work"] > L3_BYTES], dispatch)
