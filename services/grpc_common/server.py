@@ -57,9 +57,11 @@ def worker_preload() -> tuple[str, ...]:
     names: set[str] = set()
     for stage in STAGES:
         try:
-            names.update(servicer_class(stage).preload)
+            cls = servicer_class(stage)
         except ImportError:  # a stage not written yet
             continue
+        # the job function is sent by reference: its module (grpc and all) is imported too
+        names.update([cls.__module__, *cls.preload])
     if settings.mlflow_tracking_uri() is None:
         names.discard("mlflow")  # seconds of imports that no job would use
     return tuple(sorted(n for n in names if importlib.util.find_spec(n.split(".")[0])))
