@@ -436,7 +436,7 @@ def run(
 def serve(
     stage: Annotated[str, typer.Argument(help="training, compression, retest, deploy or all.")],
     port: Annotated[
-        int | None, typer.Option(help="Port [default: from SIGDL_<STAGE>_ADDR; all: training's].")
+        int | None, typer.Option(help="Port (default: from SIGDL_<STAGE>_ADDR; all: training's).")
     ] = None,
     host: Annotated[str, typer.Option(help="Interface (0.0.0.0 in a container).")] = "127.0.0.1",
 ) -> None:
