@@ -17,7 +17,6 @@ from pathlib import Path
 
 from sigdl.errors import InputError
 
-
 FILE_MODE = 0o644  # what `open()` gives under the usual umask 022
 
 
