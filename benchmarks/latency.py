@@ -23,7 +23,6 @@ import fcntl
 import json
 import os
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from common import ROOT, WORK, load, merge, sigdl, write_table
 sys.path.insert(0, str(ROOT))
 from services.compression.engine import prune_channels
 from services.compression.prune import find_layers
+from services.retest.measure import single_stream
 from sigdl import checkpoint, numerics, onnx_io
 from sigdl.exporting import zoo_meta
 
@@ -54,24 +54,15 @@ def cpu_lock():
         yield
 
 
-def single_stream(path: Path, threads: int) -> dict:
-    """Per-query latency of one image at a time (ms): p50, p90, mean, queries."""
-    sess = onnx_io.session(path, threads)
-    c, h, w = onnx_io.input_shape(sess)
-    pixels = np.random.default_rng(0).random((1, c, h, w), dtype=np.float32)
-    for _ in range(WARMUP):
-        onnx_io.predict(sess, pixels)
-    times, began = [], time.perf_counter()
-    while len(times) < MAX_QUERIES and time.perf_counter() - began < MAX_SECONDS:
-        start = time.perf_counter()
-        onnx_io.predict(sess, pixels)
-        times.append(1000 * (time.perf_counter() - start))
-    return {
-        "p50_ms": float(np.percentile(times, 50)),
-        "p90_ms": float(np.percentile(times, 90)),
-        "mean_ms": float(np.mean(times)),
-        "queries": len(times),
-    }
+def timed(path: Path, threads: int) -> dict:
+    """Single-stream latency (ms) of one image at a time: p50, p90, mean, queries."""
+    # min_queries=1: stop at MAX_QUERIES or after MAX_SECONDS, whichever comes first
+    stats = single_stream(
+        path.read_bytes(), threads, warmup=WARMUP, min_queries=1, min_seconds=MAX_SECONDS,
+        max_queries=MAX_QUERIES,
+    )  # fmt: skip
+    keep = ("p50_ms", "p90_ms", "mean_ms", "queries")
+    return {k: v for k, v in stats.to_json().items() if k in keep}
 
 
 def lenet_variants() -> list[dict]:
@@ -132,7 +123,7 @@ def run(model: str, retime: bool) -> dict:
     for v in variants:
         v["onnx"] = str((ROOT / v["onnx"]).resolve().relative_to(ROOT))  # stored relative
         v["bytes"] = (ROOT / v["onnx"]).stat().st_size
-        v["latency"] = {str(t): single_stream(ROOT / v["onnx"], t) for t in THREADS}
+        v["latency"] = {str(t): timed(ROOT / v["onnx"], t) for t in THREADS}
         print(model, v["variant"], {t: round(x["p50_ms"], 3) for t, x in v["latency"].items()})
     # the machine is shared: the load says how much to trust the timings
     return {"model": model, "variants": variants, "load_1min_after": os.getloadavg()[0]}

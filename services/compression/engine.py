@@ -43,6 +43,7 @@ from services.compression.quantize import (
     GridKeeper,
     dequantize_weight,
     observe_input_ranges,
+    project_to_grid,
     quantize_weight,
     weight_scale,
 )
@@ -426,8 +427,7 @@ def _quantize(state: CompressionState, cfg: QuantizeConfig, index: int, targets:
         for key, b in bits.items():
             weight = state.layers[key].weight
             scale = weight_scale(weight, b)
-            with torch.no_grad():
-                weight.copy_(dequantize_weight(quantize_weight(weight, scale, b), scale))
+            project_to_grid(weight, scale, b)
             state.grids[key] = (scale, b)
         after = state.score().accuracy
     state.int8 = {

@@ -52,6 +52,12 @@ def dequantize_weight(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return _channel(scale.float(), q) * q.float()
 
 
+@torch.no_grad()
+def project_to_grid(weight: torch.Tensor, scale: torch.Tensor, bits: int) -> None:
+    """Move `weight` in place onto its grid: exactly `scale[c] * q`, what the .sdc stores."""
+    weight.copy_(dequantize_weight(quantize_weight(weight, scale, bits), scale))
+
+
 def fake_quant_weight(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """`weight` rounded onto its per-channel grid in the forward pass, with a straight-through
     gradient in the backward (the scale follows the weights as they train)."""
@@ -164,4 +170,4 @@ class GridKeeper:
     @torch.no_grad()
     def __call__(self, model: nn.Module | None = None) -> None:
         for weight, scale, bits in self.weights.values():
-            weight.copy_(dequantize_weight(quantize_weight(weight, scale, bits), scale))
+            project_to_grid(weight, scale, bits)
