@@ -1,19 +1,20 @@
 """Calibrate the `host` target's latency model from micro-benchmarks of single operators.
 
-Each micro-benchmark is a tiny ONNX model of one operator class (conv of several shapes, stem
-convs reading 1-3 channels, depthwise conv, gemm at batch 1, pooling, elementwise) timed in
-ONNX Runtime at 1 and 2 intra-op threads (single-stream, median of many queries). Per class a
-straight line  time = overhead + work / rate  is fitted (work: operations; for gemm: bytes),
-giving the class's efficiency (rate / peak) and the on-chip and DRAM bandwidths; the per-node
-overhead is the runtime's dispatch cost, timed on a chain of nodes with almost no work.
-Measurements whose p90 is far above their median (another job took the core) are left out.
-The zoo models are not used here; `benchmarks/emulation.py` checks the result against them.
+Each micro-benchmark is a one-node ONNX model of one operator class (conv of several shapes,
+stem convs reading 1-3 channels, depthwise conv, gemm at batch 1, pooling, elementwise,
+concat) run in ONNX Runtime at 1 and 2 intra-op threads with its per-node profiler on. The
+node's own kernel time is the measurement: a one-node model also pays the layout reorders
+ONNX Runtime adds at the graph's edges for its blocked NCHWc convolutions, which a node inside
+a network does not. Per class a line  time = dispatch + work / rate  is fitted (work:
+operations; for gemm: bytes), giving the class's efficiency (rate / peak) and the on-chip and
+DRAM bandwidths. Plain sessions give the session's fixed cost (one Relu of one element) and
+the per-node dispatch cost (chains of 1 and 3 nearly free Relus). A p90 model
+(p90 = factor x median + extra) is fitted on the whole-query timings of every case.
 
-Where ONNX Runtime runs convolutions in its blocked NCHWc layout it adds layout reorders at
-the edges of the graph, which a node inside a real network does not pay. Shape-preserving
-operators are therefore timed as chains of 1 and 3 copies, the difference being the per-node
-time; the chains' remainders give the session's fixed cost plus the reorder cost per element,
-which is then taken out of the single-node timings of the other operators.
+Every probe is timed in several rounds, in a new shuffled order each round, and the times
+are pooled: this shared VM's speed drifts by up to 1.5x for seconds to minutes at a time.
+The zoo models are not used here; `benchmarks/emulation.py --part host` runs these same
+probes interleaved with the zoo models and checks the fit against them.
 
     flock /tmp/sigdl-cpu.lock .venv/bin/python benchmarks/calibrate_host.py
     .venv/bin/python benchmarks/calibrate_host.py --refit   # refit the saved measurements
@@ -25,27 +26,34 @@ targets/host.yaml (between its BEGIN/END markers).
 from __future__ import annotations
 
 import json
-import math
+import random
 import re
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+import yaml
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, ROOT, machine
 from services.retest.graph import analyze
-from services.retest.measure import single_stream
+from services.retest.measure import open_session, query_times
 
 THREADS = (1, 2)
+# Interleaved rounds: many short bursts per probe, so that every probe samples the VM's slow
+# and fast spells in about the same proportion; each burst starts with >= 20 ms of warm-up
+# (the previous probe left other weights in the caches and the thread pool asleep).
+ROUNDS = 40
+WARMUP_S = 0.02
+REF_SECONDS, REF_QUERIES = 0.25, 2  # a burst of a reference workload (and of a zoo model)
 L3_BYTES = 48 * 2**20  # gemm weights beyond this come from DRAM even when hot
-DISTURBED = 1.5  # p90 / median above this: the measurement shared the core with another job
-DISPATCH_CASE = "Relu 8x16"  # a chain of nodes with almost no work: the per-node dispatch cost
+CACHE_SPEEDUP = 1.5  # a gemv this much faster than DRAM streams from the cache
+DISPATCH_CASE = "Relu 8x16"  # a node with almost no work
 RNG = np.random.default_rng(0)
 HOST_YAML = ROOT / "targets" / "host.yaml"
 
@@ -111,12 +119,11 @@ def concat_model(c: int, size: int) -> bytes:
     return _model([node], [], [1, c, size, size], [1, 2 * c, size, size])
 
 
-# (class, label, builder of the n-node model, chainable)
-def cases() -> list[tuple[str, str, object, bool]]:
+def cases() -> list[tuple[str, str, bytes]]:
+    """(class, label, one-node ONNX model) of every micro-benchmark."""
     out = []
     for c, size in [(32, 112), (64, 56), (128, 56), (256, 28), (512, 14), (96, 27)]:
-        out.append(("conv", f"conv3x3 {c}x{size}", lambda n, c=c, s=size: conv_model(
-            c, c, s, 3, 1, 1, n), True))  # fmt: skip
+        out.append(("conv", f"conv3x3 {c}x{size}", conv_model(c, c, size, 3, 1, 1, 1)))
     for c_in, c_out, size in [
         (64, 64, 56),
         (128, 128, 28),
@@ -127,11 +134,10 @@ def cases() -> list[tuple[str, str, object, bool]]:
         (32, 128, 56),
         (64, 256, 56),
     ]:
-        out.append(("pointwise", f"conv1x1 {c_in}->{c_out}x{size}", lambda n, a=c_in, b=c_out,
-                    s=size: conv_model(a, b, s, 1, 1, 1, n), c_in == c_out))  # fmt: skip
-    out.append(("conv", "conv5x5 48x27", lambda n: conv_model(48, 48, 27, 5, 1, 1, n), True))
-    out.append(("conv", "conv3x3s2 64->128x56", lambda n: conv_model(64, 128, 56, 3, 2, 1, n),
-                False))  # fmt: skip
+        out.append(("pointwise", f"conv1x1 {c_in}->{c_out}x{size}",
+                    conv_model(c_in, c_out, size, 1, 1, 1, 1)))  # fmt: skip
+    out.append(("conv", "conv5x5 48x27", conv_model(48, 48, 27, 5, 1, 1, 1)))
+    out.append(("conv", "conv3x3s2 64->128x56", conv_model(64, 128, 56, 3, 2, 1, 1)))
     for c_in, c_out, size, k, s in [
         (3, 32, 160, 3, 1),
         (3, 48, 192, 5, 2),
@@ -140,8 +146,8 @@ def cases() -> list[tuple[str, str, object, bool]]:
         (3, 48, 224, 9, 4),
         (1, 16, 32, 5, 1),
     ]:
-        out.append(("conv_stem", f"stem {k}x{k}s{s} {c_in}->{c_out}x{size}", lambda n, a=c_in,
-                    b=c_out, z=size, k=k, s=s: conv_model(a, b, z, k, s, 1, n), False))  # fmt: skip
+        out.append(("conv_stem", f"stem {k}x{k}s{s} {c_in}->{c_out}x{size}",
+                    conv_model(c_in, c_out, size, k, s, 1, 1)))  # fmt: skip
     for c, size, s in [
         (32, 112, 1),
         (128, 56, 1),
@@ -150,12 +156,13 @@ def cases() -> list[tuple[str, str, object, bool]]:
         (64, 112, 2),
         (256, 56, 2),
     ]:
-        out.append(("depthwise", f"dw3x3s{s} {c}x{size}", lambda n, c=c, z=size, s=s: conv_model(
-            c, c, z, 3, s, c, n), s == 1))  # fmt: skip
-    # gemm at batch 1 reads its weights once: <= L2 (on chip) and >> L3 (DRAM)
-    for k, n_out in [(256, 256), (512, 256), (256, 1024), (512, 512), (8192, 4096),
-                     (16384, 4096), (4096, 8192)]:  # fmt: skip
-        out.append(("gemm", f"gemv {k}x{n_out}", lambda n, k=k, m=n_out: gemm_model(k, m), False))
+        out.append(("depthwise", f"dw3x3s{s} {c}x{size}", conv_model(c, c, size, 3, s, c, 1)))
+    # gemm at batch 1 reads each weight once: <= L2 (on chip), 2-16 MB (in the L3 cache, when
+    # it holds them between queries) and >> L3 (DRAM)
+    for k, n_out in [(256, 256), (512, 256), (256, 1024), (512, 512), (1024, 512),
+                     (1024, 1024), (2048, 1024), (2048, 2048), (8192, 4096), (16384, 4096),
+                     (4096, 8192)]:  # fmt: skip
+        out.append(("gemm", f"gemv {k}x{n_out}", gemm_model(k, n_out)))
     for op, c, size, k, s in [
         ("MaxPool", 64, 112, 2, 2),
         ("MaxPool", 128, 56, 3, 2),
@@ -164,8 +171,8 @@ def cases() -> list[tuple[str, str, object, bool]]:
         ("GlobalAveragePool", 512, 14, 0, 0),
         ("GlobalAveragePool", 1024, 7, 0, 0),
     ]:
-        out.append(("pool", f"{op} {k}x{k}s{s} {c}x{size}", lambda n, o=op, c=c, z=size, k=k,
-                    s=s: pool_model(o, c, z, k, s), False))  # fmt: skip
+        label = f"{op} {k}x{k}s{s} {c}x{size}" if k else f"{op} {c}x{size}"
+        out.append(("pool", label, pool_model(op, c, size, k, s)))
     for op, c, size in [
         ("Relu", 64, 112),
         ("Sub", 3, 224),
@@ -174,17 +181,144 @@ def cases() -> list[tuple[str, str, object, bool]]:
         ("Relu", 8, 16),
         ("Mul", 256, 56),
     ]:
-        out.append(("elementwise", f"{op} {c}x{size}", lambda n, o=op, c=c, z=size: eltwise_model(
-            o, c, z, n), True))  # fmt: skip
+        out.append(("elementwise", f"{op} {c}x{size}", eltwise_model(op, c, size, 1)))
     for c, size in [(64, 56), (128, 28), (256, 13), (16, 32)]:
-        out.append(("data", f"concat {c}x{size}", lambda n, c=c, z=size: concat_model(c, z), False))
+        out.append(("data", f"concat {c}x{size}", concat_model(c, size)))
     return out
 
 
-def time_ms(model: bytes, threads: int) -> tuple[float, float]:
-    """(median, p90) ms of single-stream queries."""
-    stats = single_stream(model, threads, warmup=10, min_queries=60, min_seconds=0.4)
-    return stats.p50_ms, stats.p90_ms
+@dataclass
+class Probe:
+    """One model timed at one thread count in every round."""
+
+    key: str
+    model: bytes
+    threads: int
+    min_queries: int = 5
+    min_seconds: float = 0.03
+    max_queries: int = 100_000
+    profiled: bool = False  # record ONNX Runtime's per-node kernel times too
+    every: int = 1  # timed in every `every`-th round only
+
+
+@dataclass
+class Timings:
+    """What `run_rounds` measured: per probe, the query times (ms) of each round, and for
+    profiled probes each node's kernel times (us) pooled over the rounds."""
+
+    times: dict[str, list[np.ndarray]]
+    kernels: dict[str, dict[str, dict]]  # probe -> node name -> {"op": op type, "us": [...]}
+
+    def pooled(self, key: str) -> np.ndarray:
+        return np.concatenate(self.times[key])
+
+
+def run_rounds(probes: list[Probe], rounds: int, seed: int = 0) -> Timings:
+    """Time every probe in every round, the probes in a new shuffled order each round: this
+    VM's speed drifts (by up to 1.5x, for seconds to minutes at a time), and interleaving
+    gives every probe the same mix of fast and slow spells."""
+    with tempfile.TemporaryDirectory(prefix="sigdl-calib-") as tmp:
+        sessions = {
+            p.key: open_session(p.model, p.threads,
+                                profile_prefix=f"{tmp}/{i}" if p.profiled else None)
+            for i, p in enumerate(probes)
+        }  # fmt: skip
+        times: dict[str, list[np.ndarray]] = {p.key: [] for p in probes}
+        order = list(probes)
+        for r in range(rounds):
+            random.Random(seed + r).shuffle(order)
+            for p in (p for p in order if r % p.every == 0):
+                sess, feed = sessions[p.key]
+                times[p.key].append(query_times(
+                    sess, feed, warmup=1, warmup_seconds=WARMUP_S, min_queries=p.min_queries,
+                    min_seconds=p.min_seconds, max_queries=p.max_queries))  # fmt: skip
+            print(f"  round {r + 1}/{rounds} done", flush=True)
+        kernels = {p.key: node_kernels(sessions[p.key][0].end_profiling())
+                   for p in probes if p.profiled}  # fmt: skip
+    return Timings(times, kernels)
+
+
+def node_kernels(trace: str) -> dict[str, dict]:
+    """Kernel times (us) of every node in an ONNX Runtime profile trace."""
+    nodes: dict[str, dict] = {}
+    for event in json.loads(Path(trace).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            node = nodes.setdefault(event["name"], {"op": event["args"]["op_name"], "us": []})
+            node["us"].append(event["dur"])
+    return nodes
+
+
+def calibration_probes() -> list[Probe]:
+    """Per thread count: the session's fixed cost (one Relu of one element), the per-node
+    dispatch cost (chains of 1 and 3 nearly free Relus), and every case twice: profiled, for
+    its node's kernel time, and plain, for whole-query times without the profiler's cost."""
+    probes = []
+    for threads in THREADS:
+        probes.append(Probe(f"fixed t{threads}", eltwise_model("Relu", 1, 1, 1), threads))
+        for n in (1, 3):
+            probes.append(Probe(f"dispatch t{threads} n{n}", eltwise_model("Relu", 8, 16, n),
+                                threads))  # fmt: skip
+        for _, label, model in cases():
+            probes.append(Probe(f"{label} t{threads}", model, threads, every=2))
+            probes.append(Probe(f"{label} t{threads} profiled", model, threads, max_queries=100,
+                                profiled=True, every=2))  # fmt: skip
+        for label, model in references():
+            probes.append(Probe(f"{label} t{threads}", model, threads, REF_QUERIES, REF_SECONDS))
+    return probes
+
+
+def references() -> list[tuple[str, bytes]]:
+    """Workloads of about 0.02, 0.2, 1.5, 12 and 50 ms (one thread) timed like a whole model
+    (bursts of REF_SECONDS): their p90 / median ratios make the p90 curve."""
+    return [
+        ("ref gemv 512x512", gemm_model(512, 512)),
+        ("ref conv1x1 128x28", conv_model(128, 128, 28, 1, 1, 1, 1)),
+        ("ref conv3x3 64x56", conv_model(64, 64, 56, 3, 1, 1, 1)),
+        ("ref 8 x conv3x3 128x28", conv_model(128, 128, 28, 3, 1, 1, 8)),
+        ("ref 8 x conv3x3 128x56", conv_model(128, 128, 56, 3, 1, 1, 8)),
+    ]
+
+
+def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
+    """Per case and thread count: the whole query's pooled median and p90, and the node's own
+    time; per thread count the session's fixed cost and the per-node dispatch cost (ms).
+
+    A node's own time is its profiled kernel time above that of a nearly free node (which is
+    mostly the profiler's own cost), plus the dispatch cost. It leaves out the layout reorders
+    ONNX Runtime adds at a one-node model's edges for its NCHWc convolutions, which a node
+    inside a network does not pay. Gemm (no reorders; kernels of a few microseconds, which the
+    profiler's cost would swamp) takes its whole query time less the session's fixed cost."""
+    session = {}
+    for t in THREADS:
+        one, three = (float(np.median(timings.pooled(f"dispatch t{t} n{n}"))) for n in (1, 3))
+        curve = []
+        for label, _ in references():
+            ms = timings.pooled(f"{label} t{t}")
+            median = float(np.median(ms))
+            curve.append([round(median, 4), round(float(np.percentile(ms, 90)) / median, 3)])
+        session[t] = {"fixed_ms": float(np.median(timings.pooled(f"fixed t{t}"))),
+                      "dispatch_ms": max((three - one) / 2, 0.0),
+                      "p90_curve": sorted(curve)}  # fmt: skip
+
+    def kernel_ms(key: str) -> float:
+        return sum(float(np.median(n["us"])) for n in timings.kernels[key].values()
+                   if not n["op"].startswith("Reorder")) / 1e3  # fmt: skip
+
+    rows = []
+    for threads in THREADS:
+        nearly_free = kernel_ms(f"{DISPATCH_CASE} t{threads} profiled")
+        for klass, label, model in cases():
+            queries = timings.pooled(f"{label} t{threads}")
+            t1, p90 = float(np.median(queries)), float(np.percentile(queries, 90))
+            if klass == "gemm":
+                node = t1 - session[threads]["fixed_ms"]
+            else:
+                node = kernel_ms(f"{label} t{threads} profiled") - nearly_free
+                node += session[threads]["dispatch_ms"]
+            rows.append({"class": klass, "case": label, "threads": threads,
+                         "work": work_of(model, klass), "node_ms": max(node, 1e-4),
+                         "t1_ms": t1, "t1_p90_ms": p90, "queries": len(queries)})  # fmt: skip
+    return rows, session
 
 
 def work_of(model: bytes, klass: str) -> float:
@@ -195,93 +329,67 @@ def work_of(model: bytes, klass: str) -> float:
     return float(sum(n.total_ops for n in nodes))
 
 
-def reorder_elems(model: bytes) -> int:
-    """Elements ONNX Runtime reorders into / out of its NCHWc layout at the model's edges (read
-    off its optimized graph): a node inside a network pays none of this."""
-    with tempfile.TemporaryDirectory(prefix="sigdl-calib-") as tmp:
-        opts = ort.SessionOptions()
-        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        opts.log_severity_level = 3
-        ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        ops = {node.op_type for node in onnx.load(opts.optimized_model_filepath).graph.node}
-    graph = onnx.load_from_string(model).graph
-    elems = [math.prod(d.dim_value for d in v.type.tensor_type.shape.dim)
-             for v in (graph.input[0], graph.output[0])]  # fmt: skip
-    return elems[0] * ("ReorderInput" in ops) + elems[1] * ("ReorderOutput" in ops)
-
-
-def measure_cases(threads: int, fixed_ms: float) -> list[dict]:
-    rows = []
-    for klass, label, build, chainable in cases():
-        one = build(1)
-        t1, p90 = time_ms(one, threads)
-        if chainable:  # per-node time from the difference of a 3-chain and a 1-chain
-            t3, _ = time_ms(build(3), threads)
-            per_node = (t3 - t1) / 2
-        else:
-            per_node = t1 - fixed_ms
-        row = {"class": klass, "case": label, "threads": threads, "work": work_of(one, klass)}
-        row.update(chained=chainable, reorder_elems=reorder_elems(one), t1_ms=t1,
-                   node_ms=max(per_node, 1e-4), p90_over_p50=p90 / t1)  # fmt: skip
-        rows.append(row)
-        print(f"  t={threads} {klass:11} {label:28} {rows[-1]['node_ms']:.4f} ms", flush=True)
-    return rows
-
-
 def fit_slope(rows: list[dict], intercept_ms: float) -> float:
     """Slope (ms per unit of work) of  time = intercept + work x slope, least relative error.
 
-    The intercept is not fitted: it is the runtime's per-node dispatch cost, measured once,
-    because a free intercept fitted on a handful of noisy shapes swings to absurd values."""
+    The intercept is not fitted: it is the dispatch cost of a node with almost no work,
+    measured on its own, because a free intercept fitted on a handful of noisy shapes swings
+    to absurd values."""
     x = np.array([r["work"] for r in rows])
     t = np.array([r["node_ms"] for r in rows])
     return float(np.sum(x * (t - intercept_ms) / t**2) / np.sum(x**2 / t**2))
 
 
-def undisturbed(rows: list[dict]) -> list[dict]:
-    """Rows whose p90 stayed near their median: a far larger p90 means another process took
-    the core during the measurement (the machine is shared)."""
-    return [r for r in rows if r["p90_over_p50"] <= DISTURBED]
+def fit_bandwidth(rows: list[dict], intercept_ms: float) -> float:
+    """Bytes per second of  time = intercept + bytes / bandwidth, least squares: the cases
+    moving the most bytes, where the bandwidth shows most clearly, weigh the most."""
+    x = np.array([r["work"] for r in rows])
+    t = np.array([r["node_ms"] for r in rows]) - intercept_ms
+    return float(np.sum(x * x) / np.sum(x * t)) * 1e3
 
 
-def remove_reorders(rows: list[dict], fixed_ms: float) -> float:
-    """Take the NCHWc reorders out of single-node timings; return the reorder cost (ms/elem).
+def cache_level(gemm: list[dict], onchip_bytes: float, dram_bps: float, dispatch: float):
+    """The shared cache's effective size (bytes) and bandwidth: the gemv cases above the
+    on-chip size that still stream at >= CACHE_SPEEDUP x DRAM bandwidth, smallest first (the
+    cache is shared with other data and, on a VM, other tenants: its effective size is
+    measured, not read off the data sheet). (0, None) when none does."""
+    cached = []
+    for r in sorted((r for r in gemm if onchip_bytes < r["work"] <= L3_BYTES),
+                    key=lambda r: r["work"]):  # fmt: skip
+        if r["work"] / max(r["node_ms"] - dispatch, 1e-6) * 1e3 < CACHE_SPEEDUP * dram_bps:
+            break
+        cached.append(r)
+    if not cached:
+        return 0, None
+    return max(r["work"] for r in cached), fit_bandwidth(cached, dispatch)
 
-    A chained case's first-node time minus its per-node time is the session's fixed cost plus
-    its reorders; a line through the origin over those gives the cost per reordered element."""
-    chained = [r for r in undisturbed(rows) if r["chained"] and r["reorder_elems"]]
-    x = np.array([r["reorder_elems"] for r in chained], dtype=float)
-    y = np.array([r["t1_ms"] - r["node_ms"] - fixed_ms for r in chained])
-    per_elem = float(np.sum(x * y) / np.sum(x * x))
-    for r in rows:
-        if not r["chained"]:
-            r["node_ms"] = max(r["t1_ms"] - fixed_ms - r["reorder_elems"] * per_elem, 1e-4)
-    return per_elem
 
-
-def calibrate(rows: list[dict], threads: int, peak_gops_per_core: float, onchip_bytes: float):
-    """One thread count's calibrated block (efficiency, overheads, bandwidths)."""
+def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core: float,
+              onchip_bytes: float) -> dict:  # fmt: skip
+    """One thread count's calibrated block (efficiency, overheads, bandwidths, p90 model)."""
     peak = peak_gops_per_core * threads * 1e9  # ops/s
-    # the dispatch case lasts ~1 us, where timer jitter alone spreads p90 from the median
-    tiny = [r["node_ms"] for r in rows if r["case"] == DISPATCH_CASE]
-    rows = undisturbed(rows)
-    dispatch = float(np.median(tiny)) if tiny else 0.0
+    dispatch = session["dispatch_ms"]
     eff = {}
     for klass in ("conv", "pointwise", "conv_stem", "depthwise", "pool", "elementwise", "data"):
-        b = fit_slope([r for r in rows if r["class"] == klass], dispatch)
-        # a class whose nodes are nearly free once the reorders are out can fit above peak,
-        # which no node reaches
-        eff[klass] = round(min((1e3 / b) / peak, 1.0), 5) if b > 0 else 1.0  # b: ms per op
+        b = fit_slope([r for r in rows if r["class"] == klass], dispatch)  # b: ms per op
+        eff[klass] = round(min((1e3 / b) / peak, 1.0), 5) if b > 0 else 1.0
     gemm = [r for r in rows if r["class"] == "gemm"]
-    b_on = fit_slope([r for r in gemm if r["work"] <= onchip_bytes], dispatch)
-    b_dram = fit_slope([r for r in gemm if r["work"] > L3_BYTES], dispatch)
+    onchip_bps = fit_bandwidth([r for r in gemm if r["work"] <= onchip_bytes], dispatch)
+    dram_bps = fit_bandwidth([r for r in gemm if r["work"] > L3_BYTES], dispatch)
+    cache_bytes, cache_bps = cache_level(gemm, onchip_bytes, dram_bps, dispatch)
     eff["gemm"] = eff["conv"]  # the same SGEMM kernels; at batch 1 gemm is bandwidth-bound
-    return {
-        "efficiency": eff, "overhead_us": {k: round(dispatch * 1e3, 2) for k in eff},
-        "onchip_bandwidth_gbs": round(1e3 / b_on / 1e9, 2),  # b: ms per byte
-        "bandwidth_gbs": round(1e3 / b_dram / 1e9, 2),
-        "p90_factor": round(float(np.median([r["p90_over_p50"] for r in rows])), 3),
+    dispatch_us = round(session["dispatch_ms"] * 1e3, 2)
+    block = {
+        "efficiency": eff, "overhead_us": {k: dispatch_us for k in eff},
+        "onchip_bandwidth_gbs": round(onchip_bps / 1e9, 2),
+        "bandwidth_gbs": round(dram_bps / 1e9, 2),
+        "cache_kb": round(cache_bytes / 1024),
     }  # fmt: skip
+    if cache_bps:
+        block["cache_bandwidth_gbs"] = round(cache_bps / 1e9, 2)
+    block["p90_curve"] = session["p90_curve"]
+    block["fixed_overhead_us"] = round(session["fixed_ms"] * 1e3, 2)
+    return block
 
 
 def write_host_yaml(block: dict) -> None:
@@ -299,10 +407,36 @@ def write_host_yaml(block: dict) -> None:
     HOST_YAML.write_text(new)
 
 
+def fit(rows: list[dict], session: dict[int, dict]) -> dict:
+    """The calibrated block per thread count."""
+    profile = yaml.safe_load(HOST_YAML.read_text())
+    peak_per_core = profile["compute"]["peak_gops"]["fp32"] / profile["compute"]["cores"]
+    onchip = profile["memory"]["onchip_kb"] * 1024
+    block = {}
+    for t in THREADS:
+        measured = [r for r in rows if r["threads"] == t]
+        block[str(t)] = calibrate(measured, session[t], t, peak_per_core, onchip)
+    return block
+
+
+def save(rows: list[dict], session: dict[int, dict], rounds: int) -> dict:
+    """Fit, write results/calibration_host.json and the host profile's calibrated block."""
+    block = fit(rows, session)
+    doc = {"machine": machine(), "rounds": rounds, "session": session, "calibrated": block,
+           "rows": rows}  # fmt: skip
+    (RESULTS / "calibration_host.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_host_yaml(block)
+    return block
+
+
+def load_saved() -> tuple[list[dict], dict[int, dict], int]:
+    """The measurements of the last run (results/calibration_host.json)."""
+    doc = json.loads((RESULTS / "calibration_host.json").read_text())
+    return doc["rows"], {int(t): v for t, v in doc["session"].items()}, doc["rounds"]
+
+
 def main() -> None:
     import argparse
-
-    import yaml
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -310,43 +444,14 @@ def main() -> None:
         action="store_true",
         help="refit from results/calibration_host.json without measuring",
     )
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds")
     args = parser.parse_args()
-    profile = yaml.safe_load(HOST_YAML.read_text())
-    peak_per_core = profile["compute"]["peak_gops"]["fp32"] / profile["compute"]["cores"]
-    onchip = profile["memory"]["onchip_kb"] * 1024
     if args.refit:
-        doc = json.loads((RESULTS / "calibration_host.json").read_text())
-        rows, fixed = doc["rows"], {int(t): v / 1e3 for t, v in doc["fixed_overhead_us"].items()}
+        rows, session, rounds = load_saved()
     else:
-        rows, fixed = measure_all()
-    if any("chained" not in r for r in rows):  # saved before these fields existed
-        built = {label: (build(1), chain) for _, label, build, chain in cases()}
-        for r in rows:
-            r["chained"] = built[r["case"]][1]
-            r["reorder_elems"] = reorder_elems(built[r["case"]][0])
-    block, reorder = {}, {}
-    for threads in THREADS:
-        measured = [r for r in rows if r["threads"] == threads]
-        reorder[threads] = remove_reorders(measured, fixed[threads])
-        block[str(threads)] = calibrate(measured, threads, peak_per_core, onchip)
-        block[str(threads)]["fixed_overhead_us"] = round(fixed[threads] * 1e3, 2)
-    doc = {"machine": machine(), "fixed_overhead_us": {t: v * 1e3 for t, v in fixed.items()},
-        "reorder_ns_per_elem": {t: v * 1e6 for t, v in reorder.items()},
-           "calibrated": block, "rows": rows}  # fmt: skip
-    (RESULTS / "calibration_host.json").write_text(json.dumps(doc, indent=2) + "\n")
-    write_host_yaml(block)
-    print(json.dumps(block, indent=2))
-
-
-def measure_all() -> tuple[list[dict], dict[int, float]]:
-    """Every case at every thread count, and the session's fixed cost (ms) per thread count."""
-    trivial = eltwise_model("Relu", 1, 1, 1)
-    rows, fixed = [], {}
-    for threads in THREADS:
-        fixed[threads] = time_ms(trivial, threads)[0]
-        print(f"threads {threads}: fixed session cost {fixed[threads] * 1e3:.1f} us", flush=True)
-        rows += measure_cases(threads, fixed[threads])
-    return rows, fixed
+        rows, session = rows_from(run_rounds(calibration_probes(), args.rounds))
+        rounds = args.rounds
+    print(json.dumps(save(rows, session, rounds), indent=2))
 
 
 if __name__ == "__main__":

@@ -63,11 +63,14 @@ def export_onnx(
     return Path(path)
 
 
-def _options(threads: int | None) -> ort.SessionOptions:
+def _options(threads: int | None, profile_prefix: str | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if profile_prefix:  # ONNX Runtime's per-node trace, written by end_profiling()
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     opts.log_severity_level = 3
     return opts
 
@@ -84,10 +87,14 @@ def session(path: str | Path, threads: int | None = None) -> ort.InferenceSessio
         raise InputError(f"{str(path)!r} is not a loadable ONNX model: {exc}") from None
 
 
-def session_from_bytes(model: bytes, threads: int | None = None) -> ort.InferenceSession:
-    """Like `session`, for a model held in memory."""
+def session_from_bytes(
+    model: bytes, threads: int | None = None, profile_prefix: str | None = None
+) -> ort.InferenceSession:
+    """Like `session`, for a model held in memory; `profile_prefix` turns on ONNX Runtime's
+    per-node profiling (a JSON trace written there by `end_profiling()`)."""
+    opts = _options(threads, profile_prefix)
     try:
-        return ort.InferenceSession(model, _options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own untyped errors for malformed models
         raise InputError(f"not a loadable ONNX model: {exc}") from None
 

@@ -62,6 +62,13 @@ _CONSTRAINTS = {
     },
 }
 
+# p90 / median as a function of the median (ms): [[ms, factor], ...], interpolated in log(ms)
+_P90_CURVE = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"type": "array", "items": _POSITIVE, "minItems": 2, "maxItems": 2},
+}
+
 _LATENCY_PARAMS = {
     "efficiency": _PER_CLASS,  # fraction of peak compute each op class reaches
     "overhead_us": _PER_CLASS,  # fixed time per executed node of that class
@@ -69,6 +76,10 @@ _LATENCY_PARAMS = {
     "onchip_bandwidth_gbs": _POSITIVE,  # bandwidth when a node's working set fits on chip
     "bandwidth_gbs": _POSITIVE,  # override of memory.bandwidth_gbs (measured)
     "fixed_overhead_us": _NON_NEGATIVE,  # per inference (dispatch, transfers)
+    "cache_bandwidth_gbs": _POSITIVE,  # bandwidth when a working set fits memory.cache_kb
+    # effective capacities (measured: other data and other tenants share the caches)
+    "onchip_kb": _NON_NEGATIVE,
+    "cache_kb": _NON_NEGATIVE,
 }
 
 SCHEMA: dict = {
@@ -112,6 +123,7 @@ SCHEMA: dict = {
                 "ram_mb": _POSITIVE,
                 "bandwidth_gbs": _POSITIVE,
                 "onchip_kb": _NON_NEGATIVE,
+                "cache_kb": _NON_NEGATIVE,  # a shared last-level cache between chip and DRAM
                 "kind": {"type": "string"},
             },
         },
@@ -135,6 +147,7 @@ SCHEMA: dict = {
             "properties": {
                 **_LATENCY_PARAMS,
                 "p90_factor": {"type": "number", "minimum": 1},  # p90 / typical latency
+                "p90_extra_us": _NON_NEGATIVE,  # p90 = typical x factor + extra
                 "fuses": {  # [producer, consumer] pairs the runtime runs as one node
                     "type": "array",
                     "items": {
@@ -152,7 +165,12 @@ SCHEMA: dict = {
                     "additionalProperties": {
                         "type": "object",
                         "additionalProperties": False,
-                        "properties": {**_LATENCY_PARAMS, "p90_factor": {"type": "number"}},
+                        "properties": {
+                            **_LATENCY_PARAMS,
+                            "p90_factor": {"type": "number"},
+                            "p90_extra_us": _NON_NEGATIVE,
+                            "p90_curve": _P90_CURVE,
+                        },
                     },
                 },
                 "calibration_source": {"type": "string"},

@@ -33,6 +33,53 @@ class LatencyStats:
         return asdict(self)
 
 
+def open_session(
+    model: bytes, threads: int, seed: int = 0, profile_prefix: str | None = None
+) -> tuple[object, dict]:
+    """A session of `model` (ONNX bytes) with pinned threads (and ONNX Runtime's per-node
+    profiling when `profile_prefix` is given), and a batch-1 feed of random pixels in [0, 1]."""
+    sess = onnx_io.session_from_bytes(model, threads, profile_prefix)
+    inp = sess.get_inputs()[0]
+    shape = [1 if not isinstance(d, int) else d for d in inp.shape]
+    return sess, {inp.name: np.random.default_rng(seed).random(shape, dtype=np.float32)}
+
+
+def query_times(
+    sess,
+    feed: dict,
+    *,
+    warmup: int = 5,
+    warmup_seconds: float = 0.0,
+    min_queries: int = 100,
+    min_seconds: float = 1.0,
+    max_queries: int = 100_000,
+) -> np.ndarray:
+    """Milliseconds of each timed query: untimed warm-up queries until both `warmup` of them
+    and `warmup_seconds` are done, then timed ones back to back until both `min_queries` and
+    `min_seconds` are reached (or `max_queries`)."""
+    started, done = time.perf_counter(), 0
+    while done < warmup or time.perf_counter() - started < warmup_seconds:
+        sess.run(None, feed)
+        done += 1
+    times = []
+    started = time.perf_counter()
+    while len(times) < max_queries and (
+        len(times) < min_queries or time.perf_counter() - started < min_seconds
+    ):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times) * 1e3
+
+
+def summarize(ms: np.ndarray, threads: int) -> LatencyStats:
+    """Single-stream statistics of query times in milliseconds."""
+    return LatencyStats(
+        threads, len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
+        float(ms.mean()), float(ms.min()),
+    )  # fmt: skip
+
+
 def single_stream(
     model: bytes,
     threads: int,
@@ -44,22 +91,7 @@ def single_stream(
     seed: int = 0,
 ) -> LatencyStats:
     """Time batch-1 queries of random pixels in [0, 1] through `model` (ONNX bytes)."""
-    sess = onnx_io.session_from_bytes(model, threads)
-    inp = sess.get_inputs()[0]
-    shape = [1 if not isinstance(d, int) else d for d in inp.shape]
-    feed = {inp.name: np.random.default_rng(seed).random(shape, dtype=np.float32)}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    started = time.perf_counter()
-    while len(times) < max_queries and (
-        len(times) < min_queries or time.perf_counter() - started < min_seconds
-    ):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - t0)
-    ms = np.asarray(times) * 1e3
-    return LatencyStats(
-        threads, len(ms), float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
-        float(ms.mean()), float(ms.min()),
-    )  # fmt: skip
+    sess, feed = open_session(model, threads, seed)
+    ms = query_times(sess, feed, warmup=warmup, min_queries=min_queries,
+                     min_seconds=min_seconds, max_queries=max_queries)  # fmt: skip
+    return summarize(ms, threads)

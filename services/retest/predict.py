@@ -2,10 +2,12 @@
 
 Per node: time = overhead(class) + max(operations / (peak x efficiency(class)),
 bytes moved / bandwidth), a roofline with a per-class efficiency and a per-layer overhead;
-nodes the target fuses into their producer cost nothing. Weights are read from DRAM unless
-the whole model's weights fit in on-chip memory; activations from on-chip memory when a
-node's fit there. The sum plus a fixed
-per-inference overhead is the latency; p90 = latency x the profile's p90 factor.
+nodes the target fuses into their producer cost nothing. Bytes move at the bandwidth of the
+level they sit in: on-chip memory, a shared cache (when the profile has one), or DRAM.
+Weights are on chip (or in the cache) only when the whole model's weights fit there; a
+node's activations when they fit. The sum plus a fixed per-inference overhead is the
+latency; p90 comes from the profile's p90 curve (p90 / median against the median) or its
+factor and extra.
 
 Power and energy are an estimate from the profile's power model: idle power over the
 inference plus dynamic energy per operation and per DRAM byte, capped at the active power.
@@ -15,11 +17,16 @@ inference plus dynamic energy per operation and per DRAM byte, capped at the act
 
 from __future__ import annotations
 
+import numpy as np
+
 from services.retest.graph import Graph, Node, apply_fusion
 
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}  # per weight and per activation element
-LATENCY_KEYS = ("efficiency", "overhead_us", "bandwidth_gbs", "onchip_bandwidth_gbs",
-                "bandwidth_efficiency", "p90_factor", "fixed_overhead_us")  # fmt: skip
+LATENCY_KEYS = (
+    "efficiency", "overhead_us", "bandwidth_gbs", "onchip_bandwidth_gbs", "bandwidth_efficiency",
+    "p90_factor", "p90_extra_us", "p90_curve", "fixed_overhead_us", "cache_bandwidth_gbs",
+    "onchip_kb", "cache_kb",
+)  # fmt: skip
 
 
 def latency_params(profile: dict, threads: int | None) -> dict:
@@ -31,17 +38,36 @@ def latency_params(profile: dict, threads: int | None) -> dict:
     cores = profile["compute"]["cores"]
     used = min(threads or cores, cores)
     params = {key: model.get(key) for key in LATENCY_KEYS}
-    params["bandwidth_gbs"] = params["bandwidth_gbs"] or profile["memory"]["bandwidth_gbs"]
-    params["onchip_bandwidth_gbs"] = params["onchip_bandwidth_gbs"] or params["bandwidth_gbs"]
-    params["p90_factor"] = params["p90_factor"] or 1.0
-    params["fixed_overhead_us"] = params["fixed_overhead_us"] or 0.0
-    params["core_share"] = used / cores
     calibrated = model.get("calibrated", {}).get(str(used))
     if calibrated:
         for key, value in calibrated.items():
             params[key] = {**params[key], **value} if isinstance(value, dict) else value
+    memory = profile["memory"]
+    defaults = {
+        "bandwidth_gbs": memory["bandwidth_gbs"], "p90_factor": 1.0, "p90_extra_us": 0.0,
+        "fixed_overhead_us": 0.0, "onchip_kb": memory["onchip_kb"],
+        "cache_kb": memory.get("cache_kb", 0),
+    }  # fmt: skip
+    for key, value in defaults.items():
+        params[key] = value if params[key] is None else params[key]
+    params["onchip_bandwidth_gbs"] = params["onchip_bandwidth_gbs"] or params["bandwidth_gbs"]
+    params["cache_bandwidth_gbs"] = params["cache_bandwidth_gbs"] or params["bandwidth_gbs"]
+    params["core_share"] = used / cores
     params["threads"] = used
     return params
+
+
+def weights_level(weight_bytes: int, params: dict) -> str:
+    """Where a model's weights sit between queries: every query streams all of them, so they
+    stay on chip (or in the shared cache) only when all of them fit there."""
+    if weight_bytes <= params["onchip_kb"] * 1024:
+        return "onchip"
+    return "cache" if weight_bytes <= params["cache_kb"] * 1024 else "dram"
+
+
+def _bandwidth_gbs(level: str, params: dict) -> float:
+    key = {"onchip": "onchip_bandwidth_gbs", "cache": "cache_bandwidth_gbs"}.get(level)
+    return params[key] if key else params["bandwidth_gbs"]
 
 
 def node_bytes(node: Node, precision: str) -> int:
@@ -50,13 +76,12 @@ def node_bytes(node: Node, precision: str) -> int:
 
 
 def node_time_s(
-    node: Node, profile: dict, params: dict, precision: str, weights_resident: bool
+    node: Node, profile: dict, params: dict, precision: str, weights_at: str
 ) -> tuple[float, int]:
     """(seconds, bytes read or written in DRAM) for one node.
 
-    Weights stay on chip between queries only when the whole model's weights fit there (a
-    network streams every layer's weights each query); a node's activations are on chip when
-    they fit."""
+    Weights come from `weights_at` (see `weights_level`); a node's activations, just written
+    by its producer, from the fastest level they fit in."""
     if node.op_class == "free" or node.fused_into:
         return 0.0, 0
     peak = profile["compute"]["peak_gops"][precision] * 1e9 * params["core_share"]
@@ -65,11 +90,11 @@ def node_time_s(
     compute = node.total_ops / (peak * efficiency)
     size = BYTES[precision]
     weights, activations = node.weight_elems * size, (node.in_elems + node.out_elems) * size
-    onchip = profile["memory"]["onchip_kb"] * 1024
-    dram = (0 if weights_resident else weights) + (0 if activations <= onchip else activations)
+    acts_at = weights_level(activations, params)
     scale = 1e9 * params["bandwidth_efficiency"]
-    memory = dram / (params["bandwidth_gbs"] * scale)
-    memory += (weights + activations - dram) / (params["onchip_bandwidth_gbs"] * scale)
+    memory = weights / (_bandwidth_gbs(weights_at, params) * scale)
+    memory += activations / (_bandwidth_gbs(acts_at, params) * scale)
+    dram = (weights if weights_at == "dram" else 0) + (activations if acts_at == "dram" else 0)
     overhead = params["overhead_us"].get(node.op_class, 0.0) * 1e-6
     return overhead + max(compute, memory), dram
 
@@ -78,10 +103,10 @@ def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | 
     """End-to-end latency, p90 and fps, with the per-node breakdown."""
     params = latency_params(profile, threads)
     apply_fusion(graph.nodes, profile["latency_model"].get("fuses", []))
-    resident = graph.weight_elems * BYTES[precision] <= profile["memory"]["onchip_kb"] * 1024
+    weights_at = weights_level(graph.weight_elems * BYTES[precision], params)
     layers, dram_bytes, total = [], 0, 0.0
     for node in graph.nodes:
-        seconds, dram = node_time_s(node, profile, params, precision, resident)
+        seconds, dram = node_time_s(node, profile, params, precision, weights_at)
         total += seconds
         dram_bytes += dram
         if node.op_class != "free":
@@ -94,12 +119,22 @@ def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | 
     latency_ms = total * 1e3
     return {
         "latency_ms": latency_ms,
-        "p90_latency_ms": latency_ms * params["p90_factor"],
+        "p90_latency_ms": p90_ms(latency_ms, params),
         "fps": 1e3 / latency_ms if latency_ms else float("inf"),
         "threads": params["threads"],
         "dram_bytes": dram_bytes,
         "layers": layers,
     }
+
+
+def p90_ms(latency_ms: float, params: dict) -> float:
+    """The p90 latency: the profile's p90 curve (p90 / median against the median, interpolated
+    in log time, flat beyond its ends) when it has one, else factor x latency + extra."""
+    curve = params.get("p90_curve")
+    if curve:
+        ms, factor = zip(*sorted(curve), strict=True)
+        return latency_ms * float(np.interp(np.log(latency_ms), np.log(ms), factor))
+    return latency_ms * params["p90_factor"] + params["p90_extra_us"] * 1e-3
 
 
 def estimate_power(profile: dict, precision: str, ops: int, dram_bytes: int, ms: float) -> dict:

@@ -235,3 +235,30 @@ def test_a_model_from_s3(s3_server, monkeypatch, lenet):
     assert report["model"] == "lenet-5" and report["latency_ms"] > 0
     with pytest.raises(store.ArtifactNotFoundError):
         run_retest("s3://retest-models/nothing/model.onnx", "jetson-tx2")
+
+
+def test_p90_is_the_profiles_factor_times_the_latency_plus_its_extra(lenet):
+    from services.retest.predict import predict_latency
+
+    graph = analyze(onnx.load(lenet["lenet-5"]))
+    profile = load_target("host")
+    profile["latency_model"]["calibrated"]["1"].update(p90_factor=1.25, p90_extra_us=40.0)
+    p = predict_latency(graph, profile, "fp32", 1)
+    assert p["p90_latency_ms"] == pytest.approx(p["latency_ms"] * 1.25 + 0.040)
+
+
+def test_query_times_and_the_profiled_kernel_times_of_a_real_session(lenet, tmp_path):
+    """One real ONNX Runtime session with its profiler on: every timed query is counted, and
+    the trace names each executed node with its op type and one kernel time per query."""
+    from benchmarks.calibrate_host import node_kernels
+    from services.retest.measure import open_session, query_times, summarize
+
+    sess, feed = open_session(lenet["lenet-5"].read_bytes(), 1, profile_prefix=str(tmp_path / "p"))
+    ms = query_times(sess, feed, warmup=2, min_queries=7, min_seconds=0.0)
+    kernels = node_kernels(sess.end_profiling())
+    assert len(ms) == 7 and (ms > 0).all()
+    stats = summarize(ms, 1)
+    assert stats.min_ms <= stats.p50_ms <= stats.p90_ms and stats.queries == 7
+    ops = {node["op"] for node in kernels.values()}
+    assert {"Conv", "MaxPool"} <= ops  # the graph's convolutions and pools ran
+    assert all(len(node["us"]) == 9 for node in kernels.values())  # 2 warm-up + 7 timed
