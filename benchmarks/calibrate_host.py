@@ -5,11 +5,13 @@ stem convs reading 1-3 channels, depthwise conv, gemm at batch 1, pooling, eleme
 concat) run in ONNX Runtime at 1 and 2 intra-op threads with its per-node profiler on. The
 node's own kernel time is the measurement: a one-node model also pays the layout reorders
 ONNX Runtime adds at the graph's edges for its blocked NCHWc convolutions, which a node inside
-a network does not. Per class a line  time = dispatch + work / rate  is fitted (work:
-operations; for gemm: bytes), giving the class's efficiency (rate / peak) and the on-chip and
-DRAM bandwidths. Plain sessions give the session's fixed cost (one Relu of one element) and
-the per-node dispatch cost (chains of 1 and 3 nearly free Relus). A p90 model
-(p90 = factor x median + extra) is fitted on the whole-query timings of every case.
+a network does not. Per class a line  time = overhead + work / rate  is fitted (work:
+operations; for gemm: bytes), giving the class's per-node overhead (at least the dispatch
+cost), its efficiency (rate / peak), and for gemm the on-chip, cache and DRAM bandwidths and
+the cache's effective size. Plain sessions give the session's fixed cost (one Relu of one
+element) and the per-node dispatch cost (chains of 1 and 3 nearly free Relus). Five reference
+workloads of 0.02-50 ms, timed like whole models, give the p90 curve (p90 / median against
+the median).
 
 Every probe is timed in several rounds, in a new shuffled order each round, and the times
 are pooled: this shared VM's speed drifts by up to 1.5x for seconds to minutes at a time.
@@ -122,7 +124,9 @@ def concat_model(c: int, size: int) -> bytes:
 def cases() -> list[tuple[str, str, bytes]]:
     """(class, label, one-node ONNX model) of every micro-benchmark."""
     out = []
-    for c, size in [(32, 112), (64, 56), (128, 56), (256, 28), (512, 14), (96, 27)]:
+    # from large feature maps down to a few thousand MACs, where a conv's fixed cost shows
+    for c, size in [(32, 112), (64, 56), (128, 56), (256, 28), (512, 14), (96, 27), (16, 16),
+                    (32, 8)]:  # fmt: skip
         out.append(("conv", f"conv3x3 {c}x{size}", conv_model(c, c, size, 3, 1, 1, 1)))
     for c_in, c_out, size in [
         (64, 64, 56),
@@ -133,10 +137,12 @@ def cases() -> list[tuple[str, str, bytes]]:
         (256, 64, 28),
         (32, 128, 56),
         (64, 256, 56),
+        (16, 32, 14),
     ]:
         out.append(("pointwise", f"conv1x1 {c_in}->{c_out}x{size}",
                     conv_model(c_in, c_out, size, 1, 1, 1, 1)))  # fmt: skip
     out.append(("conv", "conv5x5 48x27", conv_model(48, 48, 27, 5, 1, 1, 1)))
+    out.append(("conv", "conv5x5 8x12", conv_model(8, 8, 12, 5, 1, 1, 1)))
     out.append(("conv", "conv3x3s2 64->128x56", conv_model(64, 128, 56, 3, 2, 1, 1)))
     for c_in, c_out, size, k, s in [
         (3, 32, 160, 3, 1),
@@ -155,6 +161,7 @@ def cases() -> list[tuple[str, str, bytes]]:
         (512, 14, 1),
         (64, 112, 2),
         (256, 56, 2),
+        (64, 7, 1),
     ]:
         out.append(("depthwise", f"dw3x3s{s} {c}x{size}", conv_model(c, c, size, 3, s, c, 1)))
     # gemm at batch 1 reads each weight once: <= L2 (on chip), 2-16 MB (in the L3 cache, when
@@ -329,15 +336,18 @@ def work_of(model: bytes, klass: str) -> float:
     return float(sum(n.total_ops for n in nodes))
 
 
-def fit_slope(rows: list[dict], intercept_ms: float) -> float:
-    """Slope (ms per unit of work) of  time = intercept + work x slope, least relative error.
-
-    The intercept is not fitted: it is the dispatch cost of a node with almost no work,
-    measured on its own, because a free intercept fitted on a handful of noisy shapes swings
-    to absurd values."""
+def fit_line(rows: list[dict], floor_ms: float, relative: bool = True) -> tuple[float, float]:
+    """(intercept ms, slope ms per unit of work) of  time = intercept + work x slope: least
+    relative error (or least squares), the intercept at least `floor_ms` (the dispatch cost
+    of a node with almost no work) and the slope positive."""
     x = np.array([r["work"] for r in rows])
     t = np.array([r["node_ms"] for r in rows])
-    return float(np.sum(x * (t - intercept_ms) / t**2) / np.sum(x**2 / t**2))
+    w = 1 / t if relative else np.ones_like(t)
+    (a, b), *_ = np.linalg.lstsq(np.stack([w, x * w], axis=1), t * w, rcond=None)
+    if a < floor_ms or b <= 0:  # pin the intercept at the floor, fit the slope alone
+        a = floor_ms
+        b = float(np.sum(w * w * x * (t - a)) / np.sum(w * w * x * x))
+    return float(a), float(b)
 
 
 def fit_bandwidth(rows: list[dict], intercept_ms: float) -> float:
@@ -369,18 +379,22 @@ def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core:
     """One thread count's calibrated block (efficiency, overheads, bandwidths, p90 model)."""
     peak = peak_gops_per_core * threads * 1e9  # ops/s
     dispatch = session["dispatch_ms"]
-    eff = {}
+    eff, overhead = {}, {}
     for klass in ("conv", "pointwise", "conv_stem", "depthwise", "pool", "elementwise", "data"):
-        b = fit_slope([r for r in rows if r["class"] == klass], dispatch)  # b: ms per op
+        a, b = fit_line([r for r in rows if r["class"] == klass], dispatch)  # b: ms per op
+        # a class whose nodes cost no more than their overhead reaches peak (capped)
         eff[klass] = round(min((1e3 / b) / peak, 1.0), 5) if b > 0 else 1.0
+        overhead[klass] = round(a * 1e3, 2)
     gemm = [r for r in rows if r["class"] == "gemm"]
-    onchip_bps = fit_bandwidth([r for r in gemm if r["work"] <= onchip_bytes], dispatch)
-    dram_bps = fit_bandwidth([r for r in gemm if r["work"] > L3_BYTES], dispatch)
-    cache_bytes, cache_bps = cache_level(gemm, onchip_bytes, dram_bps, dispatch)
+    # gemm: a fixed cost per node, then bytes at the bandwidth of where the weights sit
+    a_gemm, b_on = fit_line([r for r in gemm if r["work"] <= onchip_bytes], dispatch, False)
+    onchip_bps = 1e3 / b_on  # b: ms per byte
+    dram_bps = fit_bandwidth([r for r in gemm if r["work"] > L3_BYTES], a_gemm)
+    cache_bytes, cache_bps = cache_level(gemm, onchip_bytes, dram_bps, a_gemm)
     eff["gemm"] = eff["conv"]  # the same SGEMM kernels; at batch 1 gemm is bandwidth-bound
-    dispatch_us = round(session["dispatch_ms"] * 1e3, 2)
+    overhead["gemm"] = round(a_gemm * 1e3, 2)
     block = {
-        "efficiency": eff, "overhead_us": {k: dispatch_us for k in eff},
+        "efficiency": eff, "overhead_us": overhead,
         "onchip_bandwidth_gbs": round(onchip_bps / 1e9, 2),
         "bandwidth_gbs": round(dram_bps / 1e9, 2),
         "cache_kb": round(cache_bytes / 1024),

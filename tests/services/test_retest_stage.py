@@ -262,3 +262,31 @@ def test_query_times_and_the_profiled_kernel_times_of_a_real_session(lenet, tmp_
     ops = {node["op"] for node in kernels.values()}
     assert {"Conv", "MaxPool"} <= ops  # the graph's convolutions and pools ran
     assert all(len(node["us"]) == 9 for node in kernels.values())  # 2 warm-up + 7 timed
+
+
+def test_the_p90_curve_is_interpolated_in_log_time_and_flat_beyond_its_ends():
+    from services.retest.predict import p90_ms
+
+    params = {"p90_curve": [[10.0, 1.2], [0.1, 1.6]], "p90_factor": 9.0, "p90_extra_us": 9.0}
+    assert p90_ms(1.0, params) == pytest.approx(1.0 * 1.4)  # halfway between in log(ms)
+    assert p90_ms(0.01, params) == pytest.approx(0.01 * 1.6)
+    assert p90_ms(100.0, params) == pytest.approx(100.0 * 1.2)
+
+
+def test_weights_and_activations_move_at_the_bandwidth_of_the_level_they_fit(lenet):
+    """LeNet-5's 1.7 MB of fp32 weights: from DRAM without a cache level, from the cache when
+    they fit it, from on-chip memory when they fit there; each faster than the last."""
+    from services.retest.predict import predict_latency
+
+    graph = analyze(onnx.load(lenet["lenet-5"]))
+    profile = load_target("arm-cortex-a53")
+    memory, model = profile["memory"], profile["latency_model"]
+    memory["onchip_kb"] = 512
+    model.update(bandwidth_gbs=2.0, cache_bandwidth_gbs=20.0, onchip_bandwidth_gbs=200.0)
+    dram = predict_latency(graph, profile, "fp32", None)
+    memory["cache_kb"] = 4096
+    cache = predict_latency(graph, profile, "fp32", None)
+    memory["onchip_kb"] = 4096
+    onchip = predict_latency(graph, profile, "fp32", None)
+    assert dram["latency_ms"] > cache["latency_ms"] > onchip["latency_ms"]
+    assert dram["dram_bytes"] > cache["dram_bytes"] == onchip["dram_bytes"]
