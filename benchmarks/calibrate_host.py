@@ -307,6 +307,7 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
         for label, _ in references():
             ms = timings.pooled(f"{label} t{t}")
             refs.append((float(np.median(ms)), float(np.percentile(ms, 90) / np.median(ms))))
+        refs_by_label = list(refs)  # (median ms, p90 / median) of each reference
         # the shortest reference, then one point for all the others: their ratios differ
         # mostly by chance (each is the 90th percentile of a few dozen bursts), so their
         # median, at the second shortest's time, flat beyond
@@ -316,9 +317,10 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
             [round(refs[0][0], 4), round(refs[0][1], 3)],
             [round(refs[1][0], 4), round(rest, 3)],
         ]
+        labels = [label for label, _ in references()]
         session[t] = {"fixed_ms": float(np.median(timings.pooled(f"fixed t{t}"))),
-                      "dispatch_ms": max((three - one) / 2, 0.0),
-                      "p90_curve": sorted(curve)}  # fmt: skip
+                      "dispatch_ms": max((three - one) / 2, 0.0), "p90_curve": sorted(curve),
+                      "references": dict(zip(labels, refs_by_label, strict=True))}  # fmt: skip
 
     def kernel_ms(key: str) -> float:
         return sum(float(np.median(n["us"])) for n in timings.kernels[key].values()
@@ -333,7 +335,9 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
             if klass == "gemm":
                 node = t1 - session[threads]["fixed_ms"]
             else:
-                node = kernel_ms(f"{label} t{threads} profiled") - nearly_free
+                # the profiler reports whole microseconds: a kernel can read below the nearly
+                # free one, and a node never costs less than its dispatch
+                node = max(kernel_ms(f"{label} t{threads} profiled") - nearly_free, 0.0)
                 node += session[threads]["dispatch_ms"]
             rows.append({"class": klass, "case": label, "threads": threads,
                          "work": work_of(model, klass), "node_ms": max(node, 1e-4),
