@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, ROOT, machine
 from services.retest.graph import analyze
-from services.retest.measure import open_session, query_times
+from services.retest.measure import node_kernels, open_session, query_times
 
 THREADS = (1, 2)
 # Interleaved rounds: many short bursts per probe, so that every probe samples the VM's slow
@@ -244,16 +244,6 @@ def run_rounds(probes: list[Probe], rounds: int, seed: int = 0) -> Timings:
         kernels = {p.key: node_kernels(sessions[p.key][0].end_profiling())
                    for p in probes if p.profiled}  # fmt: skip
     return Timings(times, kernels)
-
-
-def node_kernels(trace: str) -> dict[str, dict]:
-    """Kernel times (us) of every node in an ONNX Runtime profile trace."""
-    nodes: dict[str, dict] = {}
-    for event in json.loads(Path(trace).read_text()):
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            node = nodes.setdefault(event["name"], {"op": event["args"]["op_name"], "us": []})
-            node["us"].append(event["dur"])
-    return nodes
 
 
 def calibration_probes() -> list[Probe]:

@@ -25,7 +25,7 @@ def sigdl(*args: str, env: dict | None = None) -> dict:
     cmd = [sys.executable, "-m", "sigdl.cli", *args, "--json"]
     full_env = {**os.environ, "SIGDL_PROGRESS": "0", **(env or {})}
     started = time.perf_counter()
-    # from the repository root: run from benchmarks/, `services.py` here would shadow the package
+    # from the repository root, so that the `services` package is the one imported
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, check=False, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")

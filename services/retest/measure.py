@@ -10,8 +10,10 @@ graph optimizations are ONNX Runtime's defaults, as in every SigDL session.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -70,6 +72,16 @@ def query_times(
         sess.run(None, feed)
         times.append(time.perf_counter() - t0)
     return np.asarray(times) * 1e3
+
+
+def node_kernels(trace: str) -> dict[str, dict]:
+    """Kernel times (us) of every node in an ONNX Runtime profile trace."""
+    nodes: dict[str, dict] = {}
+    for event in json.loads(Path(trace).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            node = nodes.setdefault(event["name"], {"op": event["args"]["op_name"], "us": []})
+            node["us"].append(event["dur"])
+    return nodes
 
 
 def summarize(ms: np.ndarray, threads: int) -> LatencyStats:

@@ -252,8 +252,7 @@ def test_without_a_curve_p90_is_the_profiles_factor_times_the_latency_plus_extra
 def test_query_times_and_the_profiled_kernel_times_of_a_real_session(lenet, tmp_path):
     """One real ONNX Runtime session with its profiler on: every timed query is counted, and
     the trace names each executed node with its op type and one kernel time per query."""
-    from benchmarks.calibrate_host import node_kernels
-    from services.retest.measure import open_session, query_times, summarize
+    from services.retest.measure import node_kernels, open_session, query_times, summarize
 
     sess, feed = open_session(lenet["lenet-5"].read_bytes(), 1, profile_prefix=str(tmp_path / "p"))
     ms = query_times(sess, feed, warmup=2, min_queries=7, min_seconds=0.0)

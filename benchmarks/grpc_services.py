@@ -1,7 +1,7 @@
 """What the gRPC services cost: retest through RetestService vs in-process, and throughput.
 
     SIGDL_DATA=../shared/datasets flock /tmp/sigdl-cpu.lock \\
-        .venv/bin/python benchmarks/services.py [--repeats 3] [--jobs-per-client 4]
+        .venv/bin/python benchmarks/grpc_services.py [--repeats 3] [--jobs-per-client 4]
 
 1. Overhead. Two retest jobs (LeNet-5 on the 10,000 MNIST test images: jetson-tx2 fp32, and
    arm-cortex-a53 int8 with calibration), `--repeats` times each way:
@@ -212,7 +212,7 @@ def table(doc: dict) -> None:
     notes = (
         f"Machine: {doc['machine']} (2 cores shared with other work: compare within a run). "
         "Run: `SIGDL_DATA=../shared/datasets flock /tmp/sigdl-cpu.lock .venv/bin/python "
-        "benchmarks/services.py`. In-process is `run_retest` timed around the call in a fresh "
+        "benchmarks/grpc_services.py`. In-process is `run_retest` timed around the call in a fresh "
         "process that had imported the stage (a service worker is such a process, forked), "
         "interleaved with the service runs; `warm` repeats the call in one process (data set "
         "and sessions cached), for reference. The service time runs from Submit to the "
