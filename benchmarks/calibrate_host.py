@@ -54,7 +54,6 @@ ROUNDS = 80  # the micro-benchmarks run in every MICRO_EVERY-th round only
 MICRO_EVERY = 4
 WARMUP_S = 0.02
 REF_SECONDS, REF_QUERIES = 0.12, 2  # a burst of a reference workload (and of a zoo model)
-L3_BYTES = 48 * 2**20  # gemm weights beyond this come from DRAM even when hot
 CACHE_SPEEDUP = 1.5  # a gemv this much faster than DRAM streams from the cache
 DISPATCH_CASE = "Relu 8x16"  # a node with almost no work
 RNG = np.random.default_rng(0)
@@ -365,13 +364,14 @@ def fit_bandwidth(rows: list[dict], intercept_ms: float) -> float:
     return float(np.sum(x * x) / np.sum(x * t)) * 1e3
 
 
-def cache_level(gemm: list[dict], onchip_bytes: float, dram_bps: float, dispatch: float):
+def cache_level(gemm: list[dict], onchip_bytes: float, cache_bytes: float, dram_bps: float,
+                dispatch: float) -> tuple[float, float | None]:  # fmt: skip
     """The shared cache's effective size (bytes) and bandwidth: the gemv cases above the
     on-chip size that still stream at >= CACHE_SPEEDUP x DRAM bandwidth, smallest first (the
     cache is shared with other data and, on a VM, other tenants: its effective size is
     measured, not read off the data sheet). (0, None) when none does."""
     cached = []
-    for r in sorted((r for r in gemm if onchip_bytes < r["work"] <= L3_BYTES),
+    for r in sorted((r for r in gemm if onchip_bytes < r["work"] <= cache_bytes),
                     key=lambda r: r["work"]):  # fmt: skip
         if r["work"] / max(r["node_ms"] - dispatch, 1e-6) * 1e3 < CACHE_SPEEDUP * dram_bps:
             break
@@ -382,7 +382,7 @@ def cache_level(gemm: list[dict], onchip_bytes: float, dram_bps: float, dispatch
 
 
 def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core: float,
-              onchip_bytes: float) -> dict:  # fmt: skip
+              onchip_bytes: float, cache_bytes: float) -> dict:  # fmt: skip
     """One thread count's calibrated block (efficiency, overheads, bandwidths, p90 model)."""
     peak = peak_gops_per_core * threads * 1e9  # ops/s
     dispatch = session["dispatch_ms"]
@@ -396,15 +396,16 @@ def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core:
     # gemm: a fixed cost per node, then bytes at the bandwidth of where the weights sit
     a_gemm, b_on = fit_line([r for r in gemm if r["work"] <= onchip_bytes], dispatch, False)
     onchip_bps = 1e3 / b_on  # b: ms per byte
-    dram_bps = fit_bandwidth([r for r in gemm if r["work"] > L3_BYTES], a_gemm)
-    cache_bytes, cache_bps = cache_level(gemm, onchip_bytes, dram_bps, a_gemm)
+    # beyond the data sheet's cache size, weights come from DRAM even when hot
+    dram_bps = fit_bandwidth([r for r in gemm if r["work"] > cache_bytes], a_gemm)
+    cached_bytes, cache_bps = cache_level(gemm, onchip_bytes, cache_bytes, dram_bps, a_gemm)
     eff["gemm"] = eff["conv"]  # the same SGEMM kernels; at batch 1 gemm is bandwidth-bound
     overhead["gemm"] = round(a_gemm * 1e3, 2)
     block = {
         "efficiency": eff, "overhead_us": overhead,
         "onchip_bandwidth_gbs": round(onchip_bps / 1e9, 2),
         "bandwidth_gbs": round(dram_bps / 1e9, 2),
-        "cache_kb": round(cache_bytes / 1024),
+        "cache_kb": round(cached_bytes / 1024),
     }  # fmt: skip
     if cache_bps:
         block["cache_bandwidth_gbs"] = round(cache_bps / 1e9, 2)
@@ -432,11 +433,11 @@ def fit(rows: list[dict], session: dict[int, dict]) -> dict:
     """The calibrated block per thread count."""
     profile = yaml.safe_load(HOST_YAML.read_text())
     peak_per_core = profile["compute"]["peak_gops"]["fp32"] / profile["compute"]["cores"]
-    onchip = profile["memory"]["onchip_kb"] * 1024
+    onchip, cache = (profile["memory"][key] * 1024 for key in ("onchip_kb", "cache_kb"))
     block = {}
     for t in THREADS:
         measured = [r for r in rows if r["threads"] == t]
-        block[str(t)] = calibrate(measured, session[t], t, peak_per_core, onchip)
+        block[str(t)] = calibrate(measured, session[t], t, peak_per_core, onchip, cache)
     return block
 
 
