@@ -57,12 +57,11 @@ def latency_params(profile: dict, threads: int | None) -> dict:
     return params
 
 
-def weights_level(weight_bytes: int, params: dict) -> str:
-    """Where a model's weights sit between queries: every query streams all of them, so they
-    stay on chip (or in the shared cache) only when all of them fit there."""
-    if weight_bytes <= params["onchip_kb"] * 1024:
+def memory_level(nbytes: int, params: dict) -> str:
+    """The fastest memory level `nbytes` fit in: "onchip", "cache" or "dram"."""
+    if nbytes <= params["onchip_kb"] * 1024:
         return "onchip"
-    return "cache" if weight_bytes <= params["cache_kb"] * 1024 else "dram"
+    return "cache" if nbytes <= params["cache_kb"] * 1024 else "dram"
 
 
 def _bandwidth_gbs(level: str, params: dict) -> float:
@@ -80,8 +79,8 @@ def node_time_s(
 ) -> tuple[float, int]:
     """(seconds, bytes read or written in DRAM) for one node.
 
-    Weights come from `weights_at` (see `weights_level`); a node's activations, just written
-    by its producer, from the fastest level they fit in."""
+    Weights come from `weights_at`; a node's activations, just written by its producer, from
+    the fastest level they fit in."""
     if node.op_class == "free" or node.fused_into:
         return 0.0, 0
     peak = profile["compute"]["peak_gops"][precision] * 1e9 * params["core_share"]
@@ -90,7 +89,7 @@ def node_time_s(
     compute = node.total_ops / (peak * efficiency)
     size = BYTES[precision]
     weights, activations = node.weight_elems * size, (node.in_elems + node.out_elems) * size
-    acts_at = weights_level(activations, params)
+    acts_at = memory_level(activations, params)
     scale = 1e9 * params["bandwidth_efficiency"]
     memory = weights / (_bandwidth_gbs(weights_at, params) * scale)
     memory += activations / (_bandwidth_gbs(acts_at, params) * scale)
@@ -103,7 +102,9 @@ def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | 
     """End-to-end latency, p90 and fps, with the per-node breakdown."""
     params = latency_params(profile, threads)
     apply_fusion(graph.nodes, profile["latency_model"].get("fuses", []))
-    weights_at = weights_level(graph.weight_elems * BYTES[precision], params)
+    # every query streams all the weights: they stay on chip (or in the shared cache) between
+    # queries only when all of them fit there
+    weights_at = memory_level(graph.weight_elems * BYTES[precision], params)
     layers, dram_bytes, total = [], 0, 0.0
     for node in graph.nodes:
         seconds, dram = node_time_s(node, profile, params, precision, weights_at)
