@@ -6,12 +6,14 @@ concat) run in ONNX Runtime at 1 and 2 intra-op threads with its per-node profil
 node's own kernel time is the measurement: a one-node model also pays the layout reorders
 ONNX Runtime adds at the graph's edges for its blocked NCHWc convolutions, which a node inside
 a network does not. Per class a line  time = overhead + work / rate  is fitted (work:
-operations; for gemm: bytes), giving the class's per-node overhead (at least the dispatch
-cost), its efficiency (rate / peak), and for gemm the on-chip, cache and DRAM bandwidths and
-the cache's effective size. Plain sessions give the session's fixed cost (one Relu of one
-element) and the per-node dispatch cost (chains of 1 and 3 nearly free Relus). Eight
-reference workloads of 0.02-50 ms, timed like whole models, give the p90 curve (p90 / median
-against the median).
+operations, convs counted on channels padded to ONNX Runtime's NCHWc blocks, plus for convs
+a cost per activation element; for gemm: bytes), giving the class's per-node overhead (at
+least the dispatch cost), its efficiency (rate / peak), and for gemm the on-chip, cache and
+DRAM bandwidths and the cache's effective size. Plain sessions give the session's fixed cost
+(one Relu of one element) and the per-node dispatch cost (chains of 1 and 3 nearly free
+Relus). Ten reference workloads of 0.02-50 ms, timed like whole models, give the p90 curve
+(p90 / median against the median), the p90 factor of DRAM-bound time, and the weight stall
+(the share of weight streaming from DRAM that a conv's arithmetic does not hide).
 
 Every probe is timed in several rounds, in a new shuffled order each round, and the times
 are pooled: this shared VM's speed drifts by up to 1.5x for seconds to minutes at a time.
@@ -45,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, ROOT, machine
 from services.retest.graph import analyze
 from services.retest.measure import node_kernels, open_session, query_times
+from services.retest.predict import channel_padding, predict_latency
 
 THREADS = (1, 2)
 # Interleaved rounds: many short bursts per probe, so that every probe samples the VM's slow
@@ -56,6 +59,7 @@ WARMUP_S = 0.02
 REF_SECONDS, REF_QUERIES = 0.12, 2  # a burst of a reference workload (and of a zoo model)
 CACHE_SPEEDUP = 1.5  # a gemv this much faster than DRAM streams from the cache
 DISPATCH_CASE = "Relu 8x16"  # a node with almost no work
+CONV_CLASSES = ("conv", "pointwise", "conv_stem", "depthwise")  # fitted with activation cost
 RNG = np.random.default_rng(0)
 HOST_YAML = ROOT / "targets" / "host.yaml"
 
@@ -266,8 +270,8 @@ def calibration_probes() -> list[Probe]:
 
 def references() -> list[tuple[str, bytes]]:
     """Workloads timed like a whole model (bursts of REF_SECONDS), shortest first: one of
-    ~0.02 ms, then compute-, cache- and DRAM-bound ones of 0.2-50 ms (one thread). Their
-    p90 / median ratios make the p90 curve."""
+    ~0.02 ms, then compute-, cache- and DRAM-bound ones of 0.2-200 ms (one thread). The p90 /
+    median ratios of the DRAM-bound ones give the DRAM factor, the others the p90 curve."""
     return [
         ("ref gemv 512x512", gemm_model(512, 512)),
         ("ref conv1x1 128x28", conv_model(128, 128, 28, 1, 1, 1, 1)),
@@ -275,9 +279,20 @@ def references() -> list[tuple[str, bytes]]:
         ("ref 8 x dw3x3 128x56", conv_model(128, 128, 56, 3, 1, 128, 8)),
         ("ref conv3x3 64x56", conv_model(64, 64, 56, 3, 1, 1, 1)),
         ("ref gemv 8192x4096", gemm_model(8192, 4096)),
+        ("ref 6 x conv1x1 1024x7", conv_model(1024, 1024, 7, 1, 1, 1, 6)),
         ("ref 8 x conv3x3 128x28", conv_model(128, 128, 28, 3, 1, 1, 8)),
+        ("ref gemv 16384x4096", gemm_model(16384, 4096)),
         ("ref 8 x conv3x3 128x56", conv_model(128, 128, 56, 3, 1, 1, 8)),
+        ("ref 8 x conv3x3 128x112", conv_model(128, 128, 112, 3, 1, 1, 8)),
     ]
+
+
+# compute-bound convs whose weights (25 MB) stream from DRAM each query: how much of that
+# streaming the arithmetic does not hide (the weight stall)
+STALL_REFERENCE = "ref 6 x conv1x1 1024x7"
+# the references that stream their weights from DRAM (>> the cache): the p90 / median of
+# DRAM-bound time, which other tenants' memory traffic gives a tail of its own
+DRAM_REFERENCES = ("ref gemv 8192x4096", "ref gemv 16384x4096")
 
 
 def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
@@ -292,24 +307,14 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
     session = {}
     for t in THREADS:
         one, three = (float(np.median(timings.pooled(f"dispatch t{t} n{n}"))) for n in (1, 3))
-        refs = []
+        fixed = float(np.median(timings.pooled(f"fixed t{t}")))
+        refs = {}  # (median ms, p90 / median) of each reference
         for label, _ in references():
             ms = timings.pooled(f"{label} t{t}")
-            refs.append((float(np.median(ms)), float(np.percentile(ms, 90) / np.median(ms))))
-        refs_by_label = list(refs)  # (median ms, p90 / median) of each reference
-        # the shortest reference, then one point for all the others: their ratios differ
-        # mostly by chance (each is the 90th percentile of a few dozen bursts), so their
-        # median, at the second shortest's time, flat beyond
-        refs.sort()
-        rest = float(np.median([ratio for _, ratio in refs[1:]]))
-        curve = [
-            [round(refs[0][0], 4), round(refs[0][1], 3)],
-            [round(refs[1][0], 4), round(rest, 3)],
-        ]
-        labels = [label for label, _ in references()]
-        session[t] = {"fixed_ms": float(np.median(timings.pooled(f"fixed t{t}"))),
-                      "dispatch_ms": max((three - one) / 2, 0.0), "p90_curve": sorted(curve),
-                      "references": dict(zip(labels, refs_by_label, strict=True))}  # fmt: skip
+            refs[label] = (float(np.median(ms)), float(np.percentile(ms, 90) / np.median(ms)))
+        session[t] = {"fixed_ms": fixed,
+                      "dispatch_ms": max((three - one) / 2, 0.0), "references": refs,
+                      **p90_model(refs)}  # fmt: skip
 
     def kernel_ms(key: str) -> float:
         return sum(float(np.median(n["us"])) for n in timings.kernels[key].values()
@@ -329,17 +334,79 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
                 node = max(kernel_ms(f"{label} t{threads} profiled") - nearly_free, 0.0)
                 node += session[threads]["dispatch_ms"]
             rows.append({"class": klass, "case": label, "threads": threads,
-                         "work": work_of(model, klass), "node_ms": max(node, 1e-4),
+                         "work": work_of(model, klass), "acts": acts_of(model, klass),
+                         "node_ms": max(node, 1e-4),
                          "t1_ms": t1, "t1_p90_ms": p90, "queries": len(queries)})  # fmt: skip
     return rows, session
 
 
+def p90_model(refs: dict[str, tuple[float, float]]) -> dict:
+    """The p90 curve and DRAM factor from the references' (median ms, p90 / median).
+
+    Curve, over the references not bound by DRAM: the shortest one; the middle ones, whose
+    ratios differ mostly by chance (each is the 90th percentile of a few dozen bursts): their
+    median, flat over the times they span; the longest one (~0.2 s), whose queries average
+    the VM's short stalls away. Flat beyond its ends. DRAM factor: the median ratio of the
+    DRAM-bound references (absent when none was measured)."""
+    compute = sorted(tuple(v) for label, v in refs.items() if label not in DRAM_REFERENCES)
+    middle = float(np.median([ratio for _, ratio in compute[1:-1]]))
+    points = [compute[0], (compute[1][0], middle), (compute[-2][0], middle), compute[-1]]
+    out: dict = {"p90_curve": [[round(ms, 4), round(ratio, 3)] for ms, ratio in points]}
+    dram = [refs[label][1] for label in DRAM_REFERENCES if label in refs]
+    if dram:
+        out["p90_dram_factor"] = round(float(np.median(dram)), 3)
+    return out
+
+
+def channel_block() -> int | None:
+    """The host profile's channel block (ONNX Runtime's NCHWc width), if it declares one."""
+    return yaml.safe_load(HOST_YAML.read_text())["latency_model"].get("channel_block")
+
+
 def work_of(model: bytes, klass: str) -> float:
-    """The fit's x: operations of the class's nodes (bytes for gemm)."""
+    """The fit's x: operations of the class's nodes, with the channels a blocked conv pads
+    (as the prediction counts them); bytes for gemm."""
     nodes = [n for n in analyze(onnx.load_from_string(model)).nodes if n.op_class == klass]
     if klass == "gemm":
         return float(sum(4 * (n.weight_elems + n.in_elems + n.out_elems) for n in nodes))
-    return float(sum(n.total_ops for n in nodes))
+    block = channel_block()
+    return float(sum(n.total_ops * channel_padding(n, block) for n in nodes))
+
+
+def acts_of(model: bytes, klass: str) -> float:
+    """The fit's second x for convolutions: activation elements the class's nodes read and
+    write (a conv's loads, stores and layout work per element, which a stem reading 3
+    channels or a depthwise conv pays far more of per operation than a wide conv does)."""
+    nodes = [n for n in analyze(onnx.load_from_string(model)).nodes if n.op_class == klass]
+    return float(sum(n.in_elems + n.out_elems for n in nodes))
+
+
+def fit_conv(rows: list[dict], floor_ms: float) -> tuple[float, float, float]:
+    """(intercept ms, ms per operation, ms per activation element) of
+    time = intercept + ops x b + activation elements x c,  least relative error, with the
+    intercept at least `floor_ms`, b > 0 and c >= 0: of the fits meeting those bounds (all
+    three free; intercept pinned; c dropped; both) the one with the least error."""
+    x = np.array([[1.0, r["work"], r["acts"]] for r in rows])
+    t = np.array([r["node_ms"] for r in rows])
+    best = None
+    for pinned in (False, True):
+        for with_acts in (True, False):
+            cols = [c for c in (0, 1, 2) if not (pinned and c == 0) and (with_acts or c != 2)]
+            target = t - (floor_ms if pinned else 0.0)
+            coef, *_ = np.linalg.lstsq(x[:, cols] / t[:, None], target / t, rcond=None)
+            params = dict.fromkeys((0, 1, 2), 0.0) | dict(zip(cols, coef, strict=True))
+            if pinned:
+                params[0] = floor_ms
+            a, b, c = params[0], params[1], params[2]
+            if a < floor_ms - 1e-12 or b <= 0 or c < 0:
+                continue
+            error = float(np.sum(((x @ np.array([a, b, c])) / t - 1) ** 2))
+            if best is None or error < best[0]:
+                best = (error, (float(a), float(b), float(c)))
+    if best is None:  # no feasible fit: the plain line
+        a, b = fit_line(rows, floor_ms)
+        return a, b, 0.0
+    return best[1]
 
 
 def fit_line(rows: list[dict], floor_ms: float, relative: bool = True) -> tuple[float, float]:
@@ -386,9 +453,14 @@ def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core:
     """One thread count's calibrated block (efficiency, overheads, bandwidths, p90 model)."""
     peak = peak_gops_per_core * threads * 1e9  # ops/s
     dispatch = session["dispatch_ms"]
-    eff, overhead = {}, {}
+    eff, overhead, per_act = {}, {}, {}
     for klass in ("conv", "pointwise", "conv_stem", "depthwise", "pool", "elementwise", "data"):
-        a, b = fit_line([r for r in rows if r["class"] == klass], dispatch)  # b: ms per op
+        measured = [r for r in rows if r["class"] == klass]
+        if klass in CONV_CLASSES:
+            a, b, c = fit_conv(measured, dispatch)  # b: ms per op, c: ms per element
+            per_act[klass] = round(c * 1e6, 5)  # ns
+        else:
+            a, b = fit_line(measured, dispatch)
         # a class whose nodes cost no more than their overhead reaches peak (capped)
         eff[klass] = round(min((1e3 / b) / peak, 1.0), 5) if b > 0 else 1.0
         overhead[klass] = round(a * 1e3, 2)
@@ -402,7 +474,7 @@ def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core:
     eff["gemm"] = eff["conv"]  # the same SGEMM kernels; at batch 1 gemm is bandwidth-bound
     overhead["gemm"] = round(a_gemm * 1e3, 2)
     block = {
-        "efficiency": eff, "overhead_us": overhead,
+        "efficiency": eff, "overhead_us": overhead, "activation_ns": per_act,
         "onchip_bandwidth_gbs": round(onchip_bps / 1e9, 2),
         "bandwidth_gbs": round(dram_bps / 1e9, 2),
         "cache_kb": round(cached_bytes / 1024),
@@ -410,8 +482,29 @@ def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core:
     if cache_bps:
         block["cache_bandwidth_gbs"] = round(cache_bps / 1e9, 2)
     block["p90_curve"] = session["p90_curve"]
+    if "p90_dram_factor" in session:
+        block["p90_dram_factor"] = session["p90_dram_factor"]
+    if STALL_REFERENCE in session["references"]:
+        block["weight_stall"] = weight_stall(block, session, threads)
     block["fixed_overhead_us"] = round(session["fixed_ms"] * 1e3, 2)
     return block
+
+
+def weight_stall(block: dict, session: dict, threads: int) -> float:
+    """The weight stall that makes the stall reference's predicted median its measured one:
+    the prediction is linear in the stall, so two predictions (stall 0 and 1) give it,
+    clipped to [0, 1]."""
+    profile = yaml.safe_load(HOST_YAML.read_text())
+    model = dict(references())[STALL_REFERENCE]
+    times = []
+    for stall in (0.0, 1.0):
+        profile["latency_model"]["calibrated"] = {str(threads): {**block, "weight_stall": stall}}
+        times.append(predict_latency(analyze(onnx.load_from_string(model)), profile, "fp32",
+                                     threads)["latency_ms"])  # fmt: skip
+    measured = session["references"][STALL_REFERENCE][0]
+    if times[1] <= times[0]:
+        return 0.0
+    return round(float(np.clip((measured - times[0]) / (times[1] - times[0]), 0.0, 1.0)), 3)
 
 
 def write_host_yaml(block: dict) -> None:
@@ -452,9 +545,18 @@ def save(rows: list[dict], session: dict[int, dict], rounds: int) -> dict:
 
 
 def load_saved() -> tuple[list[dict], dict[int, dict], int]:
-    """The measurements of the last run (results/calibration_host.json)."""
+    """The measurements of the last run (results/calibration_host.json), with each case's
+    work and the p90 model recomputed as this code counts them."""
     doc = json.loads((RESULTS / "calibration_host.json").read_text())
-    return doc["rows"], {int(t): v for t, v in doc["session"].items()}, doc["rounds"]
+    work = {label: (work_of(model, klass), acts_of(model, klass))
+            for klass, label, model in cases()}  # fmt: skip
+    rows = [{**row, "work": work[row["case"]][0], "acts": work[row["case"]][1]}
+            for row in doc["rows"]]  # fmt: skip
+    session = {}
+    for t, values in doc["session"].items():
+        refs = {label: tuple(v) for label, v in values["references"].items()}
+        session[int(t)] = {**values, **p90_model(refs)}
+    return rows, session, doc["rounds"]
 
 
 def main() -> None:

@@ -72,6 +72,9 @@ _P90_CURVE = {
 _LATENCY_PARAMS = {
     "efficiency": _PER_CLASS,  # fraction of peak compute each op class reaches
     "overhead_us": _PER_CLASS,  # fixed time per executed node of that class
+    "activation_ns": _PER_CLASS,  # time per activation element read or written
+    # share of a node's weight streaming (beyond on-chip memory) not hidden by its arithmetic
+    "weight_stall": {"type": "number", "minimum": 0, "maximum": 1},
     "bandwidth_efficiency": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
     "onchip_bandwidth_gbs": _POSITIVE,  # bandwidth when a node's working set fits on chip
     "bandwidth_gbs": _POSITIVE,  # override of memory.bandwidth_gbs (measured)
@@ -148,6 +151,9 @@ SCHEMA: dict = {
                 **_LATENCY_PARAMS,
                 "p90_factor": {"type": "number", "minimum": 1},  # p90 / typical latency
                 "p90_extra_us": _NON_NEGATIVE,  # p90 = typical x factor + extra
+                "p90_dram_factor": {"type": "number", "minimum": 1},  # for DRAM-bound time
+                # convolutions run in blocks of this many channels (ORT NCHWc): padded work
+                "channel_block": {"type": "integer", "minimum": 1},
                 "fuses": {  # [producer, consumer] pairs the runtime runs as one node
                     "type": "array",
                     "items": {
@@ -170,6 +176,7 @@ SCHEMA: dict = {
                             "p90_factor": {"type": "number"},
                             "p90_extra_us": _NON_NEGATIVE,
                             "p90_curve": _P90_CURVE,
+                            "p90_dram_factor": {"type": "number", "minimum": 1},
                         },
                     },
                 },

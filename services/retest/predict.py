@@ -1,13 +1,16 @@
 """Latency, power and memory of a model on a target, predicted from the target's profile.
 
-Per node: time = overhead(class) + max(operations / (peak x efficiency(class)),
-bytes moved / bandwidth), a roofline with a per-class efficiency and a per-layer overhead;
+Per node: time = overhead(class) + max(operations / (peak x efficiency(class)) + activation
+elements x activation_ns(class), bytes moved / bandwidth), a roofline with a per-class
+efficiency, a per-element cost where a profile measures one, and a per-layer overhead, plus
+the profile's `weight_stall` share of weight streaming that the arithmetic does not hide;
 nodes the target fuses into their producer cost nothing. Bytes move at the bandwidth of the
 level they sit in: on-chip memory, a shared cache (when the profile has one), or DRAM.
 Weights are on chip (or in the cache) only when the whole model's weights fit there; a
 node's activations when they fit. The sum plus a fixed per-inference overhead is the
 latency; p90 comes from the profile's p90 curve (p90 / median against the median) or its
-factor and extra.
+factor and extra, and for time bound by DRAM traffic from its DRAM factor. A runtime that
+computes convolutions in blocks of channels (`channel_block`) pays for the padded channels.
 
 Power and energy are an estimate from the profile's power model: idle power over the
 inference plus dynamic energy per operation and per DRAM byte, capped at the active power.
@@ -25,7 +28,7 @@ BYTES = {"fp32": 4, "fp16": 2, "int8": 1}  # per weight and per activation eleme
 LATENCY_KEYS = (
     "efficiency", "overhead_us", "bandwidth_gbs", "onchip_bandwidth_gbs", "bandwidth_efficiency",
     "p90_factor", "p90_extra_us", "p90_curve", "fixed_overhead_us", "cache_bandwidth_gbs",
-    "onchip_kb", "cache_kb",
+    "onchip_kb", "cache_kb", "p90_dram_factor", "channel_block", "activation_ns", "weight_stall",
 )  # fmt: skip
 
 
@@ -41,7 +44,7 @@ def latency_params(profile: dict, threads: int | None) -> dict:
     calibrated = model.get("calibrated", {}).get(str(used))
     if calibrated:
         for key, value in calibrated.items():
-            params[key] = {**params[key], **value} if isinstance(value, dict) else value
+            params[key] = {**(params[key] or {}), **value} if isinstance(value, dict) else value
     memory = profile["memory"]
     defaults = {
         "bandwidth_gbs": memory["bandwidth_gbs"], "p90_factor": 1.0, "p90_extra_us": 0.0,
@@ -74,19 +77,39 @@ def node_bytes(node: Node, precision: str) -> int:
     return (node.weight_elems + node.in_elems + node.out_elems) * BYTES[precision]
 
 
+def channel_padding(node: Node, block: int | None) -> float:
+    """How much more arithmetic a convolution does on a runtime that computes it in blocks of
+    `block` channels (ONNX Runtime's NCHWc kernels: 16 fp32 lanes with AVX-512): output
+    channels round up to whole blocks, and so do input channels when there is at least one
+    block of them (fewer are read as they are, like an RGB stem's). 1 for other nodes."""
+    if not block or node.op_type != "Conv" or node.attrs.get("group", 1) != 1:
+        return 1.0
+    if len(node.weight_shape) < 2:
+        return 1.0
+    c_out, c_in = node.weight_shape[0], node.weight_shape[1]
+    padding = -(-c_out // block) * block / c_out
+    if c_in >= block:
+        padding *= -(-c_in // block) * block / c_in
+    return padding
+
+
 def node_time_s(
     node: Node, profile: dict, params: dict, precision: str, weights_at: str
-) -> tuple[float, int]:
-    """(seconds, bytes read or written in DRAM) for one node.
+) -> tuple[float, int, bool]:
+    """(seconds, bytes read or written in DRAM, whether DRAM traffic bounds it) for one node.
 
     Weights come from `weights_at`; a node's activations, just written by its producer, from
     the fastest level they fit in."""
     if node.op_class == "free" or node.fused_into:
-        return 0.0, 0
+        return 0.0, 0, False
     peak = profile["compute"]["peak_gops"][precision] * 1e9 * params["core_share"]
     efficiency = params["efficiency"].get(node.op_class, 0.05)
     efficiency *= profile["latency_model"].get("precision_efficiency", {}).get(precision, 1.0)
-    compute = node.total_ops / (peak * efficiency)
+    ops = node.total_ops * channel_padding(node, params["channel_block"])
+    compute = ops / (peak * efficiency)
+    # loads, stores and layout work per activation element the arithmetic does not cover
+    per_element_ns = (params["activation_ns"] or {}).get(node.op_class, 0.0)
+    compute += (node.in_elems + node.out_elems) * per_element_ns * 1e-9
     size = BYTES[precision]
     weights, activations = node.weight_elems * size, (node.in_elems + node.out_elems) * size
     acts_at = memory_level(activations, params)
@@ -95,7 +118,13 @@ def node_time_s(
     memory += activations / (_bandwidth_gbs(acts_at, params) * scale)
     dram = (weights if weights_at == "dram" else 0) + (activations if acts_at == "dram" else 0)
     overhead = params["overhead_us"].get(node.op_class, 0.0) * 1e-6
-    return overhead + max(compute, memory), dram
+    # weights streamed from beyond on-chip memory: the share of their time the runtime does
+    # not hide behind the node's arithmetic
+    streamed = (
+        0.0 if weights_at == "onchip" else weights / (_bandwidth_gbs(weights_at, params) * scale)
+    )
+    stall = (params["weight_stall"] or 0.0) * min(compute, streamed)
+    return overhead + max(compute, memory) + stall, dram, dram > 0 and memory > compute
 
 
 def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | None) -> dict:
@@ -105,11 +134,12 @@ def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | 
     # every query streams all the weights: they stay on chip (or in the shared cache) between
     # queries only when all of them fit there
     weights_at = memory_level(graph.weight_elems * BYTES[precision], params)
-    layers, dram_bytes, total = [], 0, 0.0
+    layers, dram_bytes, total, dram_bound = [], 0, 0.0, 0.0
     for node in graph.nodes:
-        seconds, dram = node_time_s(node, profile, params, precision, weights_at)
+        seconds, dram, bound = node_time_s(node, profile, params, precision, weights_at)
         total += seconds
         dram_bytes += dram
+        dram_bound += seconds if bound else 0.0
         if node.op_class != "free":
             layers.append({
                 "name": node.name, "op": node.op_type, "class": node.op_class,
@@ -120,7 +150,8 @@ def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | 
     latency_ms = total * 1e3
     return {
         "latency_ms": latency_ms,
-        "p90_latency_ms": p90_ms(latency_ms, params),
+        "p90_latency_ms": p90_ms(latency_ms, params, dram_bound * 1e3),
+        "dram_bound_ms": dram_bound * 1e3,
         "fps": 1e3 / latency_ms if latency_ms else float("inf"),
         "threads": params["threads"],
         "dram_bytes": dram_bytes,
@@ -128,14 +159,22 @@ def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | 
     }
 
 
-def p90_ms(latency_ms: float, params: dict) -> float:
-    """The p90 latency: the profile's p90 curve (p90 / median against the median, interpolated
-    in log time, flat beyond its ends) when it has one, else factor x latency + extra."""
+def p90_ms(latency_ms: float, params: dict, dram_bound_ms: float = 0.0) -> float:
+    """The p90 latency: p90 / median from the profile's p90 curve (against the median,
+    interpolated in log time, flat beyond its ends) when it has one, else its factor (plus
+    its extra). Time bound by DRAM traffic takes the profile's `p90_dram_factor` instead when
+    it has one: on a shared host, other tenants' traffic on the memory bus gives it a tail of
+    its own."""
     curve = params.get("p90_curve")
     if curve:
-        ms, factor = zip(*sorted(curve), strict=True)
-        return latency_ms * float(np.interp(np.log(latency_ms), np.log(ms), factor))
-    return latency_ms * params["p90_factor"] + params["p90_extra_us"] * 1e-3
+        ms, factors = zip(*sorted(curve), strict=True)
+        factor = float(np.interp(np.log(latency_ms), np.log(ms), factors))
+        extra = 0.0
+    else:
+        factor, extra = params["p90_factor"], params["p90_extra_us"] * 1e-3
+    dram_factor = params.get("p90_dram_factor") or factor
+    dram_bound_ms = min(dram_bound_ms, latency_ms)
+    return (latency_ms - dram_bound_ms) * factor + dram_bound_ms * dram_factor + extra
 
 
 def estimate_power(profile: dict, precision: str, ops: int, dram_bytes: int, ms: float) -> dict:

@@ -291,3 +291,81 @@ def test_weights_and_activations_move_at_the_bandwidth_of_the_level_they_fit(len
     onchip = predict_latency(graph, profile, "fp32", None)
     assert dram["latency_ms"] > cache["latency_ms"] > onchip["latency_ms"]
     assert dram["dram_bytes"] > cache["dram_bytes"] == onchip["dram_bytes"]
+
+
+def test_a_runtime_computing_convs_in_channel_blocks_pays_for_the_padded_channels(lenet):
+    """ONNX Runtime's NCHWc convs on AVX-512 work in blocks of 16 channels: LeNet-5's conv2
+    (20 -> 50 channels) costs as much as a 32 -> 64 one; a stem reading 1 channel pads only
+    its outputs; a depthwise conv and every conv without a block pay nothing more."""
+    from services.retest.graph import Node
+    from services.retest.predict import channel_padding, predict_latency
+
+    def conv(weight_shape: list[int], group: int = 1) -> Node:
+        return Node("c", "Conv", "conv", [], [], {"group": group}, weight_shape=weight_shape)
+
+    assert channel_padding(conv([50, 20, 5, 5]), 16) == pytest.approx(64 / 50 * 32 / 20)
+    assert channel_padding(conv([20, 1, 5, 5]), 16) == pytest.approx(32 / 20)
+    assert channel_padding(conv([64, 32, 3, 3]), 16) == 1.0
+    assert channel_padding(conv([32, 1, 3, 3], group=32), 16) == 1.0
+    assert channel_padding(conv([50, 20, 5, 5]), None) == 1.0
+    profile = load_target("host")
+    assert profile["latency_model"]["channel_block"] == 16
+    graph = analyze(onnx.load(lenet["lenet-5"]))
+
+    def layer_ms() -> dict[str, float]:
+        return {x["name"]: x["ms"] for x in predict_latency(graph, profile, "fp32", 1)["layers"]}
+
+    blocked = layer_ms()
+    del profile["latency_model"]["channel_block"]
+    plain = layer_ms()
+    convs = [name for name in plain if "conv" in name.lower()]
+    assert len(convs) == 2 and all(blocked[n] > plain[n] for n in convs)
+    assert all(blocked[n] == plain[n] for n in plain if n not in convs)
+
+
+def test_time_bound_by_dram_traffic_takes_the_profiles_dram_p90_factor(lenet):
+    from services.retest.predict import p90_ms, predict_latency
+
+    params = {"p90_curve": [[1.0, 1.2]], "p90_dram_factor": 1.6}
+    assert p90_ms(10.0, params, dram_bound_ms=4.0) == pytest.approx(6.0 * 1.2 + 4.0 * 1.6)
+    assert p90_ms(10.0, {"p90_curve": [[1.0, 1.2]]}, dram_bound_ms=4.0) == pytest.approx(12.0)
+    # LeNet-300-100's weights stream from DRAM on a target with 2 GB/s: all of its nodes are
+    # bound by DRAM, the fixed per-inference overhead is not
+    graph = analyze(onnx.load(lenet["lenet-300-100"]))
+    profile = load_target("arm-cortex-a53")
+    profile["latency_model"].update(bandwidth_gbs=2.0, p90_factor=1.1, p90_extra_us=0.0,
+                                    p90_dram_factor=1.5, fixed_overhead_us=100.0)  # fmt: skip
+    p = predict_latency(graph, profile, "fp32", None)
+    assert 0 < p["dram_bound_ms"] < p["latency_ms"]
+    expected = (p["latency_ms"] - p["dram_bound_ms"]) * 1.1 + p["dram_bound_ms"] * 1.5
+    assert p["p90_latency_ms"] == pytest.approx(expected)
+
+
+def test_a_conv_pays_its_per_element_cost_and_its_unhidden_weight_streaming(lenet):
+    """LeNet-5 on a target whose weights stream from DRAM: a per-activation-element cost
+    adds exactly elements x ns to each conv, and a weight stall of s adds s x min(compute,
+    weight streaming time) to each node with weights, nothing to the others."""
+    from services.retest.predict import predict_latency
+
+    graph = analyze(onnx.load(lenet["lenet-5"]))
+    profile = load_target("arm-cortex-a53")
+    profile["memory"]["onchip_kb"] = 64  # LeNet-5's 1.7 MB of weights stream from DRAM
+    model = profile["latency_model"]
+
+    def layer_ms() -> dict[str, float]:
+        return {x["name"]: x["ms"] for x in predict_latency(graph, profile, "fp32", None)["layers"]}
+
+    base = layer_ms()
+    model["activation_ns"] = {"conv": 1.0}
+    per_element = layer_ms()
+    convs = {n.name: n for n in graph.nodes if n.op_class == "conv"}
+    assert convs
+    for name, ms in base.items():
+        extra = (convs[name].in_elems + convs[name].out_elems) * 1e-6 if name in convs else 0.0
+        assert per_element[name] == pytest.approx(ms + extra)
+    del model["activation_ns"]
+    model["weight_stall"] = 0.5
+    stalled = layer_ms()
+    with_weights = {n.name for n in graph.nodes if n.weight_elems and n.op_class != "free"}
+    assert all(stalled[n] > base[n] for n in with_weights)
+    assert all(stalled[n] == base[n] for n in base if n not in with_weights)
