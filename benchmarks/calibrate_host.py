@@ -128,9 +128,10 @@ def concat_model(c: int, size: int) -> bytes:
 def cases() -> list[tuple[str, str, bytes]]:
     """(class, label, one-node ONNX model) of every micro-benchmark."""
     out = []
-    # from large feature maps down to a few thousand MACs, where a conv's fixed cost shows
-    for c, size in [(32, 112), (64, 56), (128, 56), (256, 28), (512, 14), (96, 27), (16, 16),
-                    (32, 8)]:  # fmt: skip
+    # from 1.5-2.7 GFLOP layers (the largest a model runs) down to a few thousand MACs,
+    # where a conv's fixed cost shows
+    for c, size in [(64, 192), (96, 96), (384, 24), (32, 112), (64, 56), (128, 56), (256, 28),
+                    (512, 14), (96, 27), (16, 16), (32, 8)]:  # fmt: skip
         out.append(("conv", f"conv3x3 {c}x{size}", conv_model(c, c, size, 3, 1, 1, 1)))
     for c_in, c_out, size in [
         (64, 64, 56),
