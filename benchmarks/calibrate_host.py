@@ -11,7 +11,7 @@ a cost per activation element; for gemm: bytes), giving the class's per-node ove
 least the dispatch cost), its efficiency (rate / peak), and for gemm the on-chip, cache and
 DRAM bandwidths and the cache's effective size. Plain sessions give the session's fixed cost
 (one Relu of one element) and the per-node dispatch cost (chains of 1 and 3 nearly free
-Relus). Ten reference workloads of 0.02-50 ms, timed like whole models, give the p90 curve
+Relus). Eleven reference workloads of 0.02-250 ms, timed like whole models, give the p90 curve
 (p90 / median against the median), the p90 factor of DRAM-bound time, and the weight stall
 (the share of weight streaming from DRAM that a conv's arithmetic does not hide).
 
@@ -271,7 +271,7 @@ def calibration_probes() -> list[Probe]:
 
 def references() -> list[tuple[str, bytes]]:
     """Workloads timed like a whole model (bursts of REF_SECONDS), shortest first: one of
-    ~0.02 ms, then compute-, cache- and DRAM-bound ones of 0.2-200 ms (one thread). The p90 /
+    ~0.02 ms, then compute-, cache- and DRAM-bound ones of 0.2-250 ms (one thread). The p90 /
     median ratios of the DRAM-bound ones give the DRAM factor, the others the p90 curve."""
     return [
         ("ref gemv 512x512", gemm_model(512, 512)),
