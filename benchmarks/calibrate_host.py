@@ -335,8 +335,7 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
                 node = max(kernel_ms(f"{label} t{threads} profiled") - nearly_free, 0.0)
                 node += session[threads]["dispatch_ms"]
             rows.append({"class": klass, "case": label, "threads": threads,
-                         "work": work_of(model, klass), "acts": acts_of(model, klass),
-                         "node_ms": max(node, 1e-4),
+                         **work_of(model, klass), "node_ms": max(node, 1e-4),
                          "t1_ms": t1, "t1_p90_ms": p90, "queries": len(queries)})  # fmt: skip
     return rows, session
 
@@ -364,22 +363,20 @@ def channel_block() -> int | None:
     return yaml.safe_load(HOST_YAML.read_text())["latency_model"].get("channel_block")
 
 
-def work_of(model: bytes, klass: str) -> float:
-    """The fit's x: operations of the class's nodes, with the channels a blocked conv pads
-    (as the prediction counts them); bytes for gemm."""
+def work_of(model: bytes, klass: str) -> dict[str, float]:
+    """The fit's x values for the class's nodes. "work": operations, with the channels a
+    blocked conv pads (as the prediction counts them); bytes for gemm. "acts": activation
+    elements read and written, the second x for convolutions (a conv's loads, stores and
+    layout work per element, which a stem reading 3 channels or a depthwise conv pays far
+    more of per operation than a wide conv does)."""
     nodes = [n for n in analyze(onnx.load_from_string(model)).nodes if n.op_class == klass]
+    acts = float(sum(n.in_elems + n.out_elems for n in nodes))
     if klass == "gemm":
-        return float(sum(4 * (n.weight_elems + n.in_elems + n.out_elems) for n in nodes))
-    block = channel_block()
-    return float(sum(n.total_ops * channel_padding(n, block) for n in nodes))
-
-
-def acts_of(model: bytes, klass: str) -> float:
-    """The fit's second x for convolutions: activation elements the class's nodes read and
-    write (a conv's loads, stores and layout work per element, which a stem reading 3
-    channels or a depthwise conv pays far more of per operation than a wide conv does)."""
-    nodes = [n for n in analyze(onnx.load_from_string(model)).nodes if n.op_class == klass]
-    return float(sum(n.in_elems + n.out_elems for n in nodes))
+        work = sum(4 * (n.weight_elems + n.in_elems + n.out_elems) for n in nodes)
+    else:
+        block = channel_block()
+        work = sum(n.total_ops * channel_padding(n, block) for n in nodes)
+    return {"work": float(work), "acts": acts}
 
 
 def fit_conv(rows: list[dict], floor_ms: float) -> tuple[float, float, float]:
@@ -549,10 +546,8 @@ def load_saved() -> tuple[list[dict], dict[int, dict], int]:
     """The measurements of the last run (results/calibration_host.json), with each case's
     work and the p90 model recomputed as this code counts them."""
     doc = json.loads((RESULTS / "calibration_host.json").read_text())
-    work = {label: (work_of(model, klass), acts_of(model, klass))
-            for klass, label, model in cases()}  # fmt: skip
-    rows = [{**row, "work": work[row["case"]][0], "acts": work[row["case"]][1]}
-            for row in doc["rows"]]  # fmt: skip
+    work = {label: work_of(model, klass) for klass, label, model in cases()}
+    rows = [{**row, **work[row["case"]]} for row in doc["rows"]]
     session = {}
     for t, values in doc["session"].items():
         refs = {label: tuple(v) for label, v in values["references"].items()}

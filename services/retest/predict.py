@@ -82,9 +82,8 @@ def channel_padding(node: Node, block: int | None) -> float:
     `block` channels (ONNX Runtime's NCHWc kernels: 16 fp32 lanes with AVX-512): output
     channels round up to whole blocks, and so do input channels when there is at least one
     block of them (fewer are read as they are, like an RGB stem's). 1 for other nodes."""
-    if not block or node.op_type != "Conv" or node.attrs.get("group", 1) != 1:
-        return 1.0
-    if len(node.weight_shape) < 2:
+    grouped = node.attrs.get("group", 1) != 1
+    if not block or node.op_type != "Conv" or grouped or len(node.weight_shape) < 2:
         return 1.0
     c_out, c_in = node.weight_shape[0], node.weight_shape[1]
     padding = -(-c_out // block) * block / c_out
@@ -114,15 +113,13 @@ def node_time_s(
     weights, activations = node.weight_elems * size, (node.in_elems + node.out_elems) * size
     acts_at = memory_level(activations, params)
     scale = 1e9 * params["bandwidth_efficiency"]
-    memory = weights / (_bandwidth_gbs(weights_at, params) * scale)
-    memory += activations / (_bandwidth_gbs(acts_at, params) * scale)
+    weight_time = weights / (_bandwidth_gbs(weights_at, params) * scale)
+    memory = weight_time + activations / (_bandwidth_gbs(acts_at, params) * scale)
     dram = (weights if weights_at == "dram" else 0) + (activations if acts_at == "dram" else 0)
     overhead = params["overhead_us"].get(node.op_class, 0.0) * 1e-6
     # weights streamed from beyond on-chip memory: the share of their time the runtime does
     # not hide behind the node's arithmetic
-    streamed = (
-        0.0 if weights_at == "onchip" else weights / (_bandwidth_gbs(weights_at, params) * scale)
-    )
+    streamed = 0.0 if weights_at == "onchip" else weight_time
     stall = (params["weight_stall"] or 0.0) * min(compute, streamed)
     return overhead + max(compute, memory) + stall, dram, dram > 0 and memory > compute
 
