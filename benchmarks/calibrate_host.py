@@ -452,11 +452,6 @@ def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core:
     peak = peak_gops_per_core * threads * 1e9  # ops/s
     dispatch = session["dispatch_ms"]
     eff, overhead, per_act = {}, {}, {}
-    # a node never takes longer than the whole one-node query it is timed in without the
-    # profiler (whose kernel times read high now and then: a 512-channel 14x14 conv at two
-    # threads read 6-8 ms in runs whose plain queries took 4.5-4.9 ms)
-    rows = [{**r, "node_ms": min(r["node_ms"], max(r["t1_ms"] - session["fixed_ms"], 1e-4))}
-            for r in rows]  # fmt: skip
     for klass in ("conv", "pointwise", "conv_stem", "depthwise", "pool", "elementwise", "data"):
         measured = [r for r in rows if r["class"] == klass]
         if klass in CONV_CLASSES:
