@@ -59,6 +59,10 @@ WARMUP_S = 0.02
 REF_SECONDS, REF_QUERIES = 0.12, 2  # a burst of a reference workload (and of a zoo model)
 CACHE_SPEEDUP = 1.5  # a gemv this much faster than DRAM streams from the cache
 DISPATCH_CASE = "Relu 8x16"  # a node with almost no work
+# written before each query of a "cold" probe: more than the L3 a model's other layers pass
+# through the caches between two runs of one of its nodes (48 MB on the data sheet)
+FLUSH_BYTES = 64 * 2**20
+COLD_QUERIES = 3  # per burst of a cold probe (each query costs a flush)
 CONV_CLASSES = ("conv", "pointwise", "conv_stem", "depthwise")  # fitted with activation cost
 RNG = np.random.default_rng(0)
 HOST_YAML = ROOT / "targets" / "host.yaml"
@@ -211,6 +215,7 @@ class Probe:
     max_queries: int = 100_000
     profiled: bool = False  # record ONNX Runtime's per-node kernel times too
     every: int = 1  # timed in every `every`-th round only
+    cold: bool = False  # the caches flushed before each query (untimed)
 
 
 @dataclass
@@ -243,27 +248,44 @@ def run_rounds(probes: list[Probe], rounds: int, seed: int = 0) -> Timings:
                 sess, feed = sessions[p.key]
                 times[p.key].append(query_times(
                     sess, feed, warmup=1, warmup_seconds=WARMUP_S, min_queries=p.min_queries,
-                    min_seconds=p.min_seconds, max_queries=p.max_queries))  # fmt: skip
+                    min_seconds=p.min_seconds, max_queries=p.max_queries,
+                    before_each=flush_caches if p.cold else None))  # fmt: skip
             print(f"  round {r + 1}/{rounds} done", flush=True)
         kernels = {p.key: node_kernels(sessions[p.key][0].end_profiling())
                    for p in probes if p.profiled}  # fmt: skip
     return Timings(times, kernels)
 
 
+_FLUSH: list[np.ndarray] = []
+
+
+def flush_caches() -> None:
+    """Evict the caches: read and write FLUSH_BYTES of memory no model uses."""
+    if not _FLUSH:
+        _FLUSH.append(np.zeros(FLUSH_BYTES // 8))
+    np.add(_FLUSH[0], 1.0, out=_FLUSH[0])
+
+
 def calibration_probes() -> list[Probe]:
     """Per thread count: the session's fixed cost (one Relu of one element), the per-node
-    dispatch cost (chains of 1 and 3 nearly free Relus), and every case twice: profiled, for
-    its node's kernel time, and plain, for whole-query times without the profiler's cost."""
+    dispatch cost (chains of 1 and 3 nearly free Relus), and every case three times:
+    profiled, for its node's kernel time with the caches as the query before left them (a
+    network small enough to stay in the caches), profiled with the caches flushed before each
+    query (a node in a larger network, whose other layers evict its buffers and weights), and
+    plain, for whole-query times without the profiler's cost."""
     probes = []
     for threads in THREADS:
         probes.append(Probe(f"fixed t{threads}", eltwise_model("Relu", 1, 1, 1), threads))
         for n in (1, 3):
             probes.append(Probe(f"dispatch t{threads} n{n}", eltwise_model("Relu", 8, 16, n),
                                 threads))  # fmt: skip
-        for _, label, model in cases():
+        for klass, label, model in cases():
             probes.append(Probe(f"{label} t{threads}", model, threads, every=MICRO_EVERY))
             probes.append(Probe(f"{label} t{threads} profiled", model, threads, max_queries=100,
                                 profiled=True, every=MICRO_EVERY))  # fmt: skip
+            if klass != "gemm":  # gemm takes its whole plain query (see rows_from)
+                probes.append(Probe(f"{label} t{threads} cold", model, threads, COLD_QUERIES,
+                                    0.0, profiled=True, every=MICRO_EVERY, cold=True))  # fmt: skip
         for label, model in references():
             probes.append(Probe(f"{label} t{threads}", model, threads, REF_QUERIES, REF_SECONDS))
     return probes
@@ -301,7 +323,8 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
     time; per thread count the session's fixed cost and the per-node dispatch cost (ms).
 
     A node's own time is its profiled kernel time above that of a nearly free node (which is
-    mostly the profiler's own cost), plus the dispatch cost. It leaves out the layout reorders
+    mostly the profiler's own cost), plus the dispatch cost; "node_cold_ms" the same with the
+    caches flushed before each query. It leaves out the layout reorders
     ONNX Runtime adds at a one-node model's edges for its NCHWc convolutions, which a node
     inside a network does not pay. Gemm (no reorders; kernels of a few microseconds, which the
     profiler's cost would swamp) takes its whole query time less the session's fixed cost."""
@@ -321,21 +344,24 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
         return sum(float(np.median(n["us"])) for n in timings.kernels[key].values()
                    if not n["op"].startswith("Reorder")) / 1e3  # fmt: skip
 
+    def node_ms(label: str, threads: int, variant: str) -> float:
+        # the profiler reports whole microseconds: a kernel can read below the nearly free
+        # one, and a node never costs less than its dispatch
+        nearly_free = kernel_ms(f"{DISPATCH_CASE} t{threads} {variant}")
+        node = max(kernel_ms(f"{label} t{threads} {variant}") - nearly_free, 0.0)
+        return max(node + session[threads]["dispatch_ms"], 1e-4)
+
     rows = []
     for threads in THREADS:
-        nearly_free = kernel_ms(f"{DISPATCH_CASE} t{threads} profiled")
         for klass, label, model in cases():
             queries = timings.pooled(f"{label} t{threads}")
             t1, p90 = float(np.median(queries)), float(np.percentile(queries, 90))
             if klass == "gemm":
-                node = t1 - session[threads]["fixed_ms"]
+                hot = cold = max(t1 - session[threads]["fixed_ms"], 1e-4)
             else:
-                # the profiler reports whole microseconds: a kernel can read below the nearly
-                # free one, and a node never costs less than its dispatch
-                node = max(kernel_ms(f"{label} t{threads} profiled") - nearly_free, 0.0)
-                node += session[threads]["dispatch_ms"]
+                hot, cold = (node_ms(label, threads, v) for v in ("profiled", "cold"))
             rows.append({"class": klass, "case": label, "threads": threads,
-                         **work_of(model, klass), "node_ms": max(node, 1e-4),
+                         **work_of(model, klass), "node_ms": hot, "node_cold_ms": cold,
                          "t1_ms": t1, "t1_p90_ms": p90, "queries": len(queries)})  # fmt: skip
     return rows, session
 
@@ -449,19 +475,8 @@ def cache_level(gemm: list[dict], onchip_bytes: float, cache_bytes: float, dram_
 def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core: float,
               onchip_bytes: float, cache_bytes: float) -> dict:  # fmt: skip
     """One thread count's calibrated block (efficiency, overheads, bandwidths, p90 model)."""
-    peak = peak_gops_per_core * threads * 1e9  # ops/s
     dispatch = session["dispatch_ms"]
-    eff, overhead, per_act = {}, {}, {}
-    for klass in ("conv", "pointwise", "conv_stem", "depthwise", "pool", "elementwise", "data"):
-        measured = [r for r in rows if r["class"] == klass]
-        if klass in CONV_CLASSES:
-            a, b, c = fit_conv(measured, dispatch)  # b: ms per op, c: ms per element
-            per_act[klass] = round(c * 1e6, 5)  # ns
-        else:
-            a, b = fit_line(measured, dispatch)
-        # a class whose nodes cost no more than their overhead reaches peak (capped)
-        eff[klass] = round(min((1e3 / b) / peak, 1.0), 5) if b > 0 else 1.0
-        overhead[klass] = round(a * 1e3, 2)
+    eff, overhead, per_act = fit_classes(rows, dispatch, threads, peak_gops_per_core)
     gemm = [r for r in rows if r["class"] == "gemm"]
     # gemm: a fixed cost per node, then bytes at the bandwidth of where the weights sit
     a_gemm, b_on = fit_line([r for r in gemm if r["work"] <= onchip_bytes], dispatch, False)
@@ -479,6 +494,11 @@ def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core:
     }  # fmt: skip
     if cache_bps:
         block["cache_bandwidth_gbs"] = round(cache_bps / 1e9, 2)
+    if all("node_cold_ms" in r for r in rows):  # runs before the cold probes have none
+        cold = [{**r, "node_ms": r["node_cold_ms"]} for r in rows]
+        fitted = fit_classes(cold, dispatch, threads, peak_gops_per_core)
+        block["cold"] = dict(zip(("efficiency", "overhead_us", "activation_ns"), fitted,
+                                 strict=True))  # fmt: skip
     block["p90_curve"] = session["p90_curve"]
     if "p90_dram_factor" in session:
         block["p90_dram_factor"] = session["p90_dram_factor"]
@@ -486,6 +506,25 @@ def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core:
         block["weight_stall"] = weight_stall(block, session, threads)
     block["fixed_overhead_us"] = round(session["fixed_ms"] * 1e3, 2)
     return block
+
+
+def fit_classes(rows: list[dict], dispatch: float, threads: int,
+                peak_gops_per_core: float) -> tuple[dict, dict, dict]:  # fmt: skip
+    """Per class but gemm: efficiency (of peak), overhead (us) and, for convolutions, the
+    per-activation-element cost (ns) of the rows' node times."""
+    peak = peak_gops_per_core * threads * 1e9  # ops/s
+    eff, overhead, per_act = {}, {}, {}
+    for klass in ("conv", "pointwise", "conv_stem", "depthwise", "pool", "elementwise", "data"):
+        measured = [r for r in rows if r["class"] == klass]
+        if klass in CONV_CLASSES:
+            a, b, c = fit_conv(measured, dispatch)  # b: ms per op, c: ms per element
+            per_act[klass] = round(c * 1e6, 5)  # ns
+        else:
+            a, b = fit_line(measured, dispatch)
+        # a class whose nodes cost no more than their overhead reaches peak (capped)
+        eff[klass] = round(min((1e3 / b) / peak, 1.0), 5) if b > 0 else 1.0
+        overhead[klass] = round(a * 1e3, 2)
+    return eff, overhead, per_act
 
 
 def weight_stall(block: dict, session: dict, threads: int) -> float:

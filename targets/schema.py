@@ -73,6 +73,17 @@ _LATENCY_PARAMS = {
     "efficiency": _PER_CLASS,  # fraction of peak compute each op class reaches
     "overhead_us": _PER_CLASS,  # fixed time per executed node of that class
     "activation_ns": _PER_CLASS,  # time per activation element read or written
+    # the three above measured with cold caches: they replace them for a model whose
+    # weights and activations exceed on-chip memory
+    "cold": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "efficiency": _PER_CLASS,
+            "overhead_us": _PER_CLASS,
+            "activation_ns": _PER_CLASS,
+        },
+    },
     # share of a node's weight streaming (beyond on-chip memory) not hidden by its arithmetic
     "weight_stall": {"type": "number", "minimum": 0, "maximum": 1},
     "bandwidth_efficiency": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,10 +56,11 @@ def query_times(
     min_queries: int = 100,
     min_seconds: float = 1.0,
     max_queries: int = 100_000,
+    before_each: Callable[[], object] | None = None,
 ) -> np.ndarray:
     """Milliseconds of each timed query: untimed warm-up queries until both `warmup` of them
     and `warmup_seconds` are done, then timed ones back to back until both `min_queries` and
-    `min_seconds` are reached (or `max_queries`)."""
+    `min_seconds` are reached (or `max_queries`), `before_each` (untimed) before each one."""
     started, done = time.perf_counter(), 0
     while done < warmup or time.perf_counter() - started < warmup_seconds:
         sess.run(None, feed)
@@ -68,6 +70,8 @@ def query_times(
     while len(times) < max_queries and (
         len(times) < min_queries or time.perf_counter() - started < min_seconds
     ):
+        if before_each is not None:
+            before_each()
         t0 = time.perf_counter()
         sess.run(None, feed)
         times.append(time.perf_counter() - t0)

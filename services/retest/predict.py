@@ -11,6 +11,8 @@ node's activations when they fit. The sum plus a fixed per-inference overhead is
 latency; p90 comes from the profile's p90 curve (p90 / median against the median) or its
 factor and extra, and for time bound by DRAM traffic from its DRAM factor. A runtime that
 computes convolutions in blocks of channels (`channel_block`) pays for the padded channels.
+A profile's `cold` figures, measured with the caches flushed, apply to models too large to
+stay in on-chip memory from one query to the next.
 
 Power and energy are an estimate from the profile's power model: idle power over the
 inference plus dynamic energy per operation and per DRAM byte, capped at the active power.
@@ -29,6 +31,7 @@ LATENCY_KEYS = (
     "efficiency", "overhead_us", "bandwidth_gbs", "onchip_bandwidth_gbs", "bandwidth_efficiency",
     "p90_factor", "p90_extra_us", "p90_curve", "fixed_overhead_us", "cache_bandwidth_gbs",
     "onchip_kb", "cache_kb", "p90_dram_factor", "channel_block", "activation_ns", "weight_stall",
+    "cold",
 )  # fmt: skip
 
 
@@ -58,6 +61,20 @@ def latency_params(profile: dict, threads: int | None) -> dict:
     params["core_share"] = used / cores
     params["threads"] = used
     return params
+
+
+def in_network(graph: Graph, params: dict, precision: str) -> dict:
+    """The parameters for `graph`'s nodes: a profile's `cold` figures (per-class efficiency,
+    overhead and per-element cost measured with the caches flushed before each run) replace
+    its others when the model's weights and activations exceed on-chip memory: between two
+    runs of a node the other layers' data then passes through the caches and evicts its
+    buffers and weights. A model that fits stays in the caches from query to query."""
+    cold = params.get("cold")
+    size = BYTES[precision]
+    working_set = (graph.weight_elems + sum(graph.tensor_elems.values())) * size
+    if not cold or working_set <= params["onchip_kb"] * 1024:
+        return params
+    return {**params, **{key: {**(params[key] or {}), **value} for key, value in cold.items()}}
 
 
 def memory_level(nbytes: int, params: dict) -> str:
@@ -126,7 +143,7 @@ def node_time_s(
 
 def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | None) -> dict:
     """End-to-end latency, p90 and fps, with the per-node breakdown."""
-    params = latency_params(profile, threads)
+    params = in_network(graph, latency_params(profile, threads), precision)
     apply_fusion(graph.nodes, profile["latency_model"].get("fuses", []))
     # every query streams all the weights: they stay on chip (or in the shared cache) between
     # queries only when all of them fit there
