@@ -369,3 +369,35 @@ def test_a_conv_pays_its_per_element_cost_and_its_unhidden_weight_streaming(lene
     with_weights = {n.name for n in graph.nodes if n.weight_elems and n.op_class != "free"}
     assert all(stalled[n] > base[n] for n in with_weights)
     assert all(stalled[n] == base[n] for n in base if n not in with_weights)
+
+
+def test_a_model_larger_than_on_chip_memory_takes_the_cold_cache_figures(lenet):
+    """The host profile's `cold` figures replace its per-class ones for LeNet-5 (1.7 MB of
+    weights: more than the 1.25 MB of L2) and leave LeNet-300-100 (1.0 MB) on the others;
+    classes the cold block leaves out (gemm) keep theirs."""
+    from services.retest.predict import in_network, latency_params, predict_latency
+
+    profile = load_target("host")
+    assert profile["memory"]["onchip_kb"] == 1280
+    big, small = (analyze(onnx.load(lenet[name])) for name in ("lenet-5", "lenet-300-100"))
+    params = latency_params(profile, 1)
+    params["cold"] = {"efficiency": {"conv": 0.01}, "overhead_us": {"pool": 50.0}}
+    cold = in_network(big, params, "fp32")
+    assert cold["efficiency"]["conv"] == 0.01 and cold["overhead_us"]["pool"] == 50.0
+    assert cold["efficiency"]["gemm"] == params["efficiency"]["gemm"]
+    assert in_network(small, params, "fp32") is params
+    del params["cold"]
+    assert in_network(big, params, "fp32") is params
+
+    def layer_ms(graph) -> dict[str, tuple[str, float]]:
+        layers = predict_latency(graph, profile, "fp32", 1)["layers"]
+        return {x["name"]: (x["class"], x["ms"]) for x in layers}
+
+    block = profile["latency_model"]["calibrated"]["1"]
+    block.pop("cold", None)
+    before_big, before_small = layer_ms(big), layer_ms(small)
+    block["cold"] = {"efficiency": {"conv": block["efficiency"]["conv"] / 2}}
+    after_big = layer_ms(big)
+    for name, (klass, ms) in before_big.items():
+        assert (after_big[name][1] > ms) if klass == "conv" else (after_big[name][1] == ms)
+    assert layer_ms(small) == before_small
