@@ -522,6 +522,8 @@ def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core:
     if STALL_REFERENCE in session["references"]:
         block["weight_stall"] = weight_stall(block, session, threads)
     block["fixed_overhead_us"] = round(session["fixed_ms"] * 1e3, 2)
+    # ONNX Runtime dispatches a Flatten or Reshape like any node: a nearly free node's cost
+    block["free_node_us"] = round(dispatch * 1e3, 2)
     return block
 
 

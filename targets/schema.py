@@ -90,6 +90,7 @@ _LATENCY_PARAMS = {
     "onchip_bandwidth_gbs": _POSITIVE,  # bandwidth when a node's working set fits on chip
     "bandwidth_gbs": _POSITIVE,  # override of memory.bandwidth_gbs (measured)
     "fixed_overhead_us": _NON_NEGATIVE,  # per inference (dispatch, transfers)
+    "free_node_us": _NON_NEGATIVE,  # per node that moves no data (Flatten, Reshape) a runtime runs
     "cache_bandwidth_gbs": _POSITIVE,  # bandwidth when a working set fits memory.cache_kb
     # effective capacities (measured: other data and other tenants share the caches)
     "onchip_kb": _NON_NEGATIVE,

@@ -31,7 +31,7 @@ LATENCY_KEYS = (
     "efficiency", "overhead_us", "bandwidth_gbs", "onchip_bandwidth_gbs", "bandwidth_efficiency",
     "p90_factor", "p90_extra_us", "p90_curve", "fixed_overhead_us", "cache_bandwidth_gbs",
     "onchip_kb", "cache_kb", "p90_dram_factor", "channel_block", "activation_ns", "weight_stall",
-    "cold",
+    "cold", "free_node_us",
 )  # fmt: skip
 
 
@@ -116,8 +116,10 @@ def node_time_s(
 
     Weights come from `weights_at`; a node's activations, just written by its producer, from
     the fastest level they fit in."""
-    if node.op_class == "free" or node.fused_into:
+    if node.fused_into:
         return 0.0, 0, False
+    if node.op_class == "free":  # no arithmetic, no data moved: at most its dispatch
+        return (params["free_node_us"] or 0.0) * 1e-6, 0, False
     peak = profile["compute"]["peak_gops"][precision] * 1e9 * params["core_share"]
     efficiency = params["efficiency"].get(node.op_class, 0.05)
     efficiency *= profile["latency_model"].get("precision_efficiency", {}).get(precision, 1.0)

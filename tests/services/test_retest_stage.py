@@ -401,3 +401,19 @@ def test_a_model_larger_than_on_chip_memory_takes_the_cold_cache_figures(lenet):
     for name, (klass, ms) in before_big.items():
         assert (after_big[name][1] > ms) if klass == "conv" else (after_big[name][1] == ms)
     assert layer_ms(small) == before_small
+
+
+def test_a_node_that_moves_no_data_costs_the_profiles_free_node_time(lenet):
+    """LeNet-300-100's Flatten: nothing without `free_node_us`, exactly that with it."""
+    from services.retest.predict import predict_latency
+
+    graph = analyze(onnx.load(lenet["lenet-300-100"]))
+    free = [n for n in graph.nodes if n.op_class == "free" and not n.fused_into]
+    assert [n.op_type for n in free] == ["Flatten"]
+    profile = load_target("host")
+    block = profile["latency_model"]["calibrated"]["1"]
+    block.pop("free_node_us", None)
+    before = predict_latency(graph, profile, "fp32", 1)["latency_ms"]
+    block["free_node_us"] = 5.0
+    after = predict_latency(graph, profile, "fp32", 1)["latency_ms"]
+    assert after - before == pytest.approx(5e-3)
