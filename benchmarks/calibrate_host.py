@@ -484,7 +484,7 @@ def chain_rows(session: dict) -> list[dict]:
         if label in CHAIN_REFERENCES and label in session["references"]:
             per_node = {key: value / 8 for key, value in work_of(model, "conv").items()}
             ms = (session["references"][label][0] - session["fixed_ms"]) / 8
-            rows.append({"class": "conv", "case": label, **per_node, "node_ms": ms})
+            rows.append({"case": label, **per_node, "node_ms": ms})
     return rows
 
 
@@ -533,7 +533,7 @@ def fit_classes(
     """Per class but gemm: efficiency (of peak), overhead (us) and, for convolutions, the
     per-activation-element cost (ns) of the rows' node times. The conv class's rate per
     operation is then scaled to the median of the `chains` (chain_rows): at two threads
-    one-node convs of 0.9-2.7 GFLOP ran at 200-228 Gop/s, the same convs chained at
+    one-node convs of 0.9-2.7 GFLOP ran at 203-228 Gop/s, the same convs chained at
     222-245 Gop/s, and VGG-16's in the network as fast as the chains."""
     peak = peak_gops_per_core * threads * 1e9  # ops/s
     eff, overhead, per_act = {}, {}, {}
