@@ -47,14 +47,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import RESULTS, ROOT, machine
 from services.retest.graph import analyze
 from services.retest.measure import node_kernels, open_session, query_times
-from services.retest.predict import channel_padding, predict_latency
+from services.retest.predict import channel_padding, parallel_threads, predict_latency
 
 THREADS = (1, 2)
 # Interleaved rounds: many short bursts per probe, so that every probe samples the VM's slow
 # and fast spells in about the same proportion; each burst starts with >= 20 ms of warm-up
 # (the previous probe left other weights in the caches and the thread pool asleep).
-ROUNDS = 80  # the micro-benchmarks run in every MICRO_EVERY-th round only
-MICRO_EVERY = 4
+# 128 rounds: at 80, the p90 of the even and of the odd rounds of one run differed by more than
+# 10% for one or two of the 12 (model, threads) pairs; the micro-benchmarks, whose medians
+# settle sooner, run in every MICRO_EVERY-th round only (22 rounds)
+ROUNDS = 128
+MICRO_EVERY = 6
 WARMUP_S = 0.02
 REF_SECONDS, REF_QUERIES = 0.12, 2  # a burst of a reference workload (and of a zoo model)
 CACHE_SPEEDUP = 1.5  # a gemv this much faster than DRAM streams from the cache
@@ -193,6 +196,7 @@ def cases() -> list[tuple[str, str, bytes]]:
         ("Relu", 64, 112),
         ("Sub", 3, 224),
         ("Div", 3, 224),
+        ("Sub", 4, 194),  # as many elements as 3x224 in 4 spans (see parallel_threads)
         ("Add", 128, 28),
         ("Relu", 8, 16),
         ("Mul", 256, 56),
@@ -363,7 +367,7 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
             else:
                 hot, cold = (node_ms(label, threads, v) for v in ("profiled", "cold"))
             rows.append({"class": klass, "case": label, "threads": threads,
-                         **work_of(model, klass), "node_ms": hot, "node_cold_ms": cold,
+                         **work_of(model, klass, threads), "node_ms": hot, "node_cold_ms": cold,
                          "t1_ms": t1, "t1_p90_ms": p90, "queries": len(queries)})  # fmt: skip
     return rows, session
 
@@ -386,14 +390,15 @@ def p90_model(refs: dict[str, tuple[float, float]]) -> dict:
     return out
 
 
-def channel_block() -> int | None:
-    """The host profile's channel block (ONNX Runtime's NCHWc width), if it declares one."""
-    return yaml.safe_load(HOST_YAML.read_text())["latency_model"].get("channel_block")
+def host_latency_model() -> dict:
+    """The host profile's latency model as written (channel block, broadcast spans)."""
+    return yaml.safe_load(HOST_YAML.read_text())["latency_model"]
 
 
-def work_of(model: bytes, klass: str) -> dict[str, float]:
-    """The fit's x values for the class's nodes. "work": operations, with the channels a
-    blocked conv pads (as the prediction counts them); bytes for gemm. "acts": activation
+def work_of(model: bytes, klass: str, threads: int = 1) -> dict[str, float]:
+    """The fit's x values for the class's nodes at `threads`. "work": operations, with the
+    channels a blocked conv pads and, for a node that runs on fewer threads, scaled by how
+    many fewer (as the prediction counts them); bytes for gemm. "acts": activation
     elements read and written, the second x for convolutions (a conv's loads, stores and
     layout work per element, which a stem reading 3 channels or a depthwise conv pays far
     more of per operation than a wide conv does)."""
@@ -402,8 +407,10 @@ def work_of(model: bytes, klass: str) -> dict[str, float]:
     if klass == "gemm":
         work = sum(4 * (n.weight_elems + n.in_elems + n.out_elems) for n in nodes)
     else:
-        block = channel_block()
-        work = sum(n.total_ops * channel_padding(n, block) for n in nodes)
+        model = host_latency_model()
+        params = {"threads": threads, **model}
+        work = sum(n.total_ops * channel_padding(n, model.get("channel_block"))
+                   * threads / parallel_threads(n, params) for n in nodes)  # fmt: skip
     return {"work": float(work), "acts": acts}
 
 
@@ -611,8 +618,9 @@ def load_saved() -> tuple[list[dict], dict[int, dict], int]:
     """The measurements of the last run (results/calibration_host.json), with each case's
     work and the p90 model recomputed as this code counts them."""
     doc = json.loads((RESULTS / "calibration_host.json").read_text())
-    work = {label: work_of(model, klass) for klass, label, model in cases()}
-    rows = [{**row, **work[row["case"]]} for row in doc["rows"]]
+    work = {(label, t): work_of(model, klass, t) for klass, label, model in cases()
+            for t in THREADS}  # fmt: skip
+    rows = [{**row, **work[row["case"], row["threads"]]} for row in doc["rows"]]
     session = {}
     for t, values in doc["session"].items():
         refs = {label: tuple(v) for label, v in values["references"].items()}

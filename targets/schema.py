@@ -166,6 +166,8 @@ SCHEMA: dict = {
                 "p90_dram_factor": {"type": "number", "minimum": 1},  # for DRAM-bound time
                 # convolutions run in blocks of this many channels (ORT NCHWc): padded work
                 "channel_block": {"type": "integer", "minimum": 1},
+                # a broadcast op with fewer spans than this per thread runs on one thread
+                "broadcast_spans_per_thread": {"type": "integer", "minimum": 1},
                 "fuses": {  # [producer, consumer] pairs the runtime runs as one node
                     "type": "array",
                     "items": {

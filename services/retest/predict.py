@@ -31,7 +31,7 @@ LATENCY_KEYS = (
     "efficiency", "overhead_us", "bandwidth_gbs", "onchip_bandwidth_gbs", "bandwidth_efficiency",
     "p90_factor", "p90_extra_us", "p90_curve", "fixed_overhead_us", "cache_bandwidth_gbs",
     "onchip_kb", "cache_kb", "p90_dram_factor", "channel_block", "activation_ns", "weight_stall",
-    "cold", "free_node_us",
+    "cold", "free_node_us", "broadcast_spans_per_thread",
 )  # fmt: skip
 
 
@@ -109,6 +109,37 @@ def channel_padding(node: Node, block: int | None) -> float:
     return padding
 
 
+def broadcast_spans(node: Node) -> int:
+    """How many spans a runtime's broadcasting loop cuts an elementwise op's output into when
+    it reads an initializer broadcast over its trailing axes: one per index of the axes before
+    the trailing run over which the initializer is either constant or complete (Sub of a
+    per-channel mean from an RGB image: 3 spans of 224 x 224). 1 when the run is the whole
+    output (a scalar, or the same shape)."""
+    out, theirs = node.in_shape, node.weight_shape
+    if node.op_class != "elementwise" or not theirs or not out or len(theirs) > len(out):
+        return 1
+    theirs = [1] * (len(out) - len(theirs)) + list(theirs)
+    axis, constant = len(out), None
+    while axis > 0:
+        if out[axis - 1] != 1:
+            mode = theirs[axis - 1] == 1
+            if constant is not None and mode != constant:
+                break
+            constant = mode
+        axis -= 1
+    return int(np.prod(out[:axis])) if axis else 1
+
+
+def parallel_threads(node: Node, params: dict) -> int:
+    """The threads a node runs on: all of them, except a broadcast elementwise op with more
+    than one span but fewer than the profile's `broadcast_spans_per_thread` per thread, which
+    ONNX Runtime runs on one (benchmarks/calibrate_host.py: Sub of a 3-channel mean takes as
+    long at 2 threads as at 1; with 4 channels, as many elements, half as long)."""
+    per_thread, threads = params.get("broadcast_spans_per_thread"), params["threads"]
+    spans = broadcast_spans(node)
+    return 1 if per_thread and 1 < spans < per_thread * threads else threads
+
+
 def node_time_s(
     node: Node, profile: dict, params: dict, precision: str, weights_at: str
 ) -> tuple[float, int, bool]:
@@ -124,7 +155,7 @@ def node_time_s(
     efficiency = params["efficiency"].get(node.op_class, 0.05)
     efficiency *= profile["latency_model"].get("precision_efficiency", {}).get(precision, 1.0)
     ops = node.total_ops * channel_padding(node, params["channel_block"])
-    compute = ops / (peak * efficiency)
+    compute = ops / (peak * efficiency) * params["threads"] / parallel_threads(node, params)
     # loads, stores and layout work per activation element the arithmetic does not cover
     per_element_ns = (params["activation_ns"] or {}).get(node.op_class, 0.0)
     compute += (node.in_elems + node.out_elems) * per_element_ns * 1e-9

@@ -417,3 +417,43 @@ def test_a_node_that_moves_no_data_costs_the_profiles_free_node_time(lenet):
     block["free_node_us"] = 5.0
     after = predict_latency(graph, profile, "fp32", 1)["latency_ms"]
     assert after - before == pytest.approx(5e-3)
+
+
+def test_a_broadcast_op_with_few_spans_runs_on_one_thread(lenet):
+    """ONNX Runtime cuts Sub of a per-channel mean into one span per channel: an RGB image's
+    3 spans run on one thread, 4 or more on all of them; a scalar operand is one span, split
+    across all threads. Only a profile with `broadcast_spans_per_thread` says so."""
+    from services.retest.graph import Node
+    from services.retest.predict import broadcast_spans, parallel_threads, predict_latency
+
+    def sub(shape: list[int], operand: list[int]) -> Node:
+        return Node("s", "Sub", "elementwise", [], [], in_shape=shape, weight_shape=operand)
+
+    assert broadcast_spans(sub([1, 3, 224, 224], [1, 3, 1, 1])) == 3
+    assert broadcast_spans(sub([1, 4, 194, 194], [4, 1, 1])) == 4
+    assert broadcast_spans(sub([1, 1, 28, 28], [1, 1, 1, 1])) == 1
+    assert broadcast_spans(sub([1, 8, 16, 16], [1, 8, 16, 16])) == 1
+    assert broadcast_spans(sub([1, 8, 16, 16], [16])) == 128  # a row per (channel, line)
+    rgb, params = sub([1, 3, 224, 224], [1, 3, 1, 1]), {"broadcast_spans_per_thread": 2}
+    assert parallel_threads(rgb, {**params, "threads": 2}) == 1
+    assert parallel_threads(rgb, {**params, "threads": 1}) == 1
+    assert parallel_threads(sub([1, 4, 194, 194], [1, 4, 1, 1]), {**params, "threads": 2}) == 2
+    assert parallel_threads(rgb, {"threads": 2}) == 2
+    profile = load_target("host")
+    assert profile["latency_model"]["broadcast_spans_per_thread"] == 2
+    graph = analyze(onnx.load(lenet["lenet-5"]))  # 1 channel: one span, all threads
+
+    def sub_ms() -> float:
+        layers = predict_latency(graph, profile, "fp32", 2)["layers"]
+        return next(x["ms"] for x in layers if x["op"] == "Sub")
+
+    serial = sub_ms()
+    del profile["latency_model"]["broadcast_spans_per_thread"]
+    assert sub_ms() == serial
+    from benchmarks.calibrate_host import eltwise_model  # one Sub of a 3-channel mean
+
+    graph = analyze(onnx.load_from_string(eltwise_model("Sub", 3, 224, 1)))
+    parallel = sub_ms()
+    profile["latency_model"]["broadcast_spans_per_thread"] = 2
+    overhead = profile["latency_model"]["calibrated"]["2"]["overhead_us"]["elementwise"] * 1e-3
+    assert sub_ms() - overhead == pytest.approx(2 * (parallel - overhead))
