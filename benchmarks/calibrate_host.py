@@ -5,8 +5,10 @@ stem convs reading 1-3 channels, depthwise conv, gemm at batch 1, pooling, eleme
 concat) run in ONNX Runtime at 1 and 2 intra-op threads with its per-node profiler on. The
 node's own kernel time is the measurement: a one-node model also pays the layout reorders
 ONNX Runtime adds at the graph's edges for its blocked NCHWc convolutions, which a node inside
-a network does not. Per class a line  time = overhead + work / rate  is fitted (work:
-operations, convs counted on channels padded to ONNX Runtime's NCHWc blocks, plus for convs
+a network does not (those reorders are timed as a class of their own, "reorder": a
+network pays them where its layout changes). Per class a line  time = overhead + work / rate
+is fitted (work: operations, convs counted on channels padded to ONNX Runtime's NCHWc blocks,
+a broadcast op that runs on one of T threads counted T times, plus for convs
 a cost per activation element; for gemm: bytes), giving the class's per-node overhead (at
 least the dispatch cost), its efficiency (rate / peak), and for gemm the on-chip, cache and
 DRAM bandwidths and the cache's effective size. Plain sessions give the session's fixed cost
@@ -45,9 +47,14 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import RESULTS, ROOT, machine
-from services.retest.graph import analyze
+from services.retest.graph import analyze, apply_fusion
 from services.retest.measure import node_kernels, open_session, query_times
-from services.retest.predict import channel_padding, parallel_threads, predict_latency
+from services.retest.predict import (
+    channel_padding,
+    layout_reorders,
+    parallel_threads,
+    predict_latency,
+)
 
 THREADS = (1, 2)
 # Interleaved rounds: many short bursts per probe, so that every probe samples the VM's slow
@@ -330,9 +337,10 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
 
     A node's own time is its profiled kernel time above that of a nearly free node (which is
     mostly the profiler's own cost), plus the dispatch cost; "node_cold_ms" the same with the
-    caches flushed before each query. It leaves out the layout reorders
-    ONNX Runtime adds at a one-node model's edges for its NCHWc convolutions, which a node
-    inside a network does not pay. Gemm (no reorders; kernels of a few microseconds, which the
+    caches flushed before each query. It leaves out the layout reorders ONNX Runtime adds at a
+    one-node conv model's edges for its NCHWc convolutions: each of those is a row of class
+    "reorder" of its own (the reorders predict.layout_reorders says the model has, matched by
+    kind to the profiled ones). Gemm (no reorders; kernels of a few microseconds, which the
     profiler's cost would swamp) takes its whole query time less the session's fixed cost."""
     session = {}
     for t in THREADS:
@@ -346,15 +354,17 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
                       "dispatch_ms": max((three - one) / 2, 0.0), "references": refs,
                       **p90_model(refs)}  # fmt: skip
 
-    def kernel_ms(key: str) -> float:
+    def kernel_ms(key: str, reorder: str | None = None) -> float:
+        """The kernels' time (ms) of the probe's nodes, or of its `reorder` kind only."""
         return sum(float(np.median(n["us"])) for n in timings.kernels[key].values()
-                   if not n["op"].startswith("Reorder")) / 1e3  # fmt: skip
+                   if (n["op"] == reorder if reorder else not n["op"].startswith("Reorder"))
+                   ) / 1e3  # fmt: skip
 
-    def node_ms(label: str, threads: int, variant: str) -> float:
+    def node_ms(label: str, threads: int, variant: str, reorder: str | None = None) -> float:
         # the profiler reports whole microseconds: a kernel can read below the nearly free
         # one, and a node never costs less than its dispatch
         nearly_free = kernel_ms(f"{DISPATCH_CASE} t{threads} {variant}")
-        node = max(kernel_ms(f"{label} t{threads} {variant}") - nearly_free, 0.0)
+        node = max(kernel_ms(f"{label} t{threads} {variant}", reorder) - nearly_free, 0.0)
         return max(node + session[threads]["dispatch_ms"], 1e-4)
 
     rows = []
@@ -369,7 +379,27 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
             rows.append({"class": klass, "case": label, "threads": threads,
                          **work_of(model, klass, threads), "node_ms": hot, "node_cold_ms": cold,
                          "t1_ms": t1, "t1_p90_ms": p90, "queries": len(queries)})  # fmt: skip
+            if klass not in CONV_CLASSES:
+                continue
+            ops = {n["op"] for n in timings.kernels[f"{label} t{threads} profiled"].values()}
+            for node in reorders_of(model):
+                if node.op_type in ops:
+                    hot, cold = (node_ms(label, threads, v, node.op_type)
+                                 for v in ("profiled", "cold"))  # fmt: skip
+                    rows.append({"class": "reorder", "case": f"{label} {node.op_type}",
+                                 "threads": threads, "work": float(node.ops),
+                                 "acts": float(node.in_elems + node.out_elems), "node_ms": hot,
+                                 "node_cold_ms": cold, "t1_ms": t1, "t1_p90_ms": p90,
+                                 "queries": len(queries)})  # fmt: skip
     return rows, session
+
+
+def reorders_of(model: bytes) -> list:
+    """The layout reorders the latency model says ONNX Runtime adds to `model`."""
+    latency_model = host_latency_model()
+    graph = analyze(onnx.load_from_string(model))
+    apply_fusion(graph.nodes, latency_model.get("fuses", []))
+    return layout_reorders(graph, latency_model.get("channel_block"))
 
 
 def p90_model(refs: dict[str, tuple[float, float]]) -> dict:
@@ -544,8 +574,10 @@ def fit_classes(
     222-245 Gop/s, and VGG-16's in the network as fast as the chains."""
     peak = peak_gops_per_core * threads * 1e9  # ops/s
     eff, overhead, per_act = {}, {}, {}
-    for klass in ("conv", "pointwise", "conv_stem", "depthwise", "pool", "elementwise", "data"):
+    for klass in (*CONV_CLASSES, "pool", "elementwise", "data", "reorder"):
         measured = [r for r in rows if r["class"] == klass]
+        if not measured:  # runs before the reorder rows have none
+            continue
         if klass in CONV_CLASSES:
             a, b, c = fit_conv(measured, dispatch)  # b: ms per op, c: ms per element
             if klass == "conv" and chains:
@@ -620,7 +652,7 @@ def load_saved() -> tuple[list[dict], dict[int, dict], int]:
     doc = json.loads((RESULTS / "calibration_host.json").read_text())
     work = {(label, t): work_of(model, klass, t) for klass, label, model in cases()
             for t in THREADS}  # fmt: skip
-    rows = [{**row, **work[row["case"], row["threads"]]} for row in doc["rows"]]
+    rows = [{**row, **work.get((row["case"], row["threads"]), {})} for row in doc["rows"]]
     session = {}
     for t, values in doc["session"].items():
         refs = {label: tuple(v) for label, v in values["references"].items()}

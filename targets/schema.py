@@ -17,6 +17,7 @@ PRECISIONS = ["fp32", "fp16", "int8"]
 # pointwise: a 1x1 conv; conv_stem: a conv reading <= 4 channels (an RGB / gray input)
 OP_CLASSES = [
     "conv", "pointwise", "conv_stem", "depthwise", "gemm", "pool", "elementwise", "data",
+    "reorder",
 ]  # fmt: skip
 
 REQUIRED = [

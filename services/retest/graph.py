@@ -43,6 +43,7 @@ class Node:
     in_elems: int = 0  # activation elements read
     out_elems: int = 0  # activation elements written
     in_shape: list[int] = field(default_factory=list)  # first activation input
+    out_shape: list[int] = field(default_factory=list)  # first output
     weight_shape: list[int] = field(default_factory=list)  # first initializer input
     fused_into: str | None = None  # the node a runtime fuses this one into
 
@@ -157,9 +158,10 @@ def analyze(model: onnx.ModelProto) -> Graph:
             weight_elems=sum(_numel(weights[p]) for p in params),
             in_elems=sum(_numel(shapes.get(a)) for a in acts),
             out_elems=sum(_numel(shapes.get(o)) for o in proto.output),
-            in_shape=in_shape, weight_shape=weights[params[0]] if params else [],
+            in_shape=in_shape, out_shape=shapes.get(proto.output[0], []),
+            weight_shape=weights[params[0]] if params else [],
         )  # fmt: skip
-        _work(node, shapes.get(proto.output[0], []))
+        _work(node, node.out_shape)
         nodes.append(node)
     skip = set(weights) | constants
     inputs = [v.name for v in model.graph.input if v.name not in skip]

@@ -10,7 +10,8 @@ Weights are on chip (or in the cache) only when the whole model's weights fit th
 node's activations when they fit. The sum plus a fixed per-inference overhead is the
 latency; p90 comes from the profile's p90 curve (p90 / median against the median) or its
 factor and extra, and for time bound by DRAM traffic from its DRAM factor. A runtime that
-computes convolutions in blocks of channels (`channel_block`) pays for the padded channels.
+computes convolutions in blocks of channels (`channel_block`) pays for the padded channels
+and for the layout reorders between its blocked and plain nodes (class "reorder").
 A profile's `cold` figures, measured with the caches flushed, apply to models too large to
 stay in on-chip memory from one query to the next.
 
@@ -140,6 +141,76 @@ def parallel_threads(node: Node, params: dict) -> int:
     return 1 if per_thread and 1 < spans < per_thread * threads else threads
 
 
+# ops that stay in ONNX Runtime's blocked (NCHWc) layout when all their activation inputs are
+# in it and their channels fill whole blocks (NchwcTransformer)
+BLOCKED_FOLLOWERS = {
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Relu", "LeakyRelu",
+    "Sigmoid", "Tanh", "HardSigmoid", "BatchNormalization", "Add", "Sum", "Concat",
+}  # fmt: skip
+
+
+def _runs_blocked(conv: Node, block: int) -> bool:
+    """A conv the runtime computes in the blocked layout: group 1, or depthwise on whole
+    blocks of channels."""
+    group = conv.attrs.get("group", 1)
+    if group == 1:
+        return True
+    c_out = conv.weight_shape[0] if conv.weight_shape else 0
+    return conv.weight_shape[1:2] == [1] and group == c_out and c_out % block == 0
+
+
+def layout_reorders(graph: Graph, block: int | None) -> list[Node]:
+    """The layout reorders a runtime computing convolutions in blocks of `block` channels
+    inserts (ONNX Runtime's NCHWc), as nodes of class "reorder" that copy their tensor once.
+    A group-1 or depthwise conv runs blocked, reading fewer than `block` input channels as
+    they are (an RGB stem) and any other plain input through a ReorderInput; a pool,
+    activation, BatchNormalization, Add of two tensors or Concat stays blocked when all its
+    inputs are and its channels fill whole blocks; any other reader of a blocked tensor, and
+    a blocked graph output, gets it through a ReorderOutput. One reorder per tensor and kind,
+    however many nodes read it. LeNet-5 (20 and 50 channels) pays three, a network of
+    16-channel multiples one, before its classifier."""
+    if not block:
+        return []
+    shapes = {n.outputs[0]: n.out_shape for n in graph.nodes if n.outputs}
+    blocked: set[str] = set()
+    read: set[str] = set()
+    reorders: dict[tuple[str, str], Node] = {}
+
+    def reorder(op: str, tensor: str) -> None:
+        elems = graph.tensor_elems.get(tensor, 0)
+        copy = Node(f"{op} {tensor}", op, "reorder", [tensor], [], ops=elems, in_elems=elems,
+                    out_elems=elems)  # fmt: skip
+        reorders.setdefault((op, tensor), copy)
+
+    for node in graph.nodes:
+        acts = [i for i in node.inputs if i in graph.tensor_elems]
+        read.update(acts)
+        out = node.outputs[0] if node.outputs else ""
+        if node.fused_into:  # runs inside its producer, in its layout
+            if any(i in blocked for i in acts):
+                blocked.add(out)
+            continue
+        if node.op_type == "Conv" and len(node.out_shape) == 4 and _runs_blocked(node, block):
+            reads_plain = node.attrs.get("group", 1) == 1 and node.in_shape[1] < block
+            if acts and acts[0] not in blocked and not reads_plain:
+                reorder("ReorderInput", acts[0])
+            blocked.add(out)
+            continue
+        whole = all(len(shapes.get(i, [])) == 4 and shapes[i][1] % block == 0 for i in acts)
+        constants = len(acts) < len([i for i in node.inputs if i])
+        binary = node.op_type in ("Add", "Sum")
+        if (node.op_type in BLOCKED_FOLLOWERS and acts and whole
+                and all(i in blocked for i in acts) and not (binary and constants)):  # fmt: skip
+            blocked.add(out)
+            continue
+        for tensor in acts:
+            if tensor in blocked:
+                reorder("ReorderOutput", tensor)
+    for tensor in sorted(blocked - read):  # graph outputs
+        reorder("ReorderOutput", tensor)
+    return list(reorders.values())
+
+
 def node_time_s(
     node: Node, profile: dict, params: dict, precision: str, weights_at: str
 ) -> tuple[float, int, bool]:
@@ -182,7 +253,7 @@ def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | 
     # queries only when all of them fit there
     weights_at = memory_level(graph.weight_elems * BYTES[precision], params)
     layers, dram_bytes, total, dram_bound = [], 0, 0.0, 0.0
-    for node in graph.nodes:
+    for node in [*graph.nodes, *layout_reorders(graph, params["channel_block"])]:
         seconds, dram, bound = node_time_s(node, profile, params, precision, weights_at)
         total += seconds
         dram_bytes += dram

@@ -457,3 +457,121 @@ def test_a_broadcast_op_with_few_spans_runs_on_one_thread(lenet):
     profile["latency_model"]["broadcast_spans_per_thread"] = 2
     overhead = profile["latency_model"]["calibrated"]["2"]["overhead_us"]["elementwise"] * 1e-3
     assert sub_ms() - overhead == pytest.approx(2 * (parallel - overhead))
+
+
+def _layered(layers: list[tuple], c_in: int, size: int) -> onnx.ModelProto:
+    """A small graph from (op, args) layers, each reading the previous output: ("conv",
+    c_out, k), ("relu",), ("maxpool",), ("gap",), ("flatten",), ("gemm", n_out), ("fire",
+    c_out) (two convs of the input, 1x1 and 3x3, concatenated), ("out",) (ends the graph)."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x, c, s = [], [], "x", c_in, size
+
+    def weight(name: str, shape: list[int]) -> str:
+        values = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        inits.append(numpy_helper.from_array(values, name))
+        return name
+
+    def conv(src: str, c_out: int, k: int, name: str) -> str:
+        nodes.append(helper.make_node(
+            "Conv", [src, weight(f"{name}w", [c_out, c, k, k]), weight(f"{name}b", [c_out])],
+            [name], kernel_shape=[k, k], pads=[k // 2] * 4))  # fmt: skip
+        return name
+
+    for i, (op, *args) in enumerate(layers):
+        name = f"t{i}"
+        if op == "conv":
+            x, c = conv(x, args[0], args[1], name), args[0]
+            continue
+        if op == "fire":
+            a, b = conv(x, args[0] // 2, 1, f"{name}a"), conv(x, args[0] // 2, 3, f"{name}b")
+            nodes.append(helper.make_node("Concat", [a, b], [name], axis=1))
+            x, c = name, args[0]
+            continue
+        if op == "gemm":
+            nodes.append(helper.make_node("Gemm", [x, weight(f"{name}w", [args[0], c * s * s]),
+                                                   weight(f"{name}b", [args[0]])], [name],
+                                          transB=1))  # fmt: skip
+            x = name
+            continue
+        kinds = {"relu": ("Relu", {}), "maxpool": ("MaxPool", {"kernel_shape": [2, 2],
+                 "strides": [2, 2]}), "gap": ("GlobalAveragePool", {}),
+                 "flatten": ("Flatten", {})}  # fmt: skip
+        op_type, attrs = kinds[op]
+        nodes.append(helper.make_node(op_type, [x], [name], **attrs))
+        s = s // 2 if op == "maxpool" else 1 if op == "gap" else s
+        x = name
+    graph = helper.make_graph(
+        nodes, "layered", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                         [1, c_in, size, size])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, None)], initializer=inits)  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _ort_reorders(model: onnx.ModelProto, folder) -> list[str]:
+    """The Reorder nodes of ONNX Runtime's own optimized graph of `model` (default level)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(folder / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(folder / "optimized.onnx"))
+    return sorted(n.op_type for n in optimized.graph.node if n.op_type.startswith("Reorder"))
+
+
+def test_the_layout_reorders_are_the_ones_onnx_runtime_inserts(lenet, tmp_path):
+    """The host profile's layout rule against ONNX Runtime's NCHWc transformer itself, on
+    LeNet-5 (20 and 50 channels: three reorders) and on small graphs: an RGB stem read as
+    it is, pools and GAP that stay blocked on 16-channel multiples, a fire module's Concat,
+    a blocked graph output. Channel counts are whole blocks (or not) of both 8 and 16, so
+    the check holds on AVX2 (8-wide blocks) as on AVX-512 (16)."""
+    from services.retest.graph import apply_fusion
+    from services.retest.predict import layout_reorders
+
+    profile = load_target("host")
+    fuses = profile["latency_model"]["fuses"]
+
+    def predicted(model: onnx.ModelProto) -> list[str]:
+        graph = analyze(model)
+        apply_fusion(graph.nodes, fuses)
+        return sorted(n.op_type for n in layout_reorders(graph, 16))
+
+    models = {
+        "lenet-5": onnx.load(lenet["lenet-5"]),
+        "stem, pool, classifier": _layered([("conv", 16, 3), ("relu",), ("maxpool",),
+                                            ("flatten",), ("gemm", 10)], 3, 16),
+        "blocked input, GAP output": _layered([("conv", 32, 3), ("relu",), ("gap",)], 16, 8),
+        "fire": _layered([("conv", 16, 1), ("relu",), ("fire", 32), ("maxpool",),
+                          ("fire", 64), ("gap",), ("flatten",)], 32, 16),
+        "20-channel pool": _layered([("conv", 20, 3), ("relu",), ("maxpool",), ("conv", 32, 3),
+                                     ("gap",), ("flatten",)], 3, 16),
+    }  # fmt: skip
+    seen = {name: _ort_reorders(model, tmp_path) for name, model in models.items()}
+    if not any(seen.values()):
+        pytest.skip("this ONNX Runtime build runs no NCHWc convolutions")
+    assert seen["lenet-5"] == ["ReorderInput", "ReorderOutput", "ReorderOutput"]
+    assert {name: predicted(model) for name, model in models.items()} == seen
+    graph = analyze(models["lenet-5"])
+    apply_fusion(graph.nodes, fuses)
+    elements = sorted(n.ops for n in layout_reorders(graph, 16))
+    assert elements == sorted([20 * 24 * 24, 20 * 12 * 12, 50 * 8 * 8])
+    assert layout_reorders(graph, None) == []
+
+
+def test_the_host_prediction_counts_each_layout_reorder(lenet):
+    """LeNet-5's three reorders are layers of class "reorder", each costing at least the
+    class's overhead; without a channel block the model has none."""
+    from services.retest.predict import predict_latency
+
+    profile = load_target("host")
+    graph = analyze(onnx.load(lenet["lenet-5"]))
+    with_blocks = predict_latency(graph, profile, "fp32", 1)
+    reorders = [x for x in with_blocks["layers"] if x["class"] == "reorder"]
+    assert len(reorders) == 3
+    overhead = profile["latency_model"]["calibrated"]["1"]["overhead_us"].get("reorder", 0.0)
+    assert all(x["ms"] >= overhead * 1e-3 and x["ms"] > 0 for x in reorders)
+    del profile["latency_model"]["channel_block"]
+    plain = predict_latency(analyze(onnx.load(lenet["lenet-5"])), profile, "fp32", 1)
+    assert not [x for x in plain["layers"] if x["class"] == "reorder"]
+    assert with_blocks["latency_ms"] > plain["latency_ms"]
