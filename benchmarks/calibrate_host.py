@@ -356,9 +356,12 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
 
     def kernel_ms(key: str, reorder: str | None = None) -> float:
         """The kernels' time (ms) of the probe's nodes, or of its `reorder` kind only."""
+
+        def counted(op: str) -> bool:
+            return op == reorder if reorder else not op.startswith("Reorder")
+
         return sum(float(np.median(n["us"])) for n in timings.kernels[key].values()
-                   if (n["op"] == reorder if reorder else not n["op"].startswith("Reorder"))
-                   ) / 1e3  # fmt: skip
+                   if counted(n["op"])) / 1e3  # fmt: skip
 
     def node_ms(label: str, threads: int, variant: str, reorder: str | None = None) -> float:
         # the profiler reports whole microseconds: a kernel can read below the nearly free
@@ -389,8 +392,7 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
                     rows.append({"class": "reorder", "case": f"{label} {node.op_type}",
                                  "threads": threads, "work": float(node.ops),
                                  "acts": float(node.in_elems + node.out_elems), "node_ms": hot,
-                                 "node_cold_ms": cold, "t1_ms": t1, "t1_p90_ms": p90,
-                                 "queries": len(queries)})  # fmt: skip
+                                 "node_cold_ms": cold})  # fmt: skip
     return rows, session
 
 
@@ -437,9 +439,9 @@ def work_of(model: bytes, klass: str, threads: int = 1) -> dict[str, float]:
     if klass == "gemm":
         work = sum(4 * (n.weight_elems + n.in_elems + n.out_elems) for n in nodes)
     else:
-        model = host_latency_model()
-        params = {"threads": threads, **model}
-        work = sum(n.total_ops * channel_padding(n, model.get("channel_block"))
+        latency = host_latency_model()
+        params = {"threads": threads, **latency}
+        work = sum(n.total_ops * channel_padding(n, latency.get("channel_block"))
                    * threads / parallel_threads(n, params) for n in nodes)  # fmt: skip
     return {"work": float(work), "acts": acts}
 

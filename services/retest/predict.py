@@ -191,7 +191,8 @@ def layout_reorders(graph: Graph, block: int | None) -> list[Node]:
                 blocked.add(out)
             continue
         if node.op_type == "Conv" and len(node.out_shape) == 4 and _runs_blocked(node, block):
-            reads_plain = node.attrs.get("group", 1) == 1 and node.in_shape[1] < block
+            c_in = node.in_shape[1] if len(node.in_shape) > 1 else 0
+            reads_plain = node.attrs.get("group", 1) == 1 and c_in < block
             if acts and acts[0] not in blocked and not reads_plain:
                 reorder("ReorderInput", acts[0])
             blocked.add(out)
