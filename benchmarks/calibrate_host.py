@@ -411,7 +411,8 @@ def p90_model(refs: dict[str, tuple[float, float]]) -> dict:
     ratios differ mostly by chance (each is the 90th percentile of a few dozen bursts): their
     median, flat over the times they span; the longest one (~0.2 s), whose queries average
     the VM's short stalls away. Flat beyond its ends. DRAM factor: the median ratio of the
-    DRAM-bound references (absent when none was measured)."""
+    DRAM-bound references (absent when none was measured), and the geometric mean of their
+    medians, the query time it was measured at (predict.p90_ms shrinks it for longer ones)."""
     compute = sorted(tuple(v) for label, v in refs.items() if label not in DRAM_REFERENCES)
     middle = float(np.median([ratio for _, ratio in compute[1:-1]]))
     points = [compute[0], (compute[1][0], middle), (compute[-2][0], middle), compute[-1]]
@@ -419,6 +420,8 @@ def p90_model(refs: dict[str, tuple[float, float]]) -> dict:
     dram = [refs[label][1] for label in DRAM_REFERENCES if label in refs]
     if dram:
         out["p90_dram_factor"] = round(float(np.median(dram)), 3)
+        lengths = [refs[label][0] for label in DRAM_REFERENCES if label in refs]
+        out["p90_dram_ms"] = round(float(np.exp(np.mean(np.log(lengths)))), 4)
     return out
 
 
@@ -556,8 +559,9 @@ def calibrate(rows: list[dict], session: dict, threads: int, peak_gops_per_core:
         block["cold"] = dict(zip(("efficiency", "overhead_us", "activation_ns"), fitted,
                                  strict=True))  # fmt: skip
     block["p90_curve"] = session["p90_curve"]
-    if "p90_dram_factor" in session:
-        block["p90_dram_factor"] = session["p90_dram_factor"]
+    for key in ("p90_dram_factor", "p90_dram_ms"):
+        if key in session:
+            block[key] = session[key]
     if STALL_REFERENCE in session["references"]:
         block["weight_stall"] = weight_stall(block, session, threads)
     block["fixed_overhead_us"] = round(session["fixed_ms"] * 1e3, 2)

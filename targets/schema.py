@@ -165,6 +165,7 @@ SCHEMA: dict = {
                 "p90_factor": {"type": "number", "minimum": 1},  # p90 / typical latency
                 "p90_extra_us": _NON_NEGATIVE,  # p90 = typical x factor + extra
                 "p90_dram_factor": {"type": "number", "minimum": 1},  # for DRAM-bound time
+                "p90_dram_ms": {"type": "number", "exclusiveMinimum": 0},  # measured at (ms)
                 # convolutions run in blocks of this many channels (ORT NCHWc): padded work
                 "channel_block": {"type": "integer", "minimum": 1},
                 # a broadcast op with fewer spans than this per thread runs on one thread
@@ -192,6 +193,7 @@ SCHEMA: dict = {
                             "p90_extra_us": _NON_NEGATIVE,
                             "p90_curve": _P90_CURVE,
                             "p90_dram_factor": {"type": "number", "minimum": 1},
+                            "p90_dram_ms": {"type": "number", "exclusiveMinimum": 0},
                         },
                     },
                 },

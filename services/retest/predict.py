@@ -31,8 +31,8 @@ BYTES = {"fp32": 4, "fp16": 2, "int8": 1}  # per weight and per activation eleme
 LATENCY_KEYS = (
     "efficiency", "overhead_us", "bandwidth_gbs", "onchip_bandwidth_gbs", "bandwidth_efficiency",
     "p90_factor", "p90_extra_us", "p90_curve", "fixed_overhead_us", "cache_bandwidth_gbs",
-    "onchip_kb", "cache_kb", "p90_dram_factor", "channel_block", "activation_ns", "weight_stall",
-    "cold", "free_node_us", "broadcast_spans_per_thread",
+    "onchip_kb", "cache_kb", "p90_dram_factor", "p90_dram_ms", "channel_block", "activation_ns",
+    "weight_stall", "cold", "free_node_us", "broadcast_spans_per_thread",
 )  # fmt: skip
 
 
@@ -283,15 +283,23 @@ def p90_ms(latency_ms: float, params: dict, dram_bound_ms: float = 0.0) -> float
     interpolated in log time, flat beyond its ends) when it has one, else its factor (plus
     its extra). Time bound by DRAM traffic takes the profile's `p90_dram_factor` instead when
     it has one: on a shared host, other tenants' traffic on the memory bus gives it a tail of
-    its own."""
+    its own. That factor was measured on queries of `p90_dram_ms`; a longer query averages
+    more of the tail away, as the curve says for compute: the DRAM tail shrinks by the
+    curve's (ratio - 1) at the query's time over that at `p90_dram_ms` (never grows)."""
     curve = params.get("p90_curve")
     if curve:
         ms, factors = zip(*sorted(curve), strict=True)
-        factor = float(np.interp(np.log(latency_ms), np.log(ms), factors))
-        extra = 0.0
+
+        def curve_at(t: float) -> float:
+            return float(np.interp(np.log(t), np.log(ms), factors))
+
+        factor, extra = curve_at(latency_ms), 0.0
     else:
         factor, extra = params["p90_factor"], params["p90_extra_us"] * 1e-3
     dram_factor = params.get("p90_dram_factor") or factor
+    if curve and params.get("p90_dram_ms") and curve_at(params["p90_dram_ms"]) > 1:
+        shrink = min((factor - 1) / (curve_at(params["p90_dram_ms"]) - 1), 1.0)
+        dram_factor = 1 + (dram_factor - 1) * max(shrink, 0.0)
     dram_bound_ms = min(dram_bound_ms, latency_ms)
     return (latency_ms - dram_bound_ms) * factor + dram_bound_ms * dram_factor + extra
 

@@ -329,6 +329,12 @@ def test_time_bound_by_dram_traffic_takes_the_profiles_dram_p90_factor(lenet):
     params = {"p90_curve": [[1.0, 1.2]], "p90_dram_factor": 1.6}
     assert p90_ms(10.0, params, dram_bound_ms=4.0) == pytest.approx(6.0 * 1.2 + 4.0 * 1.6)
     assert p90_ms(10.0, {"p90_curve": [[1.0, 1.2]]}, dram_bound_ms=4.0) == pytest.approx(12.0)
+    # measured on 10 ms queries: a 100 ms query, whose curve tail (0.2) is half that at 10 ms
+    # (0.4), has half the DRAM tail; a shorter one keeps the measured factor
+    curve = {"p90_curve": [[1.0, 1.4], [10.0, 1.4], [100.0, 1.2]], "p90_dram_factor": 1.6,
+             "p90_dram_ms": 10.0}  # fmt: skip
+    assert p90_ms(100.0, curve, dram_bound_ms=40.0) == pytest.approx(60.0 * 1.2 + 40.0 * 1.3)
+    assert p90_ms(5.0, curve, dram_bound_ms=2.0) == pytest.approx(3.0 * 1.4 + 2.0 * 1.6)
     # LeNet-300-100's weights stream from DRAM on a target with 2 GB/s: all of its nodes are
     # bound by DRAM, the fixed per-inference overhead is not
     graph = analyze(onnx.load(lenet["lenet-300-100"]))
