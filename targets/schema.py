@@ -170,6 +170,8 @@ SCHEMA: dict = {
                 "channel_block": {"type": "integer", "minimum": 1},
                 # a broadcast op with fewer spans than this per thread runs on one thread
                 "broadcast_spans_per_thread": {"type": "integer", "minimum": 1},
+                # a gemm gets one thread per this many multiplies, and one more
+                "gemm_macs_per_thread": {"type": "integer", "minimum": 1},
                 "fuses": {  # [producer, consumer] pairs the runtime runs as one node
                     "type": "array",
                     "items": {

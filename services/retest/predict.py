@@ -32,7 +32,7 @@ LATENCY_KEYS = (
     "efficiency", "overhead_us", "bandwidth_gbs", "onchip_bandwidth_gbs", "bandwidth_efficiency",
     "p90_factor", "p90_extra_us", "p90_curve", "fixed_overhead_us", "cache_bandwidth_gbs",
     "onchip_kb", "cache_kb", "p90_dram_factor", "p90_dram_ms", "channel_block", "activation_ns",
-    "weight_stall", "cold", "free_node_us", "broadcast_spans_per_thread",
+    "weight_stall", "cold", "free_node_us", "broadcast_spans_per_thread", "gemm_macs_per_thread",
 )  # fmt: skip
 
 
@@ -132,11 +132,18 @@ def broadcast_spans(node: Node) -> int:
 
 
 def parallel_threads(node: Node, params: dict) -> int:
-    """The threads a node runs on: all of them, except a broadcast elementwise op with more
-    than one span but fewer than the profile's `broadcast_spans_per_thread` per thread, which
-    ONNX Runtime runs on one (benchmarks/calibrate_host.py: Sub of a 3-channel mean takes as
-    long at 2 threads as at 1; with 4 channels, as many elements, half as long)."""
-    per_thread, threads = params.get("broadcast_spans_per_thread"), params["threads"]
+    """The threads a node runs on: all of them, except
+    - a broadcast elementwise op with more than one span but fewer than the profile's
+      `broadcast_spans_per_thread` per thread, which ONNX Runtime runs on one
+      (benchmarks/calibrate_host.py: Sub of a 3-channel mean takes as long at 2 threads as at
+      1; with 4 channels, as many elements, half as long);
+    - a gemm, which gets one thread per `gemm_macs_per_thread` multiplies and one more (ONNX
+      Runtime's MLAS: MLAS_SGEMM_THREAD_COMPLEXITY), up to all of them."""
+    threads = params["threads"]
+    per_gemm_thread = params.get("gemm_macs_per_thread")
+    if node.op_class == "gemm" and per_gemm_thread:
+        return min(threads, node.macs // per_gemm_thread + 1)
+    per_thread = params.get("broadcast_spans_per_thread")
     spans = broadcast_spans(node)
     return 1 if per_thread and 1 < spans < per_thread * threads else threads
 
@@ -254,8 +261,14 @@ def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | 
     # queries only when all of them fit there
     weights_at = memory_level(graph.weight_elems * BYTES[precision], params)
     layers, dram_bytes, total, dram_bound = [], 0, 0.0, 0.0
+    fewer: dict[int, dict] = {}  # the parameters at fewer threads, for a gemm run on fewer
     for node in [*graph.nodes, *layout_reorders(graph, params["channel_block"])]:
-        seconds, dram, bound = node_time_s(node, profile, params, precision, weights_at)
+        node_params, used = params, parallel_threads(node, params)
+        if node.op_class == "gemm" and used < params["threads"]:
+            if used not in fewer:
+                fewer[used] = in_network(graph, latency_params(profile, used), precision)
+            node_params = fewer[used]
+        seconds, dram, bound = node_time_s(node, profile, node_params, precision, weights_at)
         total += seconds
         dram_bytes += dram
         dram_bound += seconds if bound else 0.0

@@ -465,6 +465,30 @@ def test_a_broadcast_op_with_few_spans_runs_on_one_thread(lenet):
     assert sub_ms() - overhead == pytest.approx(2 * (parallel - overhead))
 
 
+def test_a_gemm_gets_a_thread_per_65536_multiplies_and_costs_what_it_costs_on_them(lenet):
+    """ONNX Runtime's MLAS runs a gemm on M*N*K / 65536 + 1 threads: LeNet-300-100's fc1
+    (784x300) on both of two, fc2 (300x100) and fc3 (100x10) on one, where they cost what the
+    profile says they cost at 1 thread. Only a profile with `gemm_macs_per_thread` says so."""
+    from services.retest.predict import parallel_threads, predict_latency
+
+    profile = load_target("host")
+    assert profile["latency_model"]["gemm_macs_per_thread"] == 65536
+    graph = analyze(onnx.load(lenet["lenet-300-100"]))
+    gemms = {n.name: n for n in graph.nodes if n.op_class == "gemm"}
+    params = {"threads": 2, "gemm_macs_per_thread": 65536}
+    assert [parallel_threads(n, params) for n in gemms.values()] == [2, 1, 1]
+    assert [parallel_threads(n, {"threads": 2}) for n in gemms.values()] == [2, 2, 2]
+
+    def gemm_ms(threads: int) -> list[float]:
+        layers = predict_latency(graph, profile, "fp32", threads)["layers"]
+        return [x["ms"] for x in layers if x["name"] in gemms]
+
+    one, two = gemm_ms(1), gemm_ms(2)
+    assert two[1:] == pytest.approx(one[1:]) and two[0] != pytest.approx(one[0])
+    del profile["latency_model"]["gemm_macs_per_thread"]
+    assert gemm_ms(2)[1:] != pytest.approx(one[1:])
+
+
 def _layered(layers: list[tuple], c_in: int, size: int) -> onnx.ModelProto:
     """A small graph from (op, args) layers, each reading the previous output: ("conv",
     c_out, k), ("relu",), ("maxpool",), ("gap",), ("flatten",), ("gemm", n_out), ("fire",
