@@ -417,10 +417,10 @@ def p90_model(refs: dict[str, tuple[float, float]]) -> dict:
     middle = float(np.median([ratio for _, ratio in compute[1:-1]]))
     points = [compute[0], (compute[1][0], middle), (compute[-2][0], middle), compute[-1]]
     out: dict = {"p90_curve": [[round(ms, 4), round(ratio, 3)] for ms, ratio in points]}
-    dram = [refs[label][1] for label in DRAM_REFERENCES if label in refs]
+    dram = [refs[label] for label in DRAM_REFERENCES if label in refs]
     if dram:
-        out["p90_dram_factor"] = round(float(np.median(dram)), 3)
-        lengths = [refs[label][0] for label in DRAM_REFERENCES if label in refs]
+        lengths, ratios = zip(*dram, strict=True)
+        out["p90_dram_factor"] = round(float(np.median(ratios)), 3)
         out["p90_dram_ms"] = round(float(np.exp(np.mean(np.log(lengths)))), 4)
     return out
 

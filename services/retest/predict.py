@@ -310,9 +310,10 @@ def p90_ms(latency_ms: float, params: dict, dram_bound_ms: float = 0.0) -> float
     else:
         factor, extra = params["p90_factor"], params["p90_extra_us"] * 1e-3
     dram_factor = params.get("p90_dram_factor") or factor
-    if curve and params.get("p90_dram_ms") and curve_at(params["p90_dram_ms"]) > 1:
-        shrink = min((factor - 1) / (curve_at(params["p90_dram_ms"]) - 1), 1.0)
-        dram_factor = 1 + (dram_factor - 1) * max(shrink, 0.0)
+    measured_at = params.get("p90_dram_ms")
+    tail_there = curve_at(measured_at) - 1 if curve and measured_at else 0.0
+    if tail_there > 0:
+        dram_factor = 1 + (dram_factor - 1) * min(max(factor - 1, 0.0) / tail_there, 1.0)
     dram_bound_ms = min(dram_bound_ms, latency_ms)
     return (latency_ms - dram_bound_ms) * factor + dram_bound_ms * dram_factor + extra
 
