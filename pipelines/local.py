@@ -1,103 +1,175 @@
-"""The CICD loop on one machine, on embedded defaults (`sigdl run`, `make run`).
+"""The loop on one machine (`sigdl run`, `make run`): real services, a real pipeline run.
 
-train -> compress -> retest -> (gate) -> deploy: LeNet-5 trained on the bundled `digits` data
-set, checkpointed, exported to ONNX and verified with ONNX Runtime; compressed with its Deep
-Compression recipe (prune, share, Huffman) into a `.sdc` and its decoded ONNX model; retested on
-the emulated target (accuracy at the target's numerics, predicted latency, power, memory,
-operator support) against the requirements; and, only when the gate passes, packaged and
-published as the fleet's current version in the local artifact store. Each stage logs to the
-local MLflow store. A failed gate ends the run before deploy (`sigdl run` exits 1).
+`EmbeddedServices` starts `sigdl serve all` as a child process on 127.0.0.1 (a free port) and
+waits until its health check says SERVING; `LocalRunner` runs the kfp pipeline of
+`pipelines/cicd.py` with `kfp.local`'s SubprocessRunner (no containers: each component runs in
+a subprocess of this Python), its log in `<out>/kfp.log`; the lines the components mark
+(`pipelines.steps.say`) are shown as they come. MLflow is the SQLite store under SIGDL_HOME.
 
-    sigdl run                         # or: make run
-    sigdl run --config loop.yaml      # keys: the fields of LoopConfig
+    with EmbeddedServices(out / "services.log", roots=[...]) as services:
+        result = run_loop(cfg, LocalRunner(out), services.address, on_line=print)
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import re
+import subprocess
+import sys
+import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-
-from services.compression.recipe import list_recipes
-from services.compression.stage import run_compression
-from services.deploy.stage import run_deploy
-from services.retest.stage import run_retest
-from services.training.stage import ProgressFn, run_training
+from pipelines.steps import LINE_PREFIX
 from sigdl import settings
 from sigdl.errors import InputError
-from sigdl.training import TrainConfig
+
+STARTUP_TIMEOUT_S = 120.0  # `sigdl serve all` imports torch, mlflow, onnxruntime: seconds
+LISTENING = re.compile(r"sigdl serve: .* on ([0-9.]+):(\d+) ")
 
 
-@dataclass
-class LoopConfig:
-    """One iteration of the loop; a YAML file given to `sigdl run --config` sets these keys."""
+class EmbeddedServices:
+    """`sigdl serve all` in a child process for the length of a `with` block."""
 
-    model: str = "lenet-5"  # zoo name
-    dataset: str = "digits"  # needs no download: scikit-learn ships it
-    epochs: int = 15
-    out: str | None = None  # None: $SIGDL_HOME/runs/run-<timestamp>
-    nproc: int = 1  # data-parallel processes for training
-    recipe: str | None = None  # None: deep-compression-<model> if built in, else deep-compression
-    train: dict = field(default_factory=dict)  # any other TrainConfig option
-    target: str = "arm-cortex-a53"  # the emulated device (`sigdl targets list`)
-    precision: str | None = None  # None: the target's native numerics
-    requirements: list[str] = field(
-        default_factory=lambda: ["accuracy_drop<=1", "fps>=30", "size_kb<=512"]
-    )  # the gate before deploy (`sigdl retest --require` syntax)
-    fleet: str = "local"  # deploy publishes to fleets/<fleet>/<target>/ ...
-    store: str | None = None  # ... under this artifact root (None: $SIGDL_HOME/artifacts)
+    def __init__(self, log_path: Path, roots: list[str]) -> None:
+        self.log_path = log_path
+        self.roots = roots  # artifact roots the services may read and write
+        self.process: subprocess.Popen | None = None
+        self.address = ""
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> LoopConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"--config {str(path)!r} does not exist")
+    def __enter__(self) -> EmbeddedServices:
+        # the child's settings: ours, with the artifact roots of this run
+        env = settings.environment_with(SIGDL_ARTIFACT_ROOTS=",".join(self.roots))
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        command = [sys.executable, "-m", "sigdl.cli", "serve", "all", "--port", "0"]
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        stdin=subprocess.DEVNULL)  # fmt: skip
+        log.close()
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"--config {str(path)!r} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"--config {str(path)!r}: expected a mapping of options")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(
-                f"--config {str(path)!r}: unknown key(s) {', '.join(unknown)}; "
-                f"expected some of {', '.join(sorted(known))}"
-            )
-        return cls(**data)
+            self.address = self._wait_listening()
+            self._wait_serving()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
 
-    def recipe_name(self) -> str:
-        if self.recipe:
-            return self.recipe
-        own = f"deep-compression-{self.model}"
-        return own if own in list_recipes() else "deep-compression"
+    def _wait_listening(self) -> str:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            found = LISTENING.search(text)
+            if found:
+                return f"{found.group(1)}:{found.group(2)}"
+            if self.process.poll() is not None:
+                last = text.strip().splitlines()[-1:] or ["(no output)"]
+                raise InputError(f"`sigdl serve all` exited with {self.process.returncode}: "
+                                 f"{last[0]} (log: {self.log_path})")  # fmt: skip
+            time.sleep(0.2)
+        raise InputError(f"`sigdl serve all` did not listen within {STARTUP_TIMEOUT_S:.0f} s "
+                         f"(log: {self.log_path})")  # fmt: skip
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig.from_dict(
-            {**self.train, "model": self.model, "dataset": self.dataset, "epochs": self.epochs}
-        )
+    def _wait_serving(self) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        with grpc.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                with contextlib.suppress(grpc.RpcError):
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                time.sleep(0.3)
+        raise InputError(f"the services at {self.address} did not become SERVING within "
+                         f"{STARTUP_TIMEOUT_S:.0f} s (log: {self.log_path})")  # fmt: skip
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()  # SIGTERM: a graceful shutdown
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
-def run_loop(cfg: LoopConfig, on_epoch: ProgressFn | None = None) -> dict:
-    """Run one iteration of the loop; return its report (stage reports and where things are)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(cfg.out) if cfg.out else settings.SIGDL_HOME.get() / "runs" / f"run-{stamp}"
-    train = run_training(cfg.train_config(), out / "train", nproc=cfg.nproc, on_epoch=on_epoch)
-    compressed = run_compression(out / "train", cfg.recipe_name(), cfg.dataset, out / "compress")
-    retest = run_retest(
-        str(out / "compress"), cfg.target, out / "compress" / "retest", dataset=cfg.dataset,
-        precision=cfg.precision, requirements=cfg.requirements,
-    )  # fmt: skip
-    stages = {"train": train, "compress": compressed, "retest": retest}
-    passed = bool(retest["verdict"]["passed"])
-    if passed:
-        stages["deploy"] = run_deploy(
-            str(out / "compress"), cfg.target, cfg.fleet, store_root=cfg.store
-        )
-    return {
-        "command": "run", "config": asdict(cfg), "out": str(out), "gate_passed": passed,
-        "stages": stages,
-    }  # fmt: skip
+class _LineEcho(threading.Thread):
+    """Follows a growing log file and hands the marked lines, unmarked, to `on_line`."""
+
+    def __init__(self, path: Path, on_line: Callable[[str], None]) -> None:
+        super().__init__(name="sigdl-kfp-log", daemon=True)
+        self.path, self.on_line = path, on_line
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.path.exists() and not self.stopped.is_set():
+            time.sleep(0.05)
+        with self.path.open(errors="replace") as stream:
+            pending = ""
+            while True:
+                chunk = stream.read()
+                if chunk:
+                    pending += chunk
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        at = line.find(LINE_PREFIX)
+                        if at >= 0:
+                            self.on_line(line[at + len(LINE_PREFIX) :])
+                elif self.stopped.is_set():
+                    return
+                else:
+                    time.sleep(0.1)
+
+
+class LocalRunner:
+    """Runs the pipeline with kfp.local, one task after another (parallel retests come from
+    the services' worker pools), its whole log in `<out>/kfp.log`."""
+
+    def __init__(self, out: Path, on_line: Callable[[str], None] | None = None) -> None:
+        self.out = out
+        self.on_line = on_line or (lambda line: None)
+
+    def run(self, arguments: dict) -> None:
+        import warnings
+
+        from kfp import local
+
+        from pipelines.cicd import cicd_pipeline
+
+        # kfp.local warns per task that resources and the image mean nothing without
+        # containers: true, and said once here
+        warnings.filterwarnings("ignore", module=r"kfp\.local")
+
+        iteration = arguments["iteration"]
+        log_path = self.out / f"kfp-iteration-{iteration}.log"
+        local.init(runner=local.SubprocessRunner(use_venv=False),
+                   pipeline_root=str(self.out / "kfp"), raise_on_error=False)  # fmt: skip
+        echo = _LineEcho(log_path, self.on_line)
+        echo.start()
+        root = logging.getLogger()
+        saved = root.handlers[:]
+        try:
+            with log_path.open("w", buffering=1) as log, contextlib.redirect_stdout(log):
+                # kfp logs through the root logger, also outside its own logging context:
+                # everything it says goes to this run's log, not to the terminal
+                root.handlers = [logging.StreamHandler(log)]
+                cicd_pipeline(**arguments)
+        finally:
+            root.handlers = saved
+            echo.stopped.set()
+            echo.join(timeout=5)
+
+
+def artifact_roots(out: Path, store_root: str | None) -> list[str]:
+    """What the embedded services may touch: SIGDL_HOME, the run's folder, the store."""
+    from sigdl import store
+
+    roots = [store.as_uri(str(settings.SIGDL_HOME.get())), store.as_uri(str(out))]
+    if store_root:
+        roots.append(store.as_uri(store_root))
+    return roots

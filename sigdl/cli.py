@@ -54,13 +54,22 @@ def err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         typer.echo(f"sigdl {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """SigDL: train, compress, retest on emulated targets, deploy to the edge."""
 
 
 @models_app.command("list")
@@ -392,11 +401,32 @@ def lineage(
     rows = store.versions(model_name)
     if not rows:
         raise InputError(f"no registered model {model_name!r} in {store.tracking_uri}")
-    lines = [f"{model_name}"]
+    emit(rows, as_json, "\n".join([model_name, *_version_tree(model_name, rows)]))
+
+
+def _version_tree(name: str, rows: list[dict]) -> list[str]:
+    """Versions under the version they came from (the `parent_version` tag), with aliases."""
+    by_parent: dict[str, list[dict]] = {}
+    known = {f"{name}/{r['version']}" for r in rows}
     for r in rows:
-        tags = ", ".join(f"{k.removeprefix('sigdl.')}={v}" for k, v in sorted(r["tags"].items()))
-        lines.append(f"  v{r['version']}  run {r['run_id']}  {tags}")
-    emit(rows, as_json, "\n".join(lines))
+        parent = r["tags"].get("sigdl.parent_version", "")
+        by_parent.setdefault(parent if parent in known else "", []).append(r)
+
+    def line(r: dict, depth: int) -> list[str]:
+        tags = r["tags"]
+        what = " ".join(
+            f"{k.removeprefix('sigdl.')}={tags[k][:12] if k.endswith('digest') else tags[k]}"
+            for k in ("sigdl.stage", "sigdl.iteration", "sigdl.candidate", "sigdl.target",
+                      "sigdl.recipe_digest")
+            if tags.get(k)
+        )  # fmt: skip
+        aliases = "".join(f" @{a}" for a in r["aliases"])
+        out = [f"{'  ' * depth}v{r['version']}  {what}{aliases}"]
+        for child in by_parent.get(f"{name}/{r['version']}", []):
+            out += line(child, depth + 1)
+        return out
+
+    return [text for r in by_parent.get("", []) for text in line(r, 1)]
 
 
 @app.command()
@@ -405,31 +435,155 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Output directory of this run.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the whole loop locally on embedded defaults (LeNet-5 on the bundled digits)."""
-    from pipelines.local import LoopConfig, run_loop
-    from services.deploy.stage import summary as deploy_summary
+    """Run the whole loop locally: `sigdl serve all` on loopback, the Kubeflow pipeline with
+    kfp.local, one run per iteration until every target passes (exit 1: the budget ran out)."""
+    from pipelines.controller import LoopConfig, run_loop
+    from pipelines.local import EmbeddedServices, LocalRunner, artifact_roots
+    from sigdl import settings
 
     cfg = LoopConfig.from_file(config) if config else LoopConfig()
     if out:
-        cfg.out = str(out)
-    report = run_loop(cfg, on_epoch=print_epoch)
-    stages = report["stages"]
-    c, r = stages["compress"]["metrics"], stages["retest"]
-    checks = ", ".join(
-        f"{x['requirement']} ({'pass' if x['passed'] else 'FAIL'})" for x in r["verdict"]["checks"]
-    )
-    deployed = stages.get("deploy")
-    human = "\n".join([
-        f"run: {report['out']}", _train_summary(stages["train"]),
-        f"compressed: {c['ratio']:.1f}x ({c['compressed_bytes']:,} bytes .sdc), accuracy "
-        f"{c['dense_accuracy']:.4f} -> {c['onnx_test_accuracy']:.4f}",
-        f"retest on {r['target']} ({r['precision']}): {r['latency_ms']:.3f} ms predicted, "
-        f"gate {'passed' if report['gate_passed'] else 'FAILED'}: {checks}",
-        deploy_summary(deployed) if deployed else "not deployed: the gate failed",
-    ])  # fmt: skip
-    emit(report, as_json, human)
-    if not report["gate_passed"]:
+        cfg.out = str(out.expanduser().resolve())
+    if cfg.out is None:
+        cfg.out = str(settings.SIGDL_HOME.get() / "runs" / time_stamp())
+    folder = Path(cfg.out)
+    err(f"run: {folder} ({cfg.model} on {cfg.dataset}; targets {', '.join(cfg.targets)})")
+    err("services: starting `sigdl serve all` on 127.0.0.1")
+    with EmbeddedServices(folder / "services.log", artifact_roots(folder, cfg.store)) as services:
+        err(f"services: serving on {services.address}")
+        result = run_loop(cfg, LocalRunner(folder, on_line=err), services.address, on_line=err)
+    tracking = settings.mlflow_tracking_uri()
+    lines = [f"{'PASSED' if result.passed else 'NOT PASSED'}: {len(result.iterations)} "
+             f"iteration(s) in {result.seconds:.0f} s"]  # fmt: skip
+    for verdict in result.iterations:
+        for target, row in verdict.targets.items():
+            state = f"passed with {row['best']}" if row["passed"] else "failed"
+            lines.append(f"  iteration {verdict.iteration} {target}: {state}")
+    for target, row in result.deployed.items():
+        lines.append(f"deployed: {target} {row['version']} ({row['candidate']}, fleet {cfg.fleet})")
+    lines.append(f"report: {result.report} (and report.html, the plots beside it)")
+    if tracking:
+        lines.append(f"mlflow: mlflow ui --backend-store-uri {tracking}")
+    emit(result.to_json(), as_json, "\n".join(lines))
+    if not result.passed:
         raise typer.Exit(1)
+
+
+def time_stamp() -> str:
+    import time
+    import uuid
+
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+pipeline_app = typer.Typer(help="The Kubeflow pipeline of the loop.", no_args_is_help=True)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("compile")
+def pipeline_compile(
+    out: Annotated[Path, typer.Option(help="Where to write the IR YAML.")] = Path("cicd.yaml"),
+) -> None:
+    """Write the pipeline's IR YAML (upload it in the Kubeflow UI, or `submit`)."""
+    from pipelines.cicd import compile_pipeline
+
+    typer.echo(compile_pipeline(str(out)))
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    host: Annotated[str, typer.Option(help="Kubeflow Pipelines API, e.g. http://localhost:8080")],
+    config: Annotated[Path | None, typer.Option(help="YAML file of loop options.")] = None,
+    iterate: Annotated[
+        bool, typer.Option("--iterate", help="Start runs until every target passes.")
+    ] = False,
+    experiment: Annotated[str, typer.Option(help="Kubeflow experiment.")] = "sigdl",
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit the pipeline to Kubeflow Pipelines (`runs_uri` in the config: an s3:// prefix)."""
+    from pipelines.cluster import submit
+
+    cfg_path = str(config) if config else None
+    result = submit(host, cfg_path, iterate=iterate, experiment=experiment, on_line=err)
+    emit(result, as_json, "\n".join(f"{k}: {v}" for k, v in result.items()))
+    if iterate and not result.get("passed"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def sensitivity(
+    checkpoint_dir: Annotated[Path, typer.Argument(help="A `sigdl train` output directory.")],
+    dataset: Annotated[str, typer.Option(help="Data set whose test split scores each cut.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write report.json and sensitivity.md here.")
+    ] = None,
+    sparsities: Annotated[
+        str, typer.Option(help="Comma-separated fractions of each layer's weights to zero.")
+    ] = "0.5,0.7,0.8,0.9,0.95",
+    layers: Annotated[
+        str | None, typer.Option(help="Comma-separated layer names (default: every conv/fc layer).")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-layer pruning sensitivity: test accuracy with one layer at a time magnitude-pruned
+    to each sparsity, no retraining (where a recipe's per-layer sparsities can go)."""
+    import time
+
+    from services.compression.prune import SensitivityTable, find_layers
+    from services.compression.prune import sensitivity as sweep
+    from sigdl import atomic
+    from sigdl.checkpoint import load_checkpoint
+    from sigdl.datasets import load_dataset
+
+    try:
+        levels = [float(s) for s in sparsities.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(
+            f"--sparsities {sparsities!r}: expected comma-separated fractions, e.g. 0.5,0.8,0.9"
+        ) from None
+    model, meta = load_checkpoint(checkpoint_dir)
+    data = load_dataset(dataset, str(data_dir) if data_dir else None)
+    found = {layer.name: layer for layer in find_layers(model).values()}
+    names = [n.strip() for n in (layers or "").split(",") if n.strip()] or list(found)
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise InputError(f"--layers {', '.join(map(repr, unknown))}: not in {meta.model!r} "
+                         f"(layers: {', '.join(found)})")  # fmt: skip
+    if out is not None:
+        out = atomic.check_writable_dir(out)  # before the sweep, not after it
+    started = time.perf_counter()
+    accuracy: dict[str, list[float]] = {}
+    for i, name in enumerate(names, 1):  # a layer at a time, for progress on big test sets
+        one = sweep(model, data, meta, [name], levels)  # bad sparsities: InputError, no output
+        accuracy[name] = one.accuracy[name]
+        err(f"{name}: done ({i}/{len(names)}, {time.perf_counter() - started:.0f} s)")
+    table = SensitivityTable(one.baseline, one.sparsities, accuracy)
+    report = {
+        "command": "sensitivity", "sigdl_version": __version__, "model": meta.model,
+        "dataset": dataset, "checkpoint": str(checkpoint_dir.expanduser().resolve()),
+        "test_samples": len(data.test.labels), "baseline_accuracy": table.baseline,
+        "sparsities": table.sparsities,
+        "layers": [{"name": name, "kind": found[name].kind,
+                    "parameters": found[name].weight.numel(), "accuracy": accs}
+                   for name, accs in table.accuracy.items()],
+        "wall_seconds": time.perf_counter() - started,
+    }  # fmt: skip
+    if out is not None:
+        report["artifacts"] = {"report": str(out / "report.json"),
+                               "markdown": str(out / "sensitivity.md")}  # fmt: skip
+        with atomic.staged_dir(out) as stage:
+            atomic.write_json(stage / "report.json", report)
+            atomic.write_bytes(stage / "sensitivity.md", table.to_markdown().encode())
+    head = f"{'layer':16} {'parameters':>10} " + " ".join(f"{100 * s:>6g}%" for s in levels)
+    lines = [f"{meta.model} on {dataset}: dense accuracy {table.baseline:.4f}; accuracy with "
+             "one layer pruned (no retraining)", head]  # fmt: skip
+    for row in report["layers"]:
+        accs = " ".join(f"{a:>7.4f}" for a in row["accuracy"])
+        lines.append(f"{row['name']:16} {row['parameters']:>10,} {accs}")
+    if out is not None:
+        lines.append(f"wrote {out / 'report.json'} and {out / 'sensitivity.md'}")
+    emit(report, as_json, "\n".join(lines))
 
 
 @app.command()

@@ -26,6 +26,52 @@ TAG_RECIPE = "sigdl.recipe_digest"
 TAG_TARGET = "sigdl.target"
 TAG_ITERATION = "sigdl.iteration"
 TAG_STAGE = "sigdl.stage"
+TAG_PIPELINE_RUN = "sigdl.pipeline_run_id"
+TAG_CANDIDATE = "sigdl.candidate"
+ONNX_MODEL_PATH = "onnx_model"  # where a run logs its MLflow ONNX model (pyfunc-loadable)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a stage's run sits in a pipeline run: its MLflow parent run, and the tags its
+    registered version carries (ARCHITECTURE.md, Lineage). Empty fields are not recorded; the
+    default is a stage run on its own (`sigdl train` by hand)."""
+
+    parent_run_id: str = ""  # MLflow run of the pipeline run: the stage's run nests under it
+    pipeline_run_id: str = ""  # the pipeline run (Kubeflow run id, or the local controller's)
+    iteration: int = 0  # 1, 2, ... of the outer loop; 0: not in a pipeline
+    parent_version: str = ""  # "NAME/VERSION" of the registered version this one came from
+    target: str = ""  # the candidate's target
+    candidate: str = ""  # the candidate's id within its iteration
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> RunContext:
+        data = data or {}
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known and v not in (None, "")})
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def run_tags(self) -> dict[str, str]:
+        """Tags of the stage's MLflow run: nesting, pipeline run, iteration, candidate."""
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            TAG_PIPELINE_RUN: self.pipeline_run_id,
+            TAG_CANDIDATE: self.candidate,
+            TAG_TARGET: self.target,
+        }
+        tags = {k: v for k, v in tags.items() if v}
+        if self.iteration:
+            tags[TAG_ITERATION] = str(self.iteration)
+        return tags
+
+    def version_tags(self) -> dict[str, str]:
+        """Tags of a version it registers: the run's, and the version it came from."""
+        tags = {k: v for k, v in self.run_tags().items() if k != "mlflow.parentRunId"}
+        if self.parent_version:
+            tags[TAG_PARENT] = self.parent_version
+        return tags
 
 
 @dataclass(frozen=True)
@@ -82,6 +128,21 @@ class Lineage:
             raise
         self.client.set_terminated(run_id, "FINISHED")
 
+    def start_run(self, name: str, tags: dict | None = None, params: dict | None = None) -> str:
+        """A run that stays RUNNING until `end_run` (a pipeline run's parent spans processes)."""
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags={k: str(v) for k, v in (tags or {}).items()}
+        )
+        if params:
+            self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
@@ -96,6 +157,21 @@ class Lineage:
 
     def log_dir(self, run_id: str, local_dir: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_onnx_model(self, run_id: str, onnx_path: str | Path) -> str:
+        """Log `onnx_path` as an MLflow ONNX model (flavours onnx and python_function) under
+        the run's `onnx_model` artifact path, so that a registered version of it loads with
+        `mlflow.pyfunc.load_model("models:/NAME@ALIAS")`; return that artifact path."""
+        import tempfile
+
+        import mlflow.onnx
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix="sigdl-mlflow-") as tmp:
+            folder = Path(tmp) / ONNX_MODEL_PATH
+            mlflow.onnx.save_model(onnx.load(str(onnx_path)), str(folder))
+            self.client.log_artifacts(run_id, str(folder), ONNX_MODEL_PATH)
+        return ONNX_MODEL_PATH
 
     def register(
         self, name: str, run_id: str, artifact_path: str, tags: dict | None = None
@@ -116,14 +192,24 @@ class Lineage:
 
     def versions(self, name: str) -> list[dict]:
         """Every version of model `name`, oldest first, with its tags and aliases."""
+        from mlflow.exceptions import MlflowException
+
         found = self.client.search_model_versions(f"name='{name}'")
+        # search results carry no aliases: the registered model maps alias -> version
+        try:
+            aliases = dict(self.client.get_registered_model(name).aliases or {})
+        except MlflowException:
+            aliases = {}
+        by_version: dict[str, list[str]] = {}
+        for alias, version in sorted(aliases.items()):
+            by_version.setdefault(str(version), []).append(alias)
         rows = [
             {
                 "version": int(v.version),
                 "run_id": v.run_id,
                 "source": v.source,
                 "tags": dict(v.tags),
-                "aliases": list(getattr(v, "aliases", []) or []),
+                "aliases": by_version.get(str(v.version), []),
             }
             for v in found
         ]

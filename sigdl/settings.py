@@ -299,3 +299,9 @@ def describe() -> list[dict[str, str]]:
 if __name__ == "__main__":
     for row in describe():
         print(f"{row['name']:28} {row['type']:6} {row['value']:40} {row['doc']}")
+
+
+def environment_with(**values: str) -> dict[str, str]:
+    """This process's environment with `values` set: what a child process SigDL starts (the
+    embedded `sigdl serve all`) is given, so that it reads the same settings."""
+    return {**os.environ, **values}

@@ -10,7 +10,7 @@ Submit checks that the checkpoint exists (NOT_FOUND) under the artifact roots
 from __future__ import annotations
 
 from services.compression.recipe import list_recipes
-from services.grpc_common.jobservice import JobServicer, input_uri
+from services.grpc_common.jobservice import JobServicer, input_uri, lineage_of
 from services.protos.sigdl.v1 import common_pb2, compression_pb2, compression_pb2_grpc
 from sigdl import jobs
 
@@ -18,13 +18,14 @@ from sigdl import jobs
 def run_job(params: dict, job: jobs.JobContext) -> dict:
     """In the worker process: fetch the checkpoint (and recipe) if remote, compress."""
     from services.compression.stage import run_compression
+    from sigdl.lineage import RunContext
 
     recipe = params["recipe"]
     if params["recipe_is_uri"]:
         recipe = job.local(recipe)
     return run_compression(
         job.local(params["checkpoint"]), recipe, params["dataset"], job.out_dir,
-        on_event=job.emit,
+        on_event=job.emit, lineage=RunContext.from_json(params.get("lineage")),
     )  # fmt: skip
 
 
@@ -49,7 +50,8 @@ class CompressionServicer(JobServicer):
                 f"{', '.join(list_recipes())}, or the file:// or s3:// URI of a recipe YAML",
             )  # fmt: skip
         return {"checkpoint": checkpoint, "recipe": recipe, "recipe_is_uri": is_uri,
-                "dataset": request.dataset or None}  # fmt: skip
+                "dataset": request.dataset or None,
+                "lineage": lineage_of(request.lineage)}  # fmt: skip
 
 
 SERVICER = CompressionServicer

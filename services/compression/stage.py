@@ -22,7 +22,7 @@ from services.compression.recipe import load_recipe
 from sigdl import __version__, atomic, checkpoint, lineage, numerics, onnx_io, settings
 from sigdl.datasets import load_dataset
 from sigdl.evaluation import score_onnx
-from sigdl.lineage import TAG_RECIPE, TAG_STAGE
+from sigdl.lineage import TAG_RECIPE, TAG_STAGE, RunContext
 from sigdl.sdc import Int8Tensor, SdcSummary, SharedTensor, load_model, write_sdc
 
 EventFn = Callable[[dict], None]
@@ -61,8 +61,10 @@ def run_compression(
     *,
     data_dir: str | None = None,
     on_event: EventFn | None = None,
+    lineage: RunContext | None = None,
 ) -> dict:
-    """Compress, write the .sdc, decode it to ONNX, evaluate that with ONNX Runtime; report."""
+    """Compress, write the .sdc, decode it to ONNX, evaluate that with ONNX Runtime; report.
+    `lineage` nests the MLflow run in a pipeline run and tags the registered version."""
     out = atomic.check_writable_dir(out)
     if settings.SIGDL_NUM_THREADS.get():
         torch.set_num_threads(settings.SIGDL_NUM_THREADS.get())
@@ -91,7 +93,9 @@ def run_compression(
             accuracy_drop=report["metrics"]["dense_accuracy"] - onnx_score.accuracy,
             wall_seconds=time.perf_counter() - started,
         )
-        report["mlflow"] = log_lineage(report, stage, meta.model, report["dataset"])
+        report["mlflow"] = log_lineage(
+            report, stage, meta.model, report["dataset"], lineage or RunContext()
+        )
         atomic.write_json(stage / "report.json", report)
         atomic.write_bytes(stage / "report.md", markdown_report(report).encode())
     return report
@@ -177,20 +181,25 @@ def _report(result: CompressionResult, summary: SdcSummary, meta, dataset: str, 
     }  # fmt: skip
 
 
-def log_lineage(report: dict, artifacts_dir: Path, model: str, dataset: str) -> dict | None:
-    """Log the compression run and register the compressed model version."""
+def log_lineage(
+    report: dict, artifacts_dir: Path, model: str, dataset: str, context: RunContext
+) -> dict | None:
+    """Log the compression run and register the decoded model.onnx as an MLflow ONNX model
+    version, tagged with its recipe digest and where it came from."""
     store = lineage.open_lineage()
     if store is None:
         return None
     name = lineage.registered_name(model, dataset)
     params = {"recipe": report["recipe"]["name"], "recipe_digest": report["recipe_digest"]}
     tags = {TAG_STAGE: "compress", TAG_RECIPE: report["recipe_digest"]}
-    with store.run(f"compress {name}", params=params, tags=tags) as run_id:
+    run_name = f"compress {name}" + (f" [{context.candidate}]" if context.candidate else "")
+    with store.run(run_name, params=params, tags={**tags, **context.run_tags()}) as run_id:
         for step, row in enumerate(report["ladder"]):
             numeric = {k: v for k, v in row.items() if isinstance(v, int | float)}
             store.log_metrics(run_id, {f"ladder_{k}": v for k, v in numeric.items()}, step)
         store.log_metrics(run_id, {k: v for k, v in report["metrics"].items() if v is not None})
         store.log_dir(run_id, artifacts_dir, "model")
-        version = store.register(name, run_id, "model", tags=tags)
+        path = store.log_onnx_model(run_id, artifacts_dir / "model.onnx")
+        version = store.register(name, run_id, path, tags={**tags, **context.version_tags()})
     return {"tracking_uri": store.tracking_uri, "run_id": run_id,
             "registered_model": version.name, "version": version.version}  # fmt: skip

@@ -62,6 +62,13 @@ def json_object(raw: str, name: str) -> dict:
     return value
 
 
+def lineage_of(message: common_pb2.Lineage) -> dict:
+    """A request's Lineage as the plain dict `sigdl.lineage.RunContext.from_json` reads."""
+    if message.iteration < 0:
+        raise jobs.FieldError("lineage.iteration", f"{message.iteration}: expected >= 0")
+    return {field.name: getattr(message, field.name) for field in message.DESCRIPTOR.fields}
+
+
 def input_uri(ref: common_pb2.ArtifactRef, name: str, member: str | None = None) -> str:
     """An input artifact's URI, checked against the roots and for existence (NOT_FOUND);
     `member`: a file the input directory must hold."""

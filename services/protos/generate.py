@@ -15,8 +15,6 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from grpc_tools import protoc
-
 REPO = Path(__file__).resolve().parents[2]
 PROTO_DIR = Path("services/protos/sigdl/v1")  # relative to REPO, the import root
 
@@ -27,6 +25,8 @@ def proto_files() -> list[Path]:
 
 def generate(out: Path) -> list[Path]:
     """Compile every proto into `out` (the tree mirrors the repository); return the files."""
+    from grpc_tools import protoc  # the dev extra's: only `make protos` needs it
+
     out.mkdir(parents=True, exist_ok=True)
     well_known = resources.files("grpc_tools") / "_proto"
     args = [

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.grpc_common.client import JobClient, input_ref, run_remote
-from services.protos.sigdl.v1 import retest_pb2, retest_pb2_grpc
+from services.protos.sigdl.v1 import common_pb2, retest_pb2, retest_pb2_grpc
+from sigdl.lineage import RunContext
 
 
 class RetestClient(JobClient):
@@ -17,9 +18,15 @@ class RetestClient(JobClient):
 
 def retest_request(model: str | Path, target: str, **options) -> retest_pb2.RetestRequest:
     """A RetestRequest; `options` are run_retest's keywords (dataset, precision, threads,
-    requirements, workers), None meaning the stage's default."""
+    requirements, workers, baseline_accuracy, lineage as a RunContext or its JSON dict), None
+    meaning the stage's default."""
     given = {k: v for k, v in options.items() if v is not None}
     given["requirements"] = list(given.get("requirements", ()))
+    if "lineage" in given:
+        context = given["lineage"]
+        if not isinstance(context, RunContext):
+            context = RunContext.from_json(context)
+        given["lineage"] = common_pb2.Lineage(**context.to_json())
     return retest_pb2.RetestRequest(model=input_ref(model), target=target, **given)
 
 

@@ -2,7 +2,9 @@
 
 A requirement is `METRIC OP NUMBER` with OP one of <=, >=, <, >, ==. The verdict lists each
 requirement with its measured or predicted value and pass/fail, after two checks every retest
-makes: all operators supported, and the model fits the target's RAM.
+makes: all operators supported, and the model fits the target's RAM. accuracy_drop is the
+report's `accuracy.drop_pp`: against the dense trained model (ARCHITECTURE.md), and verdict.md
+says which baseline it was.
 
     verdict = gate(report, [parse_requirement("fps>=30")])
 """
@@ -19,7 +21,9 @@ from sigdl.errors import InputError
 METRICS = {
     "accuracy": (("accuracy", "accuracy"), "fraction", "test accuracy at the target's numerics"),
     "accuracy_drop": (("accuracy", "drop_pp"), "percentage points",
-                      "fp32 accuracy minus accuracy at the target's numerics"),
+                      "baseline accuracy (the dense trained model's; this model's fp32 only "
+                      "when no dense accuracy is known) minus accuracy at the target's "
+                      "numerics"),
     "latency_ms": (("latency_ms",), "ms", "predicted latency"),
     "p90_latency_ms": (("p90_latency_ms",), "ms", "predicted p90 latency"),
     "fps": (("fps",), "1/s", "predicted frames per second (batch 1)"),
@@ -102,6 +106,16 @@ def verdict_markdown(report: dict) -> str:
               f"{report['p90_latency_ms']:.3f} ms, {report['fps']:.1f} fps); estimated power "
               f"{report['power_w']:.2f} W, {report['energy_mj']:.3f} mJ per inference "
               "(an estimate from the profile's power model)."]  # fmt: skip
+    lines += ["", f"Deployable model: {report['deployable']}."]
+    if "accuracy" in report:
+        lines += ["", _accuracy_line(report["accuracy"], report["precision"])]
     for f in report["operators"]["failures"]:
         lines.append(f"- unsupported: `{f['node']}` ({f['op']}): {f['rule']}")
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_line(acc: dict, precision: str) -> str:
+    return (f"Accuracy on {acc['dataset']}: {acc['accuracy']:.4f} at {precision}, "
+            f"{acc['fp32_accuracy']:.4f} for this model at fp32. accuracy_drop "
+            f"{acc['drop_pp']:.2f} pp = baseline {acc['baseline_accuracy']:.4f} "
+            f"({acc['baseline']}) minus the {precision} accuracy.")  # fmt: skip

@@ -3,9 +3,10 @@
     sigdl serve retest --port 50053
 
 Submit checks the model artifact (NOT_FOUND, PERMISSION_DENIED), the target profile and the
-numeric fields (INVALID_ARGUMENT naming them); `run_job` runs `run_retest` in the job's worker
-process. A failed gate is a SUCCEEDED job whose report says `verdict.passed: false` (the job
-ran; the model did not pass), so the `passed` metric is 0.
+numeric fields (INVALID_ARGUMENT naming them; `baseline_accuracy` must be a fraction, 0 meaning
+unset); `run_job` runs `run_retest` in the job's worker process, its MLflow run nested as the
+request's `lineage` says. A failed gate is a SUCCEEDED job whose report says
+`verdict.passed: false` (the job ran; the model did not pass), so the `passed` metric is 0.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from services.grpc_common.jobservice import JobServicer, input_uri
 from services.protos.sigdl.v1 import retest_pb2, retest_pb2_grpc
 from sigdl import jobs
 from sigdl.errors import InputError
+from sigdl.lineage import RunContext
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -27,7 +29,8 @@ def run_job(params: dict, job: jobs.JobContext) -> dict:
         str(job.local(params["model"])), params["target"], job.out_dir,
         dataset=params["dataset"], precision=params["precision"], threads=params["threads"],
         requirements=tuple(params["requirements"]), workers=params["workers"],
-        on_event=job.emit,
+        on_event=job.emit, baseline_accuracy=params.get("baseline_accuracy"),
+        lineage=RunContext.from_json(params.get("lineage")),
     )  # fmt: skip
 
 
@@ -50,11 +53,18 @@ class RetestServicer(JobServicer):
         for name in ("threads", "workers"):
             if getattr(request, name) < 0:
                 raise jobs.FieldError(name, f"{getattr(request, name)}: expected >= 0")
+        baseline = request.baseline_accuracy
+        if not 0.0 <= baseline <= 1.0:  # NaN fails this too
+            raise jobs.FieldError("baseline_accuracy", f"{baseline}: expected the dense trained "
+                                  "model's test accuracy in [0, 1] (0: not given)")  # fmt: skip
+        context = RunContext(**{name: getattr(request.lineage, name)
+                                for name in RunContext.__dataclass_fields__})  # fmt: skip
         return {
             "model": input_uri(request.model, "model"), "target": request.target,
             "dataset": request.dataset or None, "precision": request.precision or None,
             "threads": request.threads or None, "requirements": list(request.requirements),
-            "workers": request.workers or 1,
+            "workers": request.workers or 1, "baseline_accuracy": baseline or None,
+            "lineage": context.to_json(),
         }  # fmt: skip
 
     def metrics(self, report: dict) -> dict[str, float]:

@@ -8,8 +8,14 @@ support; and gates the result against the requirements. On the `host` target it 
 measures the latency for real (single-stream p90). With `out` it writes `report.json` and
 `verdict.md` there, all or nothing.
 
-    report = run_retest("runs/lenet5/model.onnx", "movidius-ma2450", "runs/rt",
-                        dataset="mnist", requirements=["fps>=30", "accuracy_drop<=0.5"])
+The model an int8 target runs is the `model.int8.onnx` its compression wrote, when there is one
+beside the model (deploy ships that file); only otherwise is the fp32 model quantized here.
+accuracy_drop is measured against the dense trained model, not against this model's own fp32
+accuracy: the `baseline_accuracy` given (the pipeline passes it), else the dense accuracy in
+the compress report beside the model, else (a bare model.onnx) this model at fp32.
+
+    report = run_retest("runs/lenet5-dc", "movidius-ma2450", "runs/rt", dataset="mnist",
+                        requirements=["fps>=30", "accuracy_drop<=0.5"])
 """
 
 from __future__ import annotations
@@ -31,14 +37,15 @@ from services.retest.measure import single_stream
 from services.retest.opcheck import check_operators
 from services.retest.predict import estimate_power, memory_use, predict_latency
 from services.retest.source import ModelSource, load_source
-from sigdl import __version__, atomic, lineage, numerics, onnx_io
+from sigdl import __version__, atomic, numerics, onnx_io
 from sigdl.datasets import adapt, load_dataset
 from sigdl.errors import InputError
-from sigdl.lineage import TAG_STAGE, TAG_TARGET
+from sigdl.lineage import TAG_STAGE, TAG_TARGET, RunContext, open_lineage
 
 EventFn = Callable[[dict], None]
 CALIBRATION_IMAGES = 256  # training images that calibrate int8 activation ranges
 HOST_MEASURE = {"min_queries": 30, "min_seconds": 1.0, "max_queries": 2000}
+FROM_COMPRESSION = "model.int8.onnx (from compression)"
 
 
 def load_target(target: str) -> dict:
@@ -63,7 +70,9 @@ def list_targets() -> list[dict]:
     return rows
 
 
-def _check_args(profile: dict, precision: str, threads: int | None, workers: int) -> None:
+def _check_args(
+    profile: dict, precision: str, threads: int | None, workers: int, baseline: float | None
+) -> None:
     if precision not in profile["precisions"]:
         raise InputError(f"precision {precision!r}: target {profile['name']!r} supports "
                          f"{', '.join(profile['precisions'])}")  # fmt: skip
@@ -71,6 +80,9 @@ def _check_args(profile: dict, precision: str, threads: int | None, workers: int
         raise InputError(f"threads={threads}: expected a positive integer")
     if workers < 1:
         raise InputError(f"workers={workers}: expected a positive integer")
+    if baseline is not None and not 0.0 <= baseline <= 1.0:  # NaN fails this too
+        raise InputError(f"baseline_accuracy={baseline}: expected the dense trained model's "
+                         "test accuracy, a fraction in [0, 1]")  # fmt: skip
 
 
 def _calibration(source: ModelSource, dataset: str | None, data_dir) -> tuple[np.ndarray, str]:
@@ -96,12 +108,16 @@ def run_retest(
     workers: int = 1,
     data_dir: str | Path | None = None,
     on_event: EventFn | None = None,
+    baseline_accuracy: float | None = None,
+    lineage: RunContext | None = None,
 ) -> dict:
-    """Retest `model` on `target`; return the report (see the module docstring)."""
+    """Retest `model` on `target`; return the report (see the module docstring).
+    `baseline_accuracy`: the dense trained model's accuracy on `dataset`, what accuracy_drop
+    is measured against; `lineage`: where the retest's MLflow run nests."""
     emit = on_event or (lambda event: None)
     profile = load_target(target)
     precision = precision or profile["native_precision"]
-    _check_args(profile, precision, threads, workers)
+    _check_args(profile, precision, threads, workers, baseline_accuracy)
     reqs = [parse_requirement(r) for r in requirements]
     if dataset is None and any(r.needs_dataset for r in reqs):
         raise InputError("requirements on accuracy need a data set (--dataset)")
@@ -110,16 +126,15 @@ def run_retest(
     started = time.perf_counter()
     source = load_source(model)
     emit({"stage": "load", "done": 1, "total": 1})
-    calibration, calibration_note = None, None
-    if precision == "int8":
-        calibration, calibration_note = _calibration(source, dataset, data_dir)
-    deployable = numerics.convert(source.onnx_bytes, precision, calibration)
+    deployable, how, calibration_note = _deployable(source, precision, dataset, data_dir)
     report = _predictions(source, deployable, profile, precision, threads)
+    report["deployable"] = how
     report["calibration"] = calibration_note
     emit({"stage": "predict", "done": 1, "total": 1})
     if dataset:
-        report["accuracy"] = _accuracy(source, deployable, precision, dataset, data_dir,
-                                       workers, threads, emit)  # fmt: skip
+        accuracy = _accuracy(source, deployable, precision, dataset, data_dir, workers,
+                             threads, emit)  # fmt: skip
+        report["accuracy"] = {**accuracy, **_against(accuracy, source, dataset, baseline_accuracy)}
     if profile["emulation"]["method"] == "native":
         stats = single_stream(deployable, report["threads"], **HOST_MEASURE)
         report["measured"] = stats.to_json()
@@ -127,7 +142,8 @@ def run_retest(
         emit({"stage": "measure", "done": 1, "total": 1})
     report["verdict"] = gate(report, reqs)
     report["wall_seconds"] = time.perf_counter() - started
-    report["mlflow"] = log_lineage(report)
+    report["lineage"] = lineage.to_json() if lineage else None
+    report["mlflow"] = log_lineage(report, lineage)
     if out is not None:
         with atomic.staged_dir(out) as stage:
             atomic.write_json(stage / "report.json", report)
@@ -137,9 +153,42 @@ def run_retest(
     return report
 
 
-def log_lineage(report: dict) -> dict | None:
-    """Log the retest as an MLflow run: its figures as metrics, the target as a tag."""
-    store = lineage.open_lineage()
+def _deployable(
+    source: ModelSource, precision: str, dataset: str | None, data_dir: str | None
+) -> tuple[bytes, str, str | None]:
+    """(the model the target runs, how it was made, the int8 calibration note): for int8 the
+    compression's model.int8.onnx when it came with the model, as deploy ships it; a model
+    re-quantized here would be calibrated differently and is not what runs on the device."""
+    if precision == "int8" and source.int8_bytes is not None:
+        return source.int8_bytes, FROM_COMPRESSION, None
+    if precision != "int8":
+        how = "the fp32 model" if precision == "fp32" else f"converted to {precision} at retest"
+        return numerics.convert(source.onnx_bytes, precision, None), how, None
+    pixels, note = _calibration(source, dataset, data_dir)
+    deployable = numerics.convert(source.onnx_bytes, precision, pixels)
+    return deployable, f"re-quantized at retest (calibration {note})", note
+
+
+def _against(
+    accuracy: dict, source: ModelSource, dataset: str, given: float | None
+) -> dict[str, float | str]:
+    """The baseline accuracy_drop is measured against (ARCHITECTURE.md: the dense trained
+    model, not this model at fp32) and the drop in percentage points."""
+    compressed = source.compressed
+    if given is not None:
+        baseline, basis = given, "dense trained model (given)"
+    elif compressed is not None and compressed.dataset == dataset:
+        baseline, basis = compressed.dense_accuracy, "dense trained model (compress report)"
+    else:
+        baseline, basis = accuracy["fp32_accuracy"], "this model at fp32"
+    return {"baseline_accuracy": baseline, "baseline": basis,
+            "drop_pp": 100 * (baseline - accuracy["accuracy"])}  # fmt: skip
+
+
+def log_lineage(report: dict, lineage: RunContext | None = None) -> dict | None:
+    """Log the retest as an MLflow run (nested under the lineage's parent run, tagged with
+    its pipeline run, iteration and candidate): its figures as metrics, the target as a tag."""
+    store = open_lineage()
     if store is None:
         return None
     target = report["target"] + (f":{report['mode']}" if report.get("mode") else "")
@@ -151,11 +200,19 @@ def log_lineage(report: dict) -> dict | None:
     }  # fmt: skip
     metrics.update(memory_mb=report["memory"]["memory_mb"], accuracy=accuracy.get("accuracy"),
                    accuracy_drop_pp=accuracy.get("drop_pp"),
+                   baseline_accuracy=accuracy.get("baseline_accuracy"),
+                   fp32_accuracy=accuracy.get("fp32_accuracy"),
                    passed=float(report["verdict"]["passed"]))  # fmt: skip
     params = {"model": report["source"]["where"], "target": target,
-              "precision": report["precision"], "threads": report["threads"]}  # fmt: skip
-    tags = {TAG_STAGE: "retest", TAG_TARGET: target}
-    with store.run(f"retest {report['model']} on {target}", params=params, tags=tags) as run_id:
+              "precision": report["precision"], "threads": report["threads"],
+              "deployable": report["deployable"],
+              "accuracy_baseline": accuracy.get("baseline")}  # fmt: skip
+    context = lineage or RunContext()
+    tags = {**context.run_tags(), TAG_STAGE: "retest", TAG_TARGET: target}
+    name = f"retest {report['model']} on {target}"
+    params = {k: v for k, v in params.items() if v is not None}
+    with store.run(name, params=params, tags=tags,
+                   parent_run_id=context.parent_run_id or None) as run_id:  # fmt: skip
         store.log_metrics(run_id, metrics)
     return {"tracking_uri": store.tracking_uri, "run_id": run_id}
 
@@ -196,7 +253,7 @@ def _accuracy(
     source: ModelSource, deployable: bytes, precision: str, dataset: str, data_dir: str | None,
     workers: int, threads: int | None, emit: EventFn,
 ) -> dict:  # fmt: skip
-    """Accuracy at the target's numerics and, for the drop, at fp32 (same shards)."""
+    """Accuracy at the target's numerics and this model's at fp32 (same shards)."""
     mode = source.meta.adapt_mode if source.meta else "resize"
     per_worker = max(1, (threads or os.cpu_count() or 1) // workers)  # workers share the cores
     with tempfile.TemporaryDirectory(prefix="sigdl-retest-") as tmp:
@@ -210,6 +267,7 @@ def _accuracy(
             )  # fmt: skip
     result = {k: v for k, v in runs[precision].items() if k != "predictions"}
     result["fp32_accuracy"] = runs["fp32"]["accuracy"]
-    result["drop_pp"] = 100 * (runs["fp32"]["accuracy"] - result["accuracy"])
+    # what the target's numerics alone cost this model (the gate's drop is against the baseline)
+    result["numerics_drop_pp"] = 100 * (runs["fp32"]["accuracy"] - result["accuracy"])
     result["dataset"] = dataset
     return result

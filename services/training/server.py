@@ -9,7 +9,7 @@ epoch as a progress event.
 
 from __future__ import annotations
 
-from services.grpc_common.jobservice import JobServicer, json_object
+from services.grpc_common.jobservice import JobServicer, json_object, lineage_of
 from services.protos.sigdl.v1 import training_pb2, training_pb2_grpc
 from sigdl import jobs, zoo
 from sigdl.errors import InputError
@@ -19,10 +19,12 @@ from sigdl.training import TrainConfig
 def run_job(params: dict, job: jobs.JobContext) -> dict:
     """In the worker process: train into the job's output directory."""
     from services.training.stage import run_training
+    from sigdl.lineage import RunContext
 
     return run_training(
         TrainConfig.from_dict(params["config"]), job.out_dir, nproc=params["nproc"],
         on_epoch=lambda row: job.emit({"event": "epoch", **row}),
+        lineage=RunContext.from_json(params.get("lineage")),
     )  # fmt: skip
 
 
@@ -50,7 +52,8 @@ class TrainingServicer(JobServicer):
             cfg = TrainConfig.from_dict({**options, **given})
         except TypeError as exc:  # a config_json value of the wrong type
             raise jobs.FieldError("config_json", str(exc)) from None
-        return {"config": cfg.to_dict(), "nproc": request.nproc or 1}
+        return {"config": cfg.to_dict(), "nproc": request.nproc or 1,
+                "lineage": lineage_of(request.lineage)}  # fmt: skip
 
 
 SERVICER = TrainingServicer

@@ -22,6 +22,7 @@ from sigdl.checkpoint import ModelMeta, PixelModel
 from sigdl.datasets import Dataset, adapt, load_dataset
 from sigdl.errors import InputError
 from sigdl.evaluation import score_onnx, score_torch
+from sigdl.lineage import RunContext
 from sigdl.training import EpochResult, TrainConfig, fit
 
 ProgressFn = Callable[[dict], None]
@@ -120,8 +121,10 @@ def run_training(
     nproc: int = 1,
     data_dir: str | None = None,
     on_epoch: ProgressFn | None = None,
+    lineage: RunContext | None = None,
 ) -> dict:
-    """Train, checkpoint, export, verify the export, log lineage; return the report."""
+    """Train, checkpoint, export, verify the export, log lineage (nested under
+    `lineage.parent_run_id` when given); return the report."""
     if nproc < 1:
         raise InputError(f"nproc={nproc}: expected an integer >= 1")
     out = atomic.check_writable_dir(out)
@@ -166,7 +169,7 @@ def run_training(
                 "onnx": str(out / "model.onnx"),
             },
         }
-        report["mlflow"] = log_lineage(report, stage)
+        report["mlflow"] = log_lineage(report, stage, lineage or RunContext())
         atomic.write_json(stage / "report.json", report)
     return report
 
@@ -175,21 +178,24 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
-def log_lineage(report: dict, artifacts_dir: Path) -> dict | None:
-    """Log the run to MLflow and register a model version; None when tracking is off."""
+def log_lineage(report: dict, artifacts_dir: Path, context: RunContext) -> dict | None:
+    """Log the run to MLflow and register the ONNX model as a version (loadable with
+    `mlflow.pyfunc.load_model`); None when tracking is off."""
     store = lineage.open_lineage()
     if store is None:
         return None
     name = lineage.registered_name(report["model"], report["dataset"])
     params = {**report["config"], "nproc": report["nproc"], "parameters": report["parameters"]}
-    with store.run(f"train {name}", params=params, tags={lineage.TAG_STAGE: "train"}) as run_id:
+    tags = {lineage.TAG_STAGE: "train", **context.run_tags()}
+    with store.run(f"train {name}", params=params, tags=tags) as run_id:
         for row in report["history"]:
             store.log_metrics(run_id, {k: row[k] for k in row if k != "epoch"}, row["epoch"])
         store.log_metrics(run_id, report["metrics"])
         store.log_dir(run_id, artifacts_dir, "model")
-        version = store.register(
-            name, run_id, "model", tags={lineage.TAG_STAGE: "train", lineage.TAG_ITERATION: 0}
-        )
+        path = store.log_onnx_model(run_id, artifacts_dir / "model.onnx")
+        version_tags = {lineage.TAG_STAGE: "train", lineage.TAG_ITERATION: 0,
+                        **context.version_tags()}  # fmt: skip
+        version = store.register(name, run_id, path, tags=version_tags)
     return {
         "tracking_uri": store.tracking_uri,
         "run_id": run_id,

@@ -6,7 +6,7 @@ import warnings
 from services.protos.sigdl.v1 import common_pb2 as services_dot_protos_dot_sigdl_dot_v1_dot_common__pb2
 from services.protos.sigdl.v1 import compression_pb2 as services_dot_protos_dot_sigdl_dot_v1_dot_compression__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
