@@ -423,8 +423,9 @@ def finish_run(run_uri: str, pipeline_status: str = "") -> RunVerdict:
         write_json(verdict_uri, verdict.to_json())
         _log_parent(run.get("parent_run_id", ""), verdict, results, Path(tmp))
     say(
-        f"iteration {verdict.iteration}: {'PASSED' if verdict.passed else 'not passed'} "
-        f"({status}); report {verdict.report}"
+        f"iteration {verdict.iteration}: "
+        f"{'every target passed' if verdict.passed else 'some target failed its gate'} "
+        f"(run {status}); report {verdict.report}"
     )
     return verdict
 
