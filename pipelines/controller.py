@@ -68,8 +68,6 @@ class LoopConfig:
                 f"--config {str(path)!r}: unknown key(s) {', '.join(unknown)}; "
                 f"expected some of {', '.join(sorted(known))}"
             )
-        if "target" in data:  # pragma: no cover - guarded by `known`
-            raise InputError("--config: 'target' is now 'targets' (a list)")
         cfg = cls(**data)
         cfg.check()
         return cfg

@@ -31,7 +31,6 @@ import yaml
 from pipelines import propose
 from pipelines.results import Candidate, CandidateResult, RunVerdict
 from sigdl import lineage, settings, store
-from sigdl.errors import InputError
 from sigdl.lineage import RunContext
 
 LINE_PREFIX = "sigdl| "  # marks the lines the controller shows; the rest is kfp's log
@@ -84,23 +83,18 @@ def read_json(uri: str) -> dict:
     return json.loads(store.get_bytes(uri))
 
 
-def _remote(client, request):
+def _remote(client, request) -> tuple[dict, str]:
     """Submit, follow to the end, return (report, out_uri); RemoteJobError when it failed."""
-    from services.grpc_common.client import RemoteJobError, request_id
-    from services.protos.sigdl.v1 import common_pb2
+    from services.grpc_common.client import finish_job
 
-    request.request_id = request.request_id or request_id()
-    job = client.wait(client.submit(request).id)
-    if job.state != common_pb2.SUCCEEDED:
-        state = common_pb2.JobState.Name(job.state)
-        raise RemoteJobError(f"{client.address} job {job.id} {state}: {job.error}")
+    job = finish_job(client, request)
     return json.loads(job.report_json), job.out_uri
 
 
 def _lineage_pb(context: RunContext):
-    from services.protos.sigdl.v1 import common_pb2
+    from services.grpc_common.client import lineage_message
 
-    return common_pb2.Lineage(**context.to_json())
+    return lineage_message(context)
 
 
 # --- start ------------------------------------------------------------------------------------
@@ -446,8 +440,3 @@ def _log_parent(parent_run_id: str, verdict: RunVerdict, results: list[Candidate
         "passed_candidates": float(sum(r.passed for r in results)),
     })  # fmt: skip
     tracking.end_run(parent_run_id, "FINISHED" if verdict.status == "succeeded" else "FAILED")
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise InputError(message)

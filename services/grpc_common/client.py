@@ -27,6 +27,7 @@ from services.grpc_common.security import TlsFiles, call_metadata
 from services.protos.sigdl.v1 import common_pb2
 from sigdl import atomic, jobs, settings, store
 from sigdl.errors import InputError
+from sigdl.lineage import RunContext
 
 TERMINAL = {common_pb2.SUCCEEDED, common_pb2.FAILED, common_pb2.CANCELLED}
 RECONNECTS = 5  # attempts to resume a Watch after the connection dropped
@@ -163,6 +164,27 @@ def progress_printer(on_event: Callable[[dict], None] | None) -> EventFn:
     return handle
 
 
+def lineage_message(context: RunContext | dict | None) -> common_pb2.Lineage:
+    """A request's Lineage field from a RunContext (or its JSON dict)."""
+    if not isinstance(context, RunContext):
+        context = RunContext.from_json(context)
+    return common_pb2.Lineage(**context.to_json())
+
+
+def finish_job(client: JobClient, request, on_event: EventFn | None = None) -> common_pb2.Job:
+    """Submit and follow the job to its end; its final record, or RemoteJobError when it
+    ended FAILED or CANCELLED."""
+    if not request.request_id:
+        request.request_id = request_id()
+    job = client.submit(request)
+    job = client.wait(job.id, on_event)
+    if job.state != common_pb2.SUCCEEDED:
+        state = common_pb2.JobState.Name(job.state)
+        retry = " (retryable)" if job.retryable else ""
+        raise RemoteJobError(f"job {job.id} on {client.address} {state}{retry}: {job.error}")
+    return job
+
+
 def run_remote(
     client: JobClient,
     request,
@@ -172,14 +194,7 @@ def run_remote(
     """Submit, stream progress, fetch the outputs into `out` (None: leave them where the
     service wrote them); return the report as the in-process command returns it (paths in
     `out`). RemoteJobError when the job fails."""
-    if not request.request_id:
-        request.request_id = request_id()
-    job = client.submit(request)
-    job = client.wait(job.id, progress_printer(on_event))
-    if job.state != common_pb2.SUCCEEDED:
-        state = common_pb2.JobState.Name(job.state)
-        retry = " (retryable)" if job.retryable else ""
-        raise RemoteJobError(f"job {job.id} on {client.address} {state}{retry}: {job.error}")
+    job = finish_job(client, request, progress_printer(on_event))
     report = json.loads(job.report_json)
     if out is None:
         return report

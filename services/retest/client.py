@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.grpc_common.client import JobClient, input_ref, run_remote
-from services.protos.sigdl.v1 import common_pb2, retest_pb2, retest_pb2_grpc
-from sigdl.lineage import RunContext
+from services.grpc_common.client import JobClient, input_ref, lineage_message, run_remote
+from services.protos.sigdl.v1 import retest_pb2, retest_pb2_grpc
 
 
 class RetestClient(JobClient):
@@ -23,10 +22,7 @@ def retest_request(model: str | Path, target: str, **options) -> retest_pb2.Rete
     given = {k: v for k, v in options.items() if v is not None}
     given["requirements"] = list(given.get("requirements", ()))
     if "lineage" in given:
-        context = given["lineage"]
-        if not isinstance(context, RunContext):
-            context = RunContext.from_json(context)
-        given["lineage"] = common_pb2.Lineage(**context.to_json())
+        given["lineage"] = lineage_message(given["lineage"])
     return retest_pb2.RetestRequest(model=input_ref(model), target=target, **given)
 
 

@@ -12,7 +12,7 @@ request's `lineage` says. A failed gate is a SUCCEEDED job whose report says
 from __future__ import annotations
 
 import targets
-from services.grpc_common.jobservice import JobServicer, input_uri
+from services.grpc_common.jobservice import JobServicer, input_uri, lineage_of
 from services.protos.sigdl.v1 import retest_pb2, retest_pb2_grpc
 from sigdl import jobs
 from sigdl.errors import InputError
@@ -57,14 +57,12 @@ class RetestServicer(JobServicer):
         if not 0.0 <= baseline <= 1.0:  # NaN fails this too
             raise jobs.FieldError("baseline_accuracy", f"{baseline}: expected the dense trained "
                                   "model's test accuracy in [0, 1] (0: not given)")  # fmt: skip
-        context = RunContext(**{name: getattr(request.lineage, name)
-                                for name in RunContext.__dataclass_fields__})  # fmt: skip
         return {
             "model": input_uri(request.model, "model"), "target": request.target,
             "dataset": request.dataset or None, "precision": request.precision or None,
             "threads": request.threads or None, "requirements": list(request.requirements),
             "workers": request.workers or 1, "baseline_accuracy": baseline or None,
-            "lineage": context.to_json(),
+            "lineage": lineage_of(request.lineage),
         }  # fmt: skip
 
     def metrics(self, report: dict) -> dict[str, float]:
