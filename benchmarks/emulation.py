@@ -2,7 +2,7 @@
 
 Part `host`: the six zoo models (LeNet-300-100 and LeNet-5 at 28x28x1/10 classes, AlexNet,
 VGG-16, MobileNet v1 and SqueezeNet 1.0 at 224x224x3/1000; untrained, exported with
-`sigdl.zoo` + `sigdl.onnx_io`) at 1 and 2 ONNX Runtime intra-op threads. Measured: MLPerf
+`sigdl.core.zoo` + `sigdl.core.onnx_io`) at 1 and 2 ONNX Runtime intra-op threads. Measured: MLPerf
 single-stream (warm-up, then the 90th percentile over many batch-1 queries), the queries
 collected in interleaved rounds. Predicted: the retest stage's per-operator model with the
 `host` profile, whose parameters come from single-operator micro-benchmarks
@@ -48,8 +48,8 @@ from benchmarks.common import RESULTS, WORK, machine, sigdl, write_table
 from services.retest.graph import analyze
 from services.retest.measure import summarize
 from services.retest.stage import load_target, predict_on_target
-from sigdl import onnx_io
-from sigdl.exporting import load_for_export
+from sigdl.core import onnx_io
+from sigdl.core.exporting import load_for_export
 
 MODELS = ["lenet-300-100", "lenet-5", "alexnet", "vgg-16", "mobilenet-v1", "squeezenet-1.0"]
 THREADS = (1, 2)

@@ -60,7 +60,7 @@ def checkpoint(model: str, dataset: str) -> Path:
     out = WORK / "services" / f"{model}-{dataset}"
     if not (out / "model.onnx").is_file():
         from services.training.stage import run_training
-        from sigdl.training import TrainConfig
+        from sigdl.core.training import TrainConfig
 
         cfg = TrainConfig(model, dataset, epochs=1, max_train_samples=10_000)
         run_training(cfg, out)

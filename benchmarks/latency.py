@@ -8,7 +8,7 @@ LeNet-5 variants come from the real CLI on the MNIST baseline of `benchmarks/bas
 the timed ONNX file under ONNX Runtime on the full test set. MobileNet has no data set here
 (ImageNet-shaped), so it is timed only: the untrained zoo model, the same model with half of
 the output channels of every conv that can shrink alone removed (`engine.prune_channels`), and
-each quantized with `sigdl.numerics.quantize_int8` calibrated on uniform random pixels.
+each quantized with `sigdl.core.numerics.quantize_int8` calibrated on uniform random pixels.
 
 Latency is MLPerf single-stream style: one image per query, 20 warm-up queries, then queries
 until 200 ran or 10 s passed; p50 and p90 of the per-query times, at 1 and 2 intra-op threads.
@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from services.compression.engine import prune_channels
 from services.compression.prune import find_layers
 from services.retest.measure import single_stream
-from sigdl import checkpoint, numerics, onnx_io
-from sigdl.exporting import zoo_meta
+from sigdl.core import checkpoint, numerics, onnx_io
+from sigdl.core.exporting import zoo_meta
 
 MODELS = ["lenet-5", "mobilenet-v1", "mobilenet-v2"]
 THREADS = (1, 2)

@@ -16,8 +16,8 @@ from common import RESULTS, ROOT, WORK
 
 sys.path.insert(0, str(ROOT))
 from services.compression.prune import sensitivity
-from sigdl.checkpoint import load_checkpoint
-from sigdl.datasets import load_dataset
+from sigdl.core.checkpoint import load_checkpoint
+from sigdl.core.datasets import load_dataset
 
 SPARSITIES = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98]
 

@@ -20,7 +20,7 @@ from typing import List  # noqa: UP035 - kfp's component signatures need typing.
 from kfp import compiler, dsl
 from kfp import kubernetes as k8s
 
-from sigdl import __version__
+from sigdl.core import __version__
 
 # One image runs every service and every component (Dockerfile at the repository root).
 IMAGE = f"sigdl:{__version__}"
@@ -56,7 +56,7 @@ def train(services: str, run_uri: str, config_json: str, from_checkpoint: str,
     import json
 
     from pipelines import steps
-    from sigdl.lineage import RunContext
+    from sigdl.core.lineage import RunContext
 
     context = RunContext(parent_run_id, pipeline_run_id, iteration)
     config = steps.as_dict(config_json)
@@ -91,7 +91,7 @@ def select(run_uri: str, results: List[str], targets: list, parent_run_id: str, 
            pipeline_run_id: str, iteration: int) -> str:  # fmt: skip
     from pipelines import steps
     from pipelines.results import CandidateResult
-    from sigdl.lineage import RunContext
+    from sigdl.core.lineage import RunContext
 
     context = RunContext(parent_run_id, pipeline_run_id, iteration)
     found = [CandidateResult.from_json(r) for r in results]
@@ -113,7 +113,7 @@ def deploy(services: str, run_uri: str, verdict: str, fleet: str, store: str,
 
     from pipelines import steps
     from pipelines.results import CandidateResult, RunVerdict
-    from sigdl.lineage import RunContext
+    from sigdl.core.lineage import RunContext
 
     context = RunContext(parent_run_id, pipeline_run_id, iteration)
     results = [CandidateResult.from_json(r) for r in steps.read_json(f"{run_uri}/results.json")]

@@ -41,8 +41,8 @@ from pipelines.controller import (
     run_loop,
     run_uri_of,
 )
-from sigdl import store
-from sigdl.errors import InputError
+from sigdl.core import store
+from sigdl.core.errors import InputError
 
 CONNECT_TIMEOUT_S = 10.0  # a host that does not accept a connection in this time is unreachable
 RUN_TIMEOUT_S = 12 * 3600.0  # one iteration: training a large model takes hours, not days

@@ -22,8 +22,8 @@ from typing import Protocol
 import yaml
 
 from pipelines.results import Candidate, RunVerdict
-from sigdl import settings, store
-from sigdl.errors import InputError
+from sigdl.core import settings, store
+from sigdl.core.errors import InputError
 
 BUILTIN_RECIPES = ("deep-compression-{model}", "sparse-{model}")
 FALLBACK_RECIPES = ("deep-compression",)

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.steps import LINE_PREFIX
-from sigdl import settings
-from sigdl.errors import InputError
+from sigdl.core import settings
+from sigdl.core.errors import InputError
 
 STARTUP_TIMEOUT_S = 120.0  # `sigdl serve all` imports torch, mlflow, onnxruntime: seconds
 LISTENING = re.compile(r"sigdl serve: .* on ([0-9.]+):(\d+) ")
@@ -167,7 +167,7 @@ class LocalRunner:
 
 def artifact_roots(out: Path, store_root: str | None) -> list[str]:
     """What the embedded services may touch: SIGDL_HOME, the run's folder, the store."""
-    from sigdl import store
+    from sigdl.core import store
 
     roots = [store.as_uri(str(settings.SIGDL_HOME.get())), store.as_uri(str(out))]
     if store_root:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.results import Candidate, CandidateResult, RunVerdict
-from sigdl.atomic import check_writable_dir, staged_dir, write_bytes
-from sigdl.errors import InputError
+from sigdl.core.atomic import check_writable_dir, staged_dir, write_bytes
+from sigdl.core.errors import InputError
 
 if TYPE_CHECKING:  # matplotlib is imported only when a report is drawn
     from matplotlib.artist import Artist

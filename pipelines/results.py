@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
-from sigdl.errors import InputError
+from sigdl.core.errors import InputError
 
 SCHEMA_VERSION = 1
 T = TypeVar("T", bound="JsonRecord")

@@ -30,8 +30,9 @@ import yaml
 
 from pipelines import propose
 from pipelines.results import Candidate, CandidateResult, RunVerdict
-from sigdl import lineage, settings, store
-from sigdl.lineage import RunContext
+from sigdl.core import lineage, settings, store
+from sigdl.core.lineage import RunContext
+from sigdl.core.reports import CompressResult, DeployResult, RetestResult, TrainResult
 
 LINE_PREFIX = "sigdl| "  # marks the lines the controller shows; the rest is kfp's log
 # statuses that mean the candidate's request is wrong (a recipe the service refuses): recorded
@@ -122,10 +123,9 @@ def train_baseline(services: str, run_uri: str, config: dict, from_checkpoint: s
     training service, or a checkpoint trained earlier (a later iteration, or a registered
     version's run). Returns {checkpoint_uri, dense_accuracy, model, dataset, version...}."""
     if from_checkpoint:
-        report = read_json(_join(from_checkpoint, "report.json"))
+        trained = TrainResult.from_json(read_json(_join(from_checkpoint, "report.json")))
         checkpoint = from_checkpoint
-        say(f"train: from {checkpoint} (dense accuracy "
-            f"{report['metrics']['onnx_test_accuracy']:.4f})")  # fmt: skip
+        say(f"train: from {checkpoint} (dense accuracy {trained.onnx_test_accuracy:.4f})")
     else:
         from services.protos.sigdl.v1 import training_pb2
         from services.training.client import TrainingClient
@@ -139,15 +139,15 @@ def train_baseline(services: str, run_uri: str, config: dict, from_checkpoint: s
         started = time.monotonic()
         with TrainingClient(Services.parse(services).training, timeout_s=120) as client:
             report, checkpoint = _remote(client, request)
-        say(f"train: {report['model']} on {report['dataset']}, {config['epochs']} epochs, test "
-            f"accuracy {report['metrics']['onnx_test_accuracy']:.4f} "
+        trained = TrainResult.from_json(report)
+        say(f"train: {trained.model} on {trained.dataset}, {config['epochs']} epochs, test "
+            f"accuracy {trained.onnx_test_accuracy:.4f} "
             f"({time.monotonic() - started:.0f} s)")  # fmt: skip
-    ml = report.get("mlflow") or {}
     baseline = {
-        "checkpoint_uri": checkpoint, "model": report["model"], "dataset": report["dataset"],
+        "checkpoint_uri": checkpoint, "model": trained.model, "dataset": trained.dataset,
         # what the candidates' retest compares with: the dense model under ONNX Runtime
-        "dense_accuracy": report["metrics"]["onnx_test_accuracy"],
-        "registered_model": ml.get("registered_model", ""), "version": ml.get("version", ""),
+        "dense_accuracy": trained.onnx_test_accuracy,
+        "registered_model": trained.registered_model or "", "version": trained.model_version or "",
     }  # fmt: skip
     write_json(_join(run_uri, "baseline.json"), baseline)
     return baseline
@@ -202,15 +202,14 @@ def compress_candidate(services: str, run_uri: str, baseline: dict, candidate: C
             raise  # UNAVAILABLE and the like: the task is retried
         say(f"compress {candidate.id} ({candidate.recipe_name}): refused: {exc.details()}")
         return {"candidate": candidate.to_json(), "error": str(exc.details())[:500]}
-    m = report["metrics"]
+    small = CompressResult.from_json(report)
     say(f"compress {candidate.id} {candidate.recipe_name} for {candidate.target}: "
-        f"{m['ratio']:.1f}x, accuracy {m['onnx_test_accuracy']:.4f} "
+        f"{small.ratio:.1f}x, accuracy {small.accuracy:.4f} "
         f"({time.monotonic() - started:.0f} s)")  # fmt: skip
-    ml = report.get("mlflow") or {}
     return {
-        "candidate": candidate.to_json(), "compressed_uri": out_uri, "ratio": m["ratio"],
-        "recipe": report["recipe"], "registered_model": ml.get("registered_model", ""),
-        "model_version": ml.get("version", ""),
+        "candidate": candidate.to_json(), "compressed_uri": out_uri, "ratio": small.ratio,
+        "recipe": report["recipe"], "registered_model": small.registered_model or "",
+        "model_version": small.model_version or "",
     }  # fmt: skip
 
 
@@ -254,21 +253,16 @@ def _pct(value: float | None) -> str:
 
 def result_of(candidate: Candidate, compressed: dict, report: dict, out_uri: str
               ) -> CandidateResult:  # fmt: skip
-    accuracy = report.get("accuracy") or {}
-    checks = report["verdict"]["checks"]
+    checked = RetestResult.from_json(report)
     return CandidateResult(
         candidate=candidate.to_json(), compressed_uri=compressed["compressed_uri"],
-        retest_uri=out_uri, ratio=compressed["ratio"], size_kb=report["size_kb"],
-        accuracy=accuracy.get("accuracy"), baseline_accuracy=accuracy.get("baseline_accuracy"),
-        accuracy_drop_pp=accuracy.get("drop_pp"), latency_ms=report["latency_ms"],
-        fps=report["fps"], power_w=report["power_w"], energy_mj=report["energy_mj"],
-        memory_mb=report["memory"]["memory_mb"], precision=report["precision"],
-        passed=bool(report["verdict"]["passed"]),
-        failures=[c["requirement"] for c in checks if not c["passed"]],
-        unsupported_ops=[f"{f['node']} ({f['op']}): {f['rule']}"
-                         for f in report["operators"]["failures"]],
-        registered_model=compressed.get("registered_model", ""),
-        model_version=compressed.get("model_version", ""),
+        retest_uri=out_uri, ratio=compressed["ratio"], size_kb=checked.size_kb,
+        accuracy=checked.accuracy, baseline_accuracy=checked.baseline_accuracy,
+        accuracy_drop_pp=checked.accuracy_drop_pp, latency_ms=checked.latency_ms,
+        fps=checked.fps, power_w=checked.power_w, energy_mj=checked.energy_mj,
+        memory_mb=checked.memory_mb, precision=checked.precision, passed=checked.passed,
+        failures=list(checked.failures), unsupported_ops=list(checked.unsupported_ops),
+        registered_model=compressed["registered_model"], model_version=compressed["model_version"],
     )  # fmt: skip
 
 
@@ -379,10 +373,14 @@ def deploy_passed(services: str, run_uri: str, verdict: RunVerdict, results: lis
         )  # fmt: skip
         with DeployClient(Services.parse(services).deploy, timeout_s=120) as client:
             report, _ = _remote(client, request)
-        deployed[target] = {"candidate": best.id, "version": report["version"],
-                            "pointer_uri": report.get("pointer_uri", ""),
-                            "alias": (report.get("mlflow") or {}).get("alias", "")}  # fmt: skip
-        say(f"deploy {best.id} to fleet {fleet}/{target}: {report['version']} is current")
+        shipped = DeployResult.from_json(report)
+        deployed[target] = {
+            "candidate": best.id,
+            "version": shipped.version,
+            "pointer_uri": shipped.pointer_uri,
+            "alias": shipped.alias or "",
+        }
+        say(f"deploy {best.id} to fleet {fleet}/{target}: {shipped.version} is current")
     write_json(_join(run_uri, "deployed.json"), deployed)
     return deployed
 

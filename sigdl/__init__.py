@@ -6,7 +6,7 @@ The API is loaded on first use (PEP 562), so `import sigdl` imports no torch, se
 pipeline: the CLI's `--help` and the services' imports stay fast.
 """
 
-__version__ = "0.1.0"
+from sigdl.core import __version__ as __version__
 
 _API = frozenset(
     {

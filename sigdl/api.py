@@ -9,12 +9,13 @@
         sigdl.deploy(small.out, "arm-cortex-a53", "lab")
     loop = sigdl.run({"epochs": 3})  # the whole loop, as `sigdl run`
 
-Each function calls the plain function of its stage, as the CLI does, and wraps the stage's
-report (the same dict that `report.json` holds) in a frozen dataclass with the headline figures
-typed and the whole report in `.report`. `to_json()` gives a JSON-ready dict and
-`from_report()` reads either a stage report or that dict back:
+Each function calls the plain function of its stage, as the CLI does, and returns the stage's
+typed report (sigdl/core/reports.py): a frozen dataclass with the headline figures typed and
+the whole report.json in `.report`; `to_json()` and `from_json()` round-trip it:
 
-    result = TrainResult.from_report(json.loads(Path("runs/t/report.json").read_text()))
+    result = TrainResult.from_json(json.loads(Path("runs/t/report.json").read_text()))
+
+`on_event` receives each ProgressEvent (sigdl/core/events.py) as the stage reports it.
 
 The stages are imported only when a function is called, so the result types load cheaply.
 """
@@ -25,12 +26,13 @@ import dataclasses
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from sigdl.errors import InputError
+from sigdl.core.errors import InputError
+from sigdl.core.events import EventFn
+from sigdl.core.reports import CompressResult, DeployResult, RetestResult, TrainResult
 
 if TYPE_CHECKING:
     from pipelines.controller import LoopConfig, LoopResult
@@ -47,198 +49,6 @@ __all__ = [
     "train",
 ]
 
-SCHEMA_VERSION = 1
-EventFn = Callable[[dict], None]
-R = TypeVar("R", bound="StageResult")
-
-
-@dataclass(frozen=True)
-class StageResult:
-    """What every stage result shares: the report it was read from and its JSON form."""
-
-    command: ClassVar[str]  # the report's "command": train, compress, retest, deploy
-    schema_version: ClassVar[int] = SCHEMA_VERSION
-
-    def to_json(self) -> dict:
-        """The typed fields (paths as strings), the schema version and the whole report."""
-        data: dict[str, Any] = {"schema_version": self.schema_version, "command": self.command}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            data[f.name] = str(value) if isinstance(value, Path) else value
-        return data
-
-    @classmethod
-    def from_report(cls: type[R], report: Mapping) -> R:
-        """Read a stage report (report.json, or what the stage function returned) or this
-        class's `to_json()` back into a result."""
-        return cls._parse(dict(_unwrap(report, cls.command, cls.schema_version)))
-
-    @classmethod
-    def _parse(cls: type[R], report: dict) -> R:
-        raise NotImplementedError
-
-
-def _unwrap(data: Mapping, command: str, schema_version: int) -> Mapping:
-    """The stage report inside `data`: a `to_json()` dict holds it under "report"."""
-    if not isinstance(data, Mapping):
-        raise InputError(f"expected a {command} report (a mapping), got {type(data).__name__}")
-    if "schema_version" in data and "report" in data:
-        if data["schema_version"] != schema_version:
-            raise InputError(f"schema_version={data['schema_version']!r}: expected "
-                             f"{schema_version}")  # fmt: skip
-        data = data["report"]
-    if not isinstance(data, Mapping) or data.get("command") != command:
-        got = data.get("command") if isinstance(data, Mapping) else type(data).__name__
-        raise InputError(f"expected a {command} report, got command {got!r}")
-    return data
-
-
-def _optional_float(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class TrainResult(StageResult):
-    """`sigdl train`: a checkpoint folder with model.safetensors, model.json, model.onnx."""
-
-    command: ClassVar[str] = "train"
-
-    out: Path  # the checkpoint folder
-    model: str  # zoo name
-    dataset: str
-    test_accuracy: float  # PyTorch, on the test split
-    onnx_test_accuracy: float  # the exported model.onnx under ONNX Runtime
-    parameters: int
-    weights_sha256: str  # of model.safetensors
-    mlflow_run_id: str | None  # None: MLflow tracking was off
-    registered_model: str | None
-    model_version: str | None  # the registered model version
-    report: dict = field(repr=False)  # the whole report.json
-
-    @classmethod
-    def _parse(cls, report: dict) -> TrainResult:
-        metrics, artifacts, mlflow = report["metrics"], report["artifacts"], report["mlflow"]
-        return cls(
-            out=Path(artifacts["checkpoint"]),
-            model=report["model"],
-            dataset=report["dataset"],
-            test_accuracy=float(metrics["test_accuracy"]),
-            onnx_test_accuracy=float(metrics["onnx_test_accuracy"]),
-            parameters=int(report["parameters"]),
-            weights_sha256=artifacts["weights_sha256"],
-            mlflow_run_id=mlflow["run_id"] if mlflow else None,
-            registered_model=mlflow["registered_model"] if mlflow else None,
-            model_version=str(mlflow["version"]) if mlflow else None,
-            report=report,
-        )
-
-
-@dataclass(frozen=True)
-class CompressResult(StageResult):
-    """`sigdl compress`: model.sdc, model.onnx decoded from it (and model.int8.onnx)."""
-
-    command: ClassVar[str] = "compress"
-
-    out: Path  # the folder holding model.sdc
-    model: str
-    dataset: str
-    recipe: str  # recipe name
-    recipe_digest: str
-    ratio: float  # 4 bytes per dense parameter / .sdc bytes on disk
-    compressed_bytes: int  # the .sdc file on disk
-    dense_accuracy: float  # the trained checkpoint before compression
-    accuracy: float  # the decoded model.onnx under ONNX Runtime
-    int8_accuracy: float | None  # model.int8.onnx under ONNX Runtime; None without a quantize step
-    report: dict = field(repr=False)
-
-    @classmethod
-    def _parse(cls, report: dict) -> CompressResult:
-        metrics = report["metrics"]
-        return cls(
-            out=Path(report["artifacts"]["sdc"]).parent,
-            model=report["model"],
-            dataset=report["dataset"],
-            recipe=report["recipe"]["name"],
-            recipe_digest=report["recipe_digest"],
-            ratio=float(metrics["ratio"]),
-            compressed_bytes=int(metrics["compressed_bytes"]),
-            dense_accuracy=float(metrics["dense_accuracy"]),
-            accuracy=float(metrics["onnx_test_accuracy"]),
-            int8_accuracy=_optional_float(metrics.get("int8_onnx_test_accuracy")),
-            report=report,
-        )
-
-
-@dataclass(frozen=True)
-class RetestResult(StageResult):
-    """`sigdl retest`: the model on an emulated target, and the gate's verdict."""
-
-    command: ClassVar[str] = "retest"
-
-    target: str
-    precision: str  # fp32 | fp16 | int8
-    passed: bool  # the verdict
-    accuracy: float | None  # at the target's numerics; None without a data set
-    baseline_accuracy: float | None  # what accuracy_drop_pp is measured against
-    accuracy_drop_pp: float | None  # percentage points
-    latency_ms: float  # predicted, batch 1
-    fps: float
-    power_w: float  # estimated
-    size_kb: float  # the deployable model (.sdc on disk when there is one)
-    failures: tuple[str, ...]  # the verdict's checks that failed, e.g. "fps>=30"
-    report: dict = field(repr=False)
-
-    @classmethod
-    def _parse(cls, report: dict) -> RetestResult:
-        accuracy = report.get("accuracy")  # absent: retested without a data set
-        verdict = report["verdict"]
-        return cls(
-            target=report["target"],
-            precision=report["precision"],
-            passed=bool(verdict["passed"]),
-            accuracy=float(accuracy["accuracy"]) if accuracy else None,
-            baseline_accuracy=float(accuracy["baseline_accuracy"]) if accuracy else None,
-            accuracy_drop_pp=float(accuracy["drop_pp"]) if accuracy else None,
-            latency_ms=float(report["latency_ms"]),
-            fps=float(report["fps"]),
-            power_w=float(report["power_w"]),
-            size_kb=float(report["size_kb"]),
-            failures=tuple(str(c["requirement"]) for c in verdict["checks"] if not c["passed"]),
-            report=report,
-        )
-
-    def to_json(self) -> dict:
-        return {**super().to_json(), "failures": list(self.failures)}
-
-
-@dataclass(frozen=True)
-class DeployResult(StageResult):
-    """`sigdl deploy`: the package published (or found unchanged) as the fleet's current."""
-
-    command: ClassVar[str] = "deploy"
-
-    fleet: str
-    target: str
-    version: str  # vN
-    action: str  # publish | unchanged
-    package_uri: str
-    pointer_uri: str  # the fleet/target's `current` pointer
-    manifest_sha256: str
-    report: dict = field(repr=False)
-
-    @classmethod
-    def _parse(cls, report: dict) -> DeployResult:
-        return cls(
-            fleet=report["fleet"],
-            target=report["target"],
-            version=report["version"],
-            action=report["action"],
-            package_uri=report["package_uri"],
-            pointer_uri=report["pointer_uri"],
-            manifest_sha256=report["manifest_sha256"],
-            report=report,
-        )
-
 
 def _folder(path: str | Path | None) -> str | None:
     return str(path) if path else None
@@ -252,15 +62,15 @@ def train(
     epochs: int = 20,
     nproc: int = 1,
     data_dir: str | Path | None = None,
-    on_epoch: EventFn | None = None,
+    on_event: EventFn | None = None,
     **options: Any,
 ) -> TrainResult:
     """`sigdl train`: train a zoo model; `options` are other TrainConfig fields (lr=0.01, ...)."""
     from services.training.stage import run_training
-    from sigdl.training import TrainConfig
+    from sigdl.core.training import TrainConfig
 
     cfg = TrainConfig.from_dict({"model": model, "dataset": dataset, "epochs": epochs, **options})
-    report = run_training(cfg, out, nproc=nproc, data_dir=_folder(data_dir), on_epoch=on_epoch)
+    report = run_training(cfg, out, nproc=nproc, data_dir=_folder(data_dir), on_event=on_event)
     return TrainResult.from_report(report)
 
 
@@ -328,7 +138,7 @@ def run(
     file, or None for the defaults. Progress lines go to stderr; check `.passed`."""
     from pipelines.controller import run_loop
     from pipelines.local import EmbeddedServices, LocalRunner, artifact_roots
-    from sigdl import settings
+    from sigdl.core import settings
 
     cfg = _loop_config(config)
     if out is not None:

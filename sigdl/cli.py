@@ -17,9 +17,10 @@ from typing import Annotated
 import typer
 from typer.exceptions import TyperException
 
-from sigdl import __version__
-from sigdl.errors import InputError
-from sigdl.store import ArtifactNotFoundError
+from sigdl.core import __version__
+from sigdl.core.errors import InputError
+from sigdl.core.events import ProgressEvent
+from sigdl.core.store import ArtifactNotFoundError
 
 app = typer.Typer(
     help="SigDL: train, compress, retest on emulated targets, deploy to the edge.",
@@ -77,7 +78,7 @@ def models_list(as_json: JsonOpt = False) -> None:
     """List the zoo's models with their default input and parameter counts."""
     import torch
 
-    from sigdl import zoo
+    from sigdl.core import zoo
 
     rows = []
     for spec in zoo.list_models():
@@ -113,7 +114,7 @@ def models_export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export a zoo model (untrained) or a trained checkpoint to ONNX."""
-    from sigdl import exporting
+    from sigdl.core import exporting
 
     result = exporting.export(name, onnx, input_size=input_size, channels=channels, classes=classes)
     emit(
@@ -128,7 +129,7 @@ def models_export(
 @data_app.command("list")
 def data_list(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     """List the data sets, where each was found, and their sizes."""
-    from sigdl.datasets import list_datasets
+    from sigdl.core.datasets import list_datasets
 
     rows = list_datasets(data_dir)
     lines = [f"{'name':15} {'found':6} {'train':>7} {'test':>7}  where"]
@@ -141,12 +142,14 @@ def data_list(data_dir: DataDirOpt = None, as_json: JsonOpt = False) -> None:
     emit(rows, as_json, "\n".join(lines))
 
 
-def print_epoch(row: dict) -> None:
-    acc = row.get("test_accuracy")
-    test = f" test_acc {acc:.4f}" if acc is not None else ""
+def print_epoch(event: ProgressEvent) -> None:
+    if event.kind != "epoch":
+        return
+    f = event.figures
+    test = f" test_acc {f['test_accuracy']:.4f}" if f.get("test_accuracy") is not None else ""
     err(
-        f"epoch {row['epoch']}: loss {row['loss']:.4f} train_acc {row['train_accuracy']:.4f}"
-        f"{test} ({row['images_per_s']:.0f} img/s)"
+        f"epoch {event.done}: loss {f['loss']:.4f} train_acc {f['train_accuracy']:.4f}"
+        f"{test} ({f['images_per_s']:.0f} img/s)"
     )
 
 
@@ -178,7 +181,7 @@ def train(
 ) -> None:
     """Train a zoo model; write model.safetensors, model.json, model.onnx, report.json."""
     from services.training.stage import run_training
-    from sigdl.training import TrainConfig
+    from sigdl.core.training import TrainConfig
 
     given = {
         "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
@@ -199,7 +202,7 @@ def train(
     else:
         report = run_training(
             cfg, out, nproc=nproc, data_dir=str(data_dir) if data_dir else None,
-            on_epoch=print_epoch,
+            on_event=print_epoch,
         )  # fmt: skip
     emit(report, as_json, _train_summary(report))
 
@@ -263,10 +266,10 @@ def compress(
     emit(report, as_json, human)
 
 
-def print_event(event: dict) -> None:
-    if event.get("event") == "ladder":
-        err(f"{event.get('step', '?'):>8}: accuracy {event.get('accuracy', 0):.4f}")
-    elif event.get("event") == "epoch":
+def print_event(event: ProgressEvent) -> None:
+    if event.kind == "ladder":
+        err(f"{event.figures['step']:>8}: accuracy {event.figures['accuracy']:.4f}")
+    elif event.kind == "epoch":
         print_epoch(event)
 
 
@@ -277,8 +280,8 @@ def decompress(
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild the exact weights of a .sdc file and write them as an ONNX model."""
-    from sigdl import onnx_io
-    from sigdl.sdc import load_model
+    from sigdl.core import onnx_io
+    from sigdl.core.sdc import load_model
 
     if not sdc_file.is_file():
         raise InputError(f"{str(sdc_file)!r} does not exist")
@@ -355,9 +358,10 @@ def retest(
         raise typer.Exit(1)
 
 
-def print_stage(event: dict) -> None:
-    if event.get("done") == event.get("total"):
-        err(f"{event['stage']}: done")
+def print_stage(event: ProgressEvent) -> None:
+    if event.done == event.total:
+        label = event.figures.get("label")
+        err(f"{event.kind}{f' {label}' if label else ''}: done")
 
 
 @targets_app.command("list")
@@ -393,7 +397,7 @@ def lineage(
     as_json: JsonOpt = False,
 ) -> None:
     """The versions of a registered model, with the tags that link them."""
-    from sigdl.lineage import open_lineage
+    from sigdl.core.lineage import open_lineage
 
     store = open_lineage()
     if store is None:
@@ -439,7 +443,7 @@ def run(
     kfp.local, one run per iteration until every target passes (exit 1: the budget ran out)."""
     from pipelines.controller import LoopConfig, run_loop
     from pipelines.local import EmbeddedServices, LocalRunner, artifact_roots
-    from sigdl import settings
+    from sigdl.core import settings
 
     cfg = LoopConfig.from_file(config) if config else LoopConfig()
     if out:
@@ -532,9 +536,9 @@ def sensitivity(
 
     from services.compression.prune import SensitivityTable, find_layers
     from services.compression.prune import sensitivity as sweep
-    from sigdl import atomic
-    from sigdl.checkpoint import load_checkpoint
-    from sigdl.datasets import load_dataset
+    from sigdl.core import atomic
+    from sigdl.core.checkpoint import load_checkpoint
+    from sigdl.core.datasets import load_dataset
 
     try:
         levels = [float(s) for s in sparsities.split(",") if s.strip()]

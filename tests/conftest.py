@@ -54,7 +54,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 def _s3_answers(server: S3Server) -> bool:
-    from sigdl.store import S3Config
+    from sigdl.core.store import S3Config
 
     config = S3Config(server.endpoint, server.access_key, server.secret_key)
     try:

@@ -60,21 +60,49 @@ def test_a_stage_never_imports_another_stage():
             assert others == set(), path
 
 
-def test_sigdl_core_knows_no_grpc_kfp_or_cli_framework():
-    for path in python_files("sigdl"):
-        if path.name == "cli.py":
-            continue
+def test_sigdl_core_knows_no_grpc_kfp_cli_services_or_pipelines():
+    """ARCHITECTURE.md's layers: sigdl/core imports kernels and targets at most."""
+    core = python_files("sigdl/core")
+    assert {p.name for p in core} >= {
+        "zoo.py",
+        "datasets.py",
+        "store.py",
+        "lineage.py",
+        "settings.py",
+        "onnx_io.py",
+        "reports.py",
+        "events.py",
+    }
+    for path in core:
         bad = {
             m
             for m in imported_modules(path)
-            if m.split(".")[0] in {"grpc", "kfp", "typer", "click"}
+            if m.split(".")[0] in {"grpc", "kfp", "typer", "click", "services", "pipelines"}
+            or m in {"sigdl.cli", "sigdl.api"}
+            or (m.startswith("sigdl") and not m.startswith("sigdl.core") and m != "sigdl")
         }
         assert bad == set(), path
 
 
+def test_services_and_pipelines_stay_below_the_composition_root():
+    """Only sigdl/cli.py and sigdl/api.py compose the layers: a service never imports the
+    pipelines, and the pipelines reach a stage only through its gRPC client (plus the recipe
+    language, which is the compression stage's public contract)."""
+    for path in python_files("services", "pipelines"):
+        for m in imported_modules(path):
+            assert m not in {"sigdl.cli", "sigdl.api"}, (path, m)
+            if path.is_relative_to(REPO / "services"):
+                assert not m.startswith("pipelines"), (path, m)
+    allowed = ("services.grpc_common", "services.protos", "services.compression.recipe")
+    for path in python_files("pipelines"):
+        for m in imported_modules(path):
+            if m.startswith("services."):
+                assert m.endswith(".client") or m.startswith(allowed), (path, m)
+
+
 def test_importing_the_package_does_not_initialize_cuda():
     code = (
-        "import sigdl, sigdl.cli, sigdl.zoo, sigdl.training, kernels, torch;"
+        "import sigdl, sigdl.cli, sigdl.core.zoo, sigdl.core.training, kernels, torch;"
         "print(torch.cuda.is_initialized())"
     )
     out = subprocess.run(

@@ -1,7 +1,7 @@
 """The compression engine: run a recipe's steps in order on a trained model.
 
 One entry point, one registered handler per step type (the torchao pattern). Retraining after
-prune rounds and share steps goes through `sigdl.training.fit`, the trainer every stage uses,
+prune rounds and share steps goes through `sigdl.core.training.fit`, the trainer every stage uses,
 with after-step hooks that keep masks and shared weights; test accuracy is measured after each
 step into a ladder (dense / prune / +share / +huffman, as the paper's tables).
 
@@ -63,14 +63,14 @@ from services.compression.recipe import (
     value_for,
 )
 from services.compression.share import CentroidTrainer, SharedWeight, project, share_weights
-from sigdl.checkpoint import ModelMeta
-from sigdl.datasets import Dataset, adapt
-from sigdl.errors import InputError
-from sigdl.evaluation import Score, score_torch
-from sigdl.training import EpochResult, TrainConfig, fit
+from sigdl.core.checkpoint import ModelMeta
+from sigdl.core.datasets import Dataset, adapt
+from sigdl.core.errors import InputError
+from sigdl.core.evaluation import Score, score_torch
+from sigdl.core.events import EventFn, ProgressEvent, epoch_event
+from sigdl.core.training import EpochResult, TrainConfig, fit
 
 DEFAULT_INDEX_BITS = {"conv": 8, "fc": 5}  # relative-index bits when no huffman step sets them
-EventFn = Callable[[dict], None]
 
 
 @dataclass
@@ -186,14 +186,14 @@ def compress(
     state.baseline = dense.accuracy
     state.dense_parameters = sum(p.numel() for p in _net(model).parameters())
     ladder = [_ladder_row(state, "dense", -1, dense, started)]
-    emit({"event": "ladder", **ladder[-1]})
+    emit(ProgressEvent.of("ladder", len(ladder) - 1, len(recipe.steps), **ladder[-1]))
     for index, (step, targets) in enumerate(zip(recipe.steps, plan, strict=True)):
         began = time.perf_counter()
-        emit({"event": "step", "index": index, "type": step.type})
+        emit(ProgressEvent.of("step", index, len(recipe.steps), type=step.type))
         extra = HANDLERS[type(step)](state, step, index, targets)
         model.eval()
         ladder.append({**_ladder_row(state, step.type, index, state.score(), began), **extra})
-        emit({"event": "ladder", **ladder[-1]})
+        emit(ProgressEvent.of("ladder", len(ladder) - 1, len(recipe.steps), **ladder[-1]))
     _check_shared(state)
     for key, layer in layers.items():
         state.index_bits.setdefault(key, DEFAULT_INDEX_BITS[layer.kind])
@@ -335,7 +335,9 @@ def _prune(state: CompressionState, cfg: PruneConfig, index: int, targets: dict)
             "accuracy": state.score().accuracy if history else before,
             "epochs": len(history),
         })  # fmt: skip
-        state.emit({"event": "round", "index": index, "type": cfg.type, **rounds[-1]})
+        state.emit(
+            ProgressEvent.of("round", r, cfg.rounds, index=index, type=cfg.type, **rounds[-1])
+        )
     extra: dict = {"rounds": rounds}
     if threshold:
         extra["threshold"] = {state.layers[k].name: t for k, t in threshold.items()}
@@ -498,7 +500,7 @@ def retrain(state: CompressionState, cfg: RetrainConfig, index: int, round_: int
     )
 
     def on_epoch(result: EpochResult) -> None:
-        state.emit({"event": "epoch", "index": index, "round": round_, **result.to_row()})
+        state.emit(epoch_event({**result.to_row(), "index": index, "round": round_}, cfg.epochs))
 
     history = fit(
         state.model,

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sigdl import atomic
-from sigdl.checkpoint import ModelMeta
-from sigdl.datasets import Dataset, Split
-from sigdl.errors import InputError
-from sigdl.evaluation import score_torch
+from sigdl.core import atomic
+from sigdl.core.checkpoint import ModelMeta
+from sigdl.core.datasets import Dataset, Split
+from sigdl.core.errors import InputError
+from sigdl.core.evaluation import score_torch
 
 DEFAULT_SPARSITIES = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 

@@ -3,7 +3,7 @@ activation ranges, and fake quantization for quantization-aware training (QAT).
 
 Pure `@torch.no_grad()` functions (torchao's `choose_qparams_affine` / `quantize_affine`
 pattern) apart from `FakeQuant`, which swaps the forward of the quantized modules while
-training. The integer model itself is ONNX QDQ, written by `sigdl.numerics.quantize_int8` with
+training. The integer model itself is ONNX QDQ, written by `sigdl.core.numerics.quantize_int8` with
 the weight scales chosen here, so the grid trained here is the grid ONNX Runtime runs.
 
     scale = weight_scale(layer.weight, bits=8)            # (C_out,)

@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 
 import yaml
 
-from sigdl.errors import InputError
-from sigdl.numerics import ACTIVATION_SCHEMES, CALIBRATION_METHODS
-from sigdl.training import OPTIMIZERS, SCHEDULES
+from sigdl.core.errors import InputError
+from sigdl.core.numerics import ACTIVATION_SCHEMES, CALIBRATION_METHODS
+from sigdl.core.training import OPTIMIZERS, SCHEDULES
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 LAYER_KINDS = ("conv", "fc")  # conv: Conv1d/2d/3d weights; fc: Linear weights
@@ -126,7 +126,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 
 @dataclass
 class RetrainConfig:
-    """Retraining after a prune round or a share step, with `sigdl.training.fit`."""
+    """Retraining after a prune round or a share step, with `sigdl.core.training.fit`."""
 
     epochs: int = 1  # 0: no retraining
     lr: float = 0.01  # peak learning rate

@@ -12,13 +12,13 @@ from __future__ import annotations
 from services.compression.recipe import list_recipes
 from services.grpc_common.jobservice import JobServicer, input_uri, lineage_of
 from services.protos.sigdl.v1 import common_pb2, compression_pb2, compression_pb2_grpc
-from sigdl import jobs
+from sigdl.core import jobs
 
 
 def run_job(params: dict, job: jobs.JobContext) -> dict:
     """In the worker process: fetch the checkpoint (and recipe) if remote, compress."""
     from services.compression.stage import run_compression
-    from sigdl.lineage import RunContext
+    from sigdl.core.lineage import RunContext
 
     recipe = params["recipe"]
     if params["recipe_is_uri"]:

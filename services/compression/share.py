@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from services.compression.prune import Layer
-from sigdl.errors import InputError
+from sigdl.core.errors import InputError
 
 # ---------------------------------------------------------------------------------------------
 # Pure primitives

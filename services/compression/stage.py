@@ -11,7 +11,6 @@ servicer). It writes into `out`, all or nothing: `model.sdc`, `model.onnx` (rebu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -19,13 +18,12 @@ import torch
 
 from services.compression.engine import CompressionResult, calibration_pixels, compress
 from services.compression.recipe import load_recipe
-from sigdl import __version__, atomic, checkpoint, lineage, numerics, onnx_io, settings
-from sigdl.datasets import load_dataset
-from sigdl.evaluation import score_onnx
-from sigdl.lineage import TAG_RECIPE, TAG_STAGE, RunContext
-from sigdl.sdc import Int8Tensor, SdcSummary, SharedTensor, load_model, write_sdc
-
-EventFn = Callable[[dict], None]
+from sigdl.core import __version__, atomic, checkpoint, lineage, numerics, onnx_io, settings
+from sigdl.core.datasets import load_dataset
+from sigdl.core.evaluation import score_onnx
+from sigdl.core.events import EventFn
+from sigdl.core.lineage import TAG_RECIPE, TAG_STAGE, RunContext
+from sigdl.core.sdc import Int8Tensor, SdcSummary, SharedTensor, load_model, write_sdc
 
 
 def sdc_tensors(result: CompressionResult) -> dict[str, object]:

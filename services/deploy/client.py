@@ -9,7 +9,7 @@ from pathlib import Path
 
 from services.grpc_common.client import JobClient, input_ref, run_remote
 from services.protos.sigdl.v1 import common_pb2, deploy_pb2, deploy_pb2_grpc
-from sigdl import store as artifact_store
+from sigdl.core import store as artifact_store
 
 
 class DeployClient(JobClient):

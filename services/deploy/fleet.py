@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import targets
-from sigdl import store
-from sigdl.errors import InputError
+from sigdl.core import store
+from sigdl.core.errors import InputError
+from sigdl.core.events import EventFn, ProgressEvent
 
 POINTER = "current"
 MANIFEST = "manifest.json"
@@ -174,12 +175,11 @@ class FleetTarget:
                 expected = store.put_file(self.uri(version, name), path)
                 uploaded.append(self.uri(version, name))
                 self._verify(uploaded[-1], expected)
-                emit(on_event, {"event": "upload", "file": name, "done": len(uploaded),
-                                 "total": total})  # fmt: skip
+                emit(on_event, ProgressEvent.of("upload", len(uploaded), total, file=name))
             digest = store.put_bytes(self.uri(version, MANIFEST), manifest_bytes)
             uploaded.append(self.uri(version, MANIFEST))
             self._verify(uploaded[-1], digest)
-            emit(on_event, {"event": "upload", "file": MANIFEST, "done": total, "total": total})
+            emit(on_event, ProgressEvent.of("upload", total, total, file=MANIFEST))
         except BaseException:
             for uri in uploaded:
                 with contextlib.suppress(Exception):
@@ -237,6 +237,6 @@ def _version_of(pointer: dict | None) -> str | None:
     return pointer["version"] if pointer else None
 
 
-def emit(on_event: Callable[[dict], None] | None, event: dict) -> None:
+def emit(on_event: EventFn | None, event: ProgressEvent) -> None:
     if on_event is not None:
         on_event(event)

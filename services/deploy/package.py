@@ -25,8 +25,8 @@ from pathlib import Path
 
 import onnx
 
-from sigdl import __version__, onnx_io, sdc, store
-from sigdl.errors import InputError
+from sigdl.core import __version__, onnx_io, sdc, store
+from sigdl.core.errors import InputError
 
 PACKAGE_FORMAT = "sigdl-edge-package"  # `format` of every manifest
 FORMAT_VERSION = 1  # bumped when a reader of older manifests would misread a new one

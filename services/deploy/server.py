@@ -13,8 +13,8 @@ from __future__ import annotations
 from services.deploy.fleet import check_name, check_target, check_version
 from services.grpc_common.jobservice import JobServicer, input_uri
 from services.protos.sigdl.v1 import deploy_pb2, deploy_pb2_grpc
-from sigdl import atomic, jobs, roots
-from sigdl.errors import InputError
+from sigdl.core import atomic, jobs, roots
+from sigdl.core.errors import InputError
 
 
 def run_job(params: dict, job: jobs.JobContext) -> dict:

@@ -33,14 +33,12 @@ Decisions where the design was silent:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from services.deploy.fleet import MANIFEST, POINTER, FleetTarget, check_version, emit
 from services.deploy.package import build_manifest, open_source
-from sigdl import __version__, lineage
-from sigdl.errors import InputError
-
-EventFn = Callable[[dict], None]
+from sigdl.core import __version__, lineage
+from sigdl.core.errors import InputError
+from sigdl.core.events import EventFn, ProgressEvent
 
 
 def run_deploy(
@@ -70,7 +68,7 @@ def run_deploy(
         manifest = build_manifest(src, fleet=fleet, target=target, version=chosen)
         unchanged = _unchanged(ft, pointer, manifest["content_sha256"], version)
         if unchanged is not None:
-            emit(on_event, {"event": "unchanged", "version": pointer["version"]})
+            emit(on_event, ProgressEvent.of("unchanged", version=pointer["version"]))
             return _result(ft, unchanged, pointer, "unchanged")
         if chosen in folders:
             raise InputError(
@@ -80,7 +78,7 @@ def run_deploy(
         data = (json.dumps(manifest, indent=2) + "\n").encode()
         digest = ft.upload_version(chosen, src.files, data, on_event)
         new_pointer = ft.swap_pointer(pointer, chosen, digest, "publish")
-    emit(on_event, {"event": "current", "version": chosen, "manifest_sha256": digest})
+    emit(on_event, ProgressEvent.of("current", version=chosen, manifest_sha256=digest))
     result = _result(ft, manifest, new_pointer, "publish")
     result["mlflow"] = mark_deployed(manifest["lineage"], fleet, target)
     return result

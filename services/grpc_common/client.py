@@ -25,13 +25,14 @@ import grpc
 
 from services.grpc_common.security import TlsFiles, call_metadata
 from services.protos.sigdl.v1 import common_pb2
-from sigdl import atomic, jobs, settings, store
-from sigdl.errors import InputError
-from sigdl.lineage import RunContext
+from sigdl.core import atomic, jobs, settings, store
+from sigdl.core.errors import InputError
+from sigdl.core.events import EventFn, ProgressEvent
+from sigdl.core.lineage import RunContext
 
 TERMINAL = {common_pb2.SUCCEEDED, common_pb2.FAILED, common_pb2.CANCELLED}
 RECONNECTS = 5  # attempts to resume a Watch after the connection dropped
-EventFn = Callable[[common_pb2.JobEvent], None]
+WatchFn = Callable[[common_pb2.JobEvent], None]  # a Watch stream's JobEvent messages
 
 
 class RemoteJobError(InputError):
@@ -106,7 +107,7 @@ class JobClient:
                     raise
                 time.sleep(min(0.2 * 2**failures, 5.0))
 
-    def wait(self, job_id: str, on_event: EventFn | None = None) -> common_pb2.Job:
+    def wait(self, job_id: str, on_event: WatchFn | None = None) -> common_pb2.Job:
         """Follow the job to its end; return its final record."""
         for event in self.watch(job_id):
             if on_event is not None:
@@ -151,13 +152,13 @@ def input_ref(path_or_uri: str | Path) -> common_pb2.ArtifactRef:
     return common_pb2.ArtifactRef(uri=upload_input(text))
 
 
-def progress_printer(on_event: Callable[[dict], None] | None) -> EventFn:
-    """Hand each progress event's stage data to the CLI's own printer (same lines as
-    in-process); state changes and logs go to stderr as they are."""
+def progress_printer(on_event: EventFn | None) -> WatchFn:
+    """Hand each progress event to the caller's printer as the ProgressEvent the stage sent
+    (same lines as in-process); state changes and logs go to stderr as they are."""
 
     def handle(event: common_pb2.JobEvent) -> None:
         if event.kind == "progress" and on_event is not None:
-            on_event(json.loads(event.data_json or "{}"))
+            on_event(ProgressEvent.from_json(json.loads(event.data_json)))
         elif event.kind != "progress":
             print(f"[{event.job_id[:8]}] {event.message}", file=sys.stderr, flush=True)
 
@@ -171,7 +172,7 @@ def lineage_message(context: RunContext | dict | None) -> common_pb2.Lineage:
     return common_pb2.Lineage(**context.to_json())
 
 
-def finish_job(client: JobClient, request, on_event: EventFn | None = None) -> common_pb2.Job:
+def finish_job(client: JobClient, request, on_event: WatchFn | None = None) -> common_pb2.Job:
     """Submit and follow the job to its end; its final record, or RemoteJobError when it
     ended FAILED or CANCELLED."""
     if not request.request_id:
@@ -189,7 +190,7 @@ def run_remote(
     client: JobClient,
     request,
     out: str | Path | None,
-    on_event: Callable[[dict], None] | None = None,
+    on_event: EventFn | None = None,
 ) -> dict:
     """Submit, stream progress, fetch the outputs into `out` (None: leave them where the
     service wrote them); return the report as the in-process command returns it (paths in

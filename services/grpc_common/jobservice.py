@@ -21,8 +21,8 @@ from typing import ClassVar
 import grpc
 
 from services.protos.sigdl.v1 import common_pb2
-from sigdl import jobs, roots, store
-from sigdl.errors import InputError
+from sigdl.core import jobs, roots, store
+from sigdl.core.errors import InputError
 
 # Exception -> status code, first match wins (subclasses before their bases).
 STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
@@ -63,7 +63,7 @@ def json_object(raw: str, name: str) -> dict:
 
 
 def lineage_of(message: common_pb2.Lineage) -> dict:
-    """A request's Lineage as the plain dict `sigdl.lineage.RunContext.from_json` reads."""
+    """A request's Lineage as the plain dict `sigdl.core.lineage.RunContext.from_json` reads."""
     if message.iteration < 0:
         raise jobs.FieldError("lineage.iteration", f"{message.iteration}: expected >= 0")
     return {field.name: getattr(message, field.name) for field in message.DESCRIPTOR.fields}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import grpc
 
-from sigdl import settings
-from sigdl.errors import InputError
+from sigdl.core import settings
+from sigdl.core.errors import InputError
 
 # Kubernetes' native grpc probes cannot send a token: health stays open, it tells nothing secret
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)

@@ -30,9 +30,9 @@ from grpc_reflection.v1alpha import reflection
 
 from services.grpc_common.jobservice import JobServicer
 from services.grpc_common.security import TlsFiles, TokenInterceptor
-from sigdl import jobs, settings, store
-from sigdl.errors import InputError
-from sigdl.roots import allowed_roots
+from sigdl.core import jobs, settings, store
+from sigdl.core.errors import InputError
+from sigdl.core.roots import allowed_roots
 
 STAGES = ("training", "compression", "retest", "deploy")
 DEFAULT_ADDRESS = {

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sigdl import onnx_io
-from sigdl.datasets import Split, load_dataset
-from sigdl.evaluation import pixel_batches
+from sigdl.core import onnx_io
+from sigdl.core.datasets import Split, load_dataset
+from sigdl.core.evaluation import pixel_batches
+from sigdl.core.events import EventFn, ProgressEvent
 
 BATCH = 256  # images per ORT call; chunk boundaries are multiples of it
 CHUNK_BATCHES = 8  # batches per chunk handed to a worker (progress granularity)
@@ -60,8 +60,8 @@ def sharded_accuracy(
     mode: str = "resize",
     workers: int = 1,
     threads: int = 1,
-    on_event: Callable[[dict], None] | None = None,
-    label: str = "accuracy",
+    on_event: EventFn | None = None,
+    label: str = "",
 ) -> dict:
     """Accuracy over the whole test set; `workers` > 1 runs the chunks in spawned processes."""
     labels = load_dataset(dataset, data_dir).test.labels.numpy()
@@ -73,7 +73,7 @@ def sharded_accuracy(
         results[start] = (preds, loss)
         done = sum(len(p) for p, _ in results.values())
         if on_event:
-            on_event({"stage": label, "done": done, "total": len(labels)})
+            on_event(ProgressEvent.of("accuracy", done, len(labels), label=label))
 
     if workers == 1:
         for a in args:

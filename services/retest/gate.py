@@ -15,7 +15,7 @@ import operator
 import re
 from dataclasses import dataclass
 
-from sigdl.errors import InputError
+from sigdl.core.errors import InputError
 
 # metric -> (where the value is in the report, unit, what it is)
 METRICS = {

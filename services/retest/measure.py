@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sigdl import onnx_io
+from sigdl.core import onnx_io
 
 
 @dataclass

@@ -14,9 +14,9 @@ from __future__ import annotations
 import targets
 from services.grpc_common.jobservice import JobServicer, input_uri, lineage_of
 from services.protos.sigdl.v1 import retest_pb2, retest_pb2_grpc
-from sigdl import jobs
-from sigdl.errors import InputError
-from sigdl.lineage import RunContext
+from sigdl.core import jobs
+from sigdl.core.errors import InputError
+from sigdl.core.lineage import RunContext
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

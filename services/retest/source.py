@@ -1,7 +1,7 @@
 """The model a retest runs: a `model.onnx`, a `.sdc`, or a train/compress output directory,
 given as a local path or a file:// / s3:// URI.
 
-A `.sdc` is decoded with the core codec (`sigdl.sdc.load_model`, the exact stored weights) and
+A `.sdc` is decoded with the core codec (`sigdl.core.sdc.load_model`, the exact stored weights) and
 exported to ONNX; a directory holding a `model.sdc` is read the same way. The size a retest
 reports is the `.sdc` file's bytes on disk when there is one, else the deployable model's.
 
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import onnx
 
-from sigdl import checkpoint, onnx_io, store
-from sigdl.checkpoint import ModelMeta
-from sigdl.errors import InputError
-from sigdl.sdc import load_model
+from sigdl.core import checkpoint, onnx_io, store
+from sigdl.core.checkpoint import ModelMeta
+from sigdl.core.errors import InputError
+from sigdl.core.sdc import load_model
 
 META_KEY = "sigdl.model_json"  # the ONNX metadata entry `sigdl train` / `compress` write
 INT8_ONNX = "model.int8.onnx"  # the QDQ model `sigdl compress` writes (and deploy ships)

@@ -1,7 +1,7 @@
 """The retest stage: a deployable model on an emulated target, and a verdict.
 
 `run_retest` is the plain function behind `sigdl retest` (and the gRPC servicer). It runs the
-model with the target's numerics (fp32, fp16 or int8 QDQ via `sigdl.numerics`) through ONNX
+model with the target's numerics (fp32, fp16 or int8 QDQ via `sigdl.core.numerics`) through ONNX
 Runtime on the test set, sharded over worker processes; predicts latency, fps and p90 per
 operator from the target's profile; estimates power and energy; checks memory and operator
 support; and gates the result against the requirements. On the `host` target it also
@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +37,12 @@ from services.retest.measure import single_stream
 from services.retest.opcheck import check_operators
 from services.retest.predict import estimate_power, memory_use, predict_latency
 from services.retest.source import ModelSource, load_source
-from sigdl import __version__, atomic, numerics, onnx_io
-from sigdl.datasets import adapt, load_dataset
-from sigdl.errors import InputError
-from sigdl.lineage import TAG_STAGE, TAG_TARGET, RunContext, open_lineage
+from sigdl.core import __version__, atomic, numerics, onnx_io
+from sigdl.core.datasets import adapt, load_dataset
+from sigdl.core.errors import InputError
+from sigdl.core.events import EventFn, ProgressEvent
+from sigdl.core.lineage import TAG_STAGE, TAG_TARGET, RunContext, open_lineage
 
-EventFn = Callable[[dict], None]
 CALIBRATION_IMAGES = 256  # training images that calibrate int8 activation ranges
 HOST_MEASURE = {"min_queries": 30, "min_seconds": 1.0, "max_queries": 2000}
 FROM_COMPRESSION = "model.int8.onnx (from compression)"
@@ -125,12 +125,12 @@ def run_retest(
     data_dir = str(data_dir) if data_dir else None
     started = time.perf_counter()
     source = load_source(model)
-    emit({"stage": "load", "done": 1, "total": 1})
+    emit(ProgressEvent("load", 1, 1))
     deployable, how, calibration_note = _deployable(source, precision, dataset, data_dir)
     report = _predictions(source, deployable, profile, precision, threads)
     report["deployable"] = how
     report["calibration"] = calibration_note
-    emit({"stage": "predict", "done": 1, "total": 1})
+    emit(ProgressEvent("predict", 1, 1))
     if dataset:
         accuracy = _accuracy(source, deployable, precision, dataset, data_dir, workers,
                              threads, emit)  # fmt: skip
@@ -139,7 +139,7 @@ def run_retest(
         stats = single_stream(deployable, report["threads"], **HOST_MEASURE)
         report["measured"] = stats.to_json()
         report["measured_p90_latency_ms"] = stats.p90_ms
-        emit({"stage": "measure", "done": 1, "total": 1})
+        emit(ProgressEvent("measure", 1, 1))
     report["verdict"] = gate(report, reqs)
     report["wall_seconds"] = time.perf_counter() - started
     report["lineage"] = lineage.to_json() if lineage else None
@@ -263,7 +263,7 @@ def _accuracy(
             atomic.write_bytes(path, data)
             runs[name] = sharded_accuracy(
                 path, dataset, data_dir=data_dir, mode=mode, workers=workers,
-                threads=per_worker, on_event=emit, label=f"accuracy {name}",
+                threads=per_worker, on_event=emit, label=name,
             )  # fmt: skip
     result = {k: v for k, v in runs[precision].items() if k != "predictions"}
     result["fp32_accuracy"] = runs["fp32"]["accuracy"]

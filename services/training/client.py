@@ -10,7 +10,7 @@ from pathlib import Path
 
 from services.grpc_common.client import JobClient, run_remote
 from services.protos.sigdl.v1 import training_pb2, training_pb2_grpc
-from sigdl.training import TrainConfig
+from sigdl.core.training import TrainConfig
 
 FIELDS = ("model", "dataset", "epochs")  # TrainRequest fields; the rest goes in config_json
 

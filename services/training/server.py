@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from services.grpc_common.jobservice import JobServicer, json_object, lineage_of
 from services.protos.sigdl.v1 import training_pb2, training_pb2_grpc
-from sigdl import jobs, zoo
-from sigdl.errors import InputError
-from sigdl.training import TrainConfig
+from sigdl.core import jobs, zoo
+from sigdl.core.errors import InputError
+from sigdl.core.training import TrainConfig
 
 
 def run_job(params: dict, job: jobs.JobContext) -> dict:
     """In the worker process: train into the job's output directory."""
     from services.training.stage import run_training
-    from sigdl.lineage import RunContext
+    from sigdl.core.lineage import RunContext
 
     return run_training(
         TrainConfig.from_dict(params["config"]), job.out_dir, nproc=params["nproc"],
-        on_epoch=lambda row: job.emit({"event": "epoch", **row}),
+        on_event=job.emit,
         lineage=RunContext.from_json(params.get("lineage")),
     )  # fmt: skip
 

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sigdl import __version__, atomic, checkpoint, lineage, onnx_io, settings, zoo
-from sigdl.checkpoint import ModelMeta, PixelModel
-from sigdl.datasets import Dataset, adapt, load_dataset
-from sigdl.errors import InputError
-from sigdl.evaluation import score_onnx, score_torch
-from sigdl.lineage import RunContext
-from sigdl.training import EpochResult, TrainConfig, fit
-
-ProgressFn = Callable[[dict], None]
+from sigdl.core import __version__, atomic, checkpoint, lineage, onnx_io, settings, zoo
+from sigdl.core.checkpoint import ModelMeta, PixelModel
+from sigdl.core.datasets import Dataset, adapt, load_dataset
+from sigdl.core.errors import InputError
+from sigdl.core.evaluation import score_onnx, score_torch
+from sigdl.core.events import EventFn, epoch_event
+from sigdl.core.lineage import RunContext
+from sigdl.core.training import EpochResult, TrainConfig, fit
 
 
 def resolve_shape(cfg: TrainConfig, data: Dataset) -> tuple[int, int]:
@@ -74,19 +72,19 @@ def train_model(
     data: Dataset,
     nproc: int,
     data_dir: str | None,
-    on_epoch: ProgressFn | None,
+    on_event: EventFn | None,
 ) -> list[dict]:
     """Train in this process (nproc 1) or with torchrun DDP; return per-epoch rows."""
     if nproc > 1:
-        from sigdl import distributed
+        from sigdl.core import distributed
 
         with tempfile.TemporaryDirectory(prefix="sigdl-ddp-") as job_dir:
             history = distributed.launch(
                 model, cfg, meta.channels, meta.input_size, nproc, Path(job_dir), data_dir
             )
         for row in history:
-            if on_epoch:
-                on_epoch(row)
+            if on_event:
+                on_event(epoch_event(row, cfg.epochs))
         return history
 
     def evaluate():
@@ -96,8 +94,8 @@ def train_model(
 
     def record(result: EpochResult) -> None:
         rows.append(result.to_row())
-        if on_epoch:
-            on_epoch(rows[-1])
+        if on_event:
+            on_event(epoch_event(rows[-1], cfg.epochs))
 
     fit(model, data.train, cfg, meta.channels, meta.input_size, evaluate=evaluate, on_epoch=record)
     return rows
@@ -120,7 +118,7 @@ def run_training(
     *,
     nproc: int = 1,
     data_dir: str | None = None,
-    on_epoch: ProgressFn | None = None,
+    on_event: EventFn | None = None,
     lineage: RunContext | None = None,
 ) -> dict:
     """Train, checkpoint, export, verify the export, log lineage (nested under
@@ -133,7 +131,7 @@ def run_training(
     data = load_dataset(cfg.dataset, data_dir)
     model, meta = build_model(cfg, data)
     started = time.perf_counter()
-    history = train_model(model, meta, cfg, data, nproc, data_dir, on_epoch)
+    history = train_model(model, meta, cfg, data, nproc, data_dir, on_event)
     train_seconds = time.perf_counter() - started
     model.eval()
     test = score_torch(model, data.test, meta.channels, meta.input_size, cfg.adapt_mode)

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from services.grpc_common.server import STAGES
-from sigdl import settings
+from sigdl.core import settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sigdl"

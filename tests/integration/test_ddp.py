@@ -4,8 +4,8 @@ this machine's loopback, and for the same global batch it takes the same steps a
 import torch
 
 from services.training.stage import build_model, train_model
-from sigdl.datasets import load_dataset
-from sigdl.training import TrainConfig
+from sigdl.core.datasets import load_dataset
+from sigdl.core.training import TrainConfig
 
 
 def test_two_processes_match_one_process():
@@ -17,8 +17,8 @@ def test_two_processes_match_one_process():
         torch.equal(a, b)
         for a, b in zip(single.state_dict().values(), ddp.state_dict().values(), strict=True)
     )
-    one = train_model(single, meta, cfg, data, nproc=1, data_dir=None, on_epoch=None)
-    two = train_model(ddp, meta, cfg, data, nproc=2, data_dir=None, on_epoch=None)
+    one = train_model(single, meta, cfg, data, nproc=1, data_dir=None, on_event=None)
+    two = train_model(ddp, meta, cfg, data, nproc=2, data_dir=None, on_event=None)
     assert len(one) == len(two) == 2
     for (name, a), b in zip(single.state_dict().items(), ddp.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name

@@ -39,9 +39,10 @@ from services.protos.sigdl.v1 import (
 )
 from services.retest.client import RetestClient
 from services.training.client import TrainingClient, train_request
-from sigdl import jobs, store
-from sigdl.errors import InputError
-from sigdl.training import TrainConfig
+from sigdl.core import jobs, store
+from sigdl.core.errors import InputError
+from sigdl.core.events import ProgressEvent
+from sigdl.core.training import TrainConfig
 
 TOKEN = "test-token-5f2c"
 FOUR = ["sigdl.v1.TrainingService", "sigdl.v1.CompressionService", "sigdl.v1.RetestService",
@@ -123,7 +124,9 @@ def test_train_compress_retest_deploy_through_the_services(serve, sigdl_env):
         assert [e.state for e in events if e.kind == "state"] == [
             common_pb2.QUEUED, common_pb2.RUNNING, common_pb2.SUCCEEDED]  # fmt: skip
         epoch = next(e for e in events if e.kind == "progress")
-        assert json.loads(epoch.data_json)["epoch"] == 1
+        first = ProgressEvent.from_json(json.loads(epoch.data_json))  # what the stage emitted
+        assert (first.kind, first.done, first.total) == ("epoch", 1, 1) and first["loss"] > 0
+        assert epoch.message == first.line()
         # a reconnecting watcher resumes from an index: exactly the events after it
         tail = list(client.watch(job.id, from_index=2))
         assert [e.index for e in tail] == list(range(2, done.event_count))

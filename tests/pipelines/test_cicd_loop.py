@@ -115,7 +115,7 @@ def test_lineage_parent_and_nested_runs_versions_and_aliases(loop):
     mlflow.set_tracking_uri(loop["uri"])  # else MLflow 3 opens ./mlflow.db in the working dir
     mlflow.set_registry_uri(loop["uri"])
     model = mlflow.pyfunc.load_model(f"models:/{name}@best_movidius-ma2450")
-    from sigdl.datasets import adapt, load_dataset
+    from sigdl.core.datasets import adapt, load_dataset
 
     test = load_dataset("digits").test
     pixels = adapt(test.images[:200], 1, 28, "resize").numpy()

@@ -24,8 +24,8 @@ from kfp import components
 from pipelines.cicd import PIPELINE_NAME
 from pipelines.cluster import connect, submit
 from pipelines.results import Candidate, RunVerdict
-from sigdl import store
-from sigdl.errors import InputError
+from sigdl.core import store
+from sigdl.core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,8 @@ from pipelines import propose, steps
 from pipelines.controller import LoopConfig, first_candidates
 from pipelines.results import Candidate, CandidateResult, RunVerdict
 from services.compression.recipe import Recipe, load_recipe
-from sigdl.errors import InputError
-from sigdl.lineage import RunContext
+from sigdl.core.errors import InputError
+from sigdl.core.lineage import RunContext
 
 
 def _result(target="movidius-ma2450", failures=(), ops=(), **numbers) -> CandidateResult:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from pipelines.report import DPI, FIGSIZE_IN, PLOTS, pareto_front, write_report
 from pipelines.results import Candidate, CandidateResult, RunVerdict
-from sigdl.errors import InputError
+from sigdl.core.errors import InputError
 
 A53, M7 = "arm-cortex-a53", "arm-cortex-m7"
 PIXELS = (int(FIGSIZE_IN[0] * DPI), int(FIGSIZE_IN[1] * DPI))

@@ -10,9 +10,9 @@ import pytest
 
 from services.compression.stage import run_compression
 from services.training.stage import run_training
-from sigdl import onnx_io
-from sigdl.sdc import read_sdc
-from sigdl.training import TrainConfig
+from sigdl.core import onnx_io
+from sigdl.core.sdc import read_sdc
+from sigdl.core.training import TrainConfig
 
 RECIPE = """
 name: smoke

@@ -18,11 +18,11 @@ from services.deploy.fleet import FleetTarget
 from services.deploy.stage import list_versions, rollback, run_deploy
 from services.retest.stage import run_retest
 from services.training.stage import run_training
-from sigdl import onnx_io, store
 from sigdl.cli import main
-from sigdl.errors import InputError
-from sigdl.lineage import Lineage, open_lineage
-from sigdl.training import TrainConfig
+from sigdl.core import onnx_io, store
+from sigdl.core.errors import InputError
+from sigdl.core.lineage import Lineage, open_lineage
+from sigdl.core.training import TrainConfig
 
 RECIPE = """
 name: deploy-smoke
@@ -74,7 +74,7 @@ def folders(root: str, fleet: str = "lab", target: str = TARGET) -> dict[str, se
 # --- publishing -------------------------------------------------------------------------------
 def test_compressed_run_becomes_a_verified_package(runs, tmp_path):
     root = store.as_uri(tmp_path / "store")
-    events: list[dict] = []
+    events: list = []
     result = run_deploy(
         str(runs["compress"]), TARGET, "lab", store_root=root, on_event=events.append
     )
@@ -110,7 +110,9 @@ def test_compressed_run_becomes_a_verified_package(runs, tmp_path):
         == result["manifest_sha256"]
         == store.sha256(store.as_uri(package / "manifest.json"))
     )
-    assert [e["file"] for e in events if e["event"] == "upload"] == [*shipped, "manifest.json"]
+    uploads = [e for e in events if e.kind == "upload"]
+    assert [e["file"] for e in uploads] == [*shipped, "manifest.json"]
+    assert [e.done for e in uploads] == list(range(1, len(uploads) + 1))
     # what the edge will run: the published model.onnx under ONNX Runtime
     for name in ("model.onnx", "model.int8.onnx"):
         logits = onnx_io.predict(

@@ -39,11 +39,11 @@ from services.compression.share import (
     share_weights,
 )
 from services.training.stage import run_training
-from sigdl import zoo
-from sigdl.checkpoint import load_checkpoint, resize_to_state_dict
-from sigdl.datasets import load_dataset
-from sigdl.errors import InputError
-from sigdl.training import TrainConfig, fit
+from sigdl.core import zoo
+from sigdl.core.checkpoint import load_checkpoint, resize_to_state_dict
+from sigdl.core.datasets import load_dataset
+from sigdl.core.errors import InputError
+from sigdl.core.training import TrainConfig, fit
 
 
 def bits_of(t: torch.Tensor) -> torch.Tensor:
@@ -225,7 +225,8 @@ def test_short_recipe_end_to_end(checkpoint_dir, digits):
         assert np.array_equal(codebook[assignments].view(np.int32), weight.view(np.int32))
         assert len(np.unique(weight)) <= 32
         assert np.array_equal(assignments == 0, weight == 0)
-    assert {"ladder", "epoch", "round", "step"} <= {e["event"] for e in events}
+    assert {"ladder", "epoch", "round", "step"} <= {e.kind for e in events}
+    assert all(e.done is not None and e.total for e in events)
 
 
 def test_deterministic_under_the_seed(checkpoint_dir, digits):

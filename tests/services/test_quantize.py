@@ -21,10 +21,10 @@ from services.compression.quantize import (
 from services.compression.recipe import Recipe
 from services.compression.stage import run_compression
 from services.training.stage import run_training
-from sigdl import checkpoint, numerics
-from sigdl.errors import InputError
-from sigdl.sdc import read_sdc
-from sigdl.training import TrainConfig
+from sigdl.core import checkpoint, numerics
+from sigdl.core.errors import InputError
+from sigdl.core.sdc import read_sdc
+from sigdl.core.training import TrainConfig
 
 QAT_RECIPE = """
 name: qat-smoke
@@ -146,7 +146,7 @@ def test_int8_onnx_is_qdq_on_the_trained_grid_and_keeps_accuracy(qat_run):
 def test_post_training_quantization_runs_without_retraining(qat_run):
     root, _ = qat_run
     model, meta = checkpoint.load_checkpoint(root / "ck")
-    from sigdl.datasets import load_dataset
+    from sigdl.core.datasets import load_dataset
 
     recipe = Recipe.from_dict({"name": "ptq", "steps": [{"type": "quantize"}]})
     result = compress(model, recipe, load_dataset("digits"), meta)

@@ -17,8 +17,8 @@ from services.compression.recipe import (
     load_recipe,
     value_for,
 )
-from sigdl import zoo
-from sigdl.errors import InputError
+from sigdl.core import zoo
+from sigdl.core.errors import InputError
 
 BUILT_INS = ["deep-compression", "deep-compression-lenet-300-100", "deep-compression-lenet-5"]
 

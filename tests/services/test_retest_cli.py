@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from sigdl import checkpoint, onnx_io
-from sigdl.checkpoint import ModelMeta
 from sigdl.cli import main
+from sigdl.core import checkpoint, onnx_io
+from sigdl.core.checkpoint import ModelMeta
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,12 @@ from services.retest.server import RetestServicer
 from services.retest.source import load_source
 from services.retest.stage import FROM_COMPRESSION, run_retest
 from services.training.stage import run_training
-from sigdl import numerics, onnx_io, store
-from sigdl.datasets import adapt, load_dataset
-from sigdl.errors import InputError
-from sigdl.evaluation import score_onnx
-from sigdl.lineage import RunContext, open_lineage
-from sigdl.training import TrainConfig
+from sigdl.core import numerics, onnx_io, store
+from sigdl.core.datasets import adapt, load_dataset
+from sigdl.core.errors import InputError
+from sigdl.core.evaluation import score_onnx
+from sigdl.core.lineage import RunContext, open_lineage
+from sigdl.core.training import TrainConfig
 
 # prunes 90% of the hidden layers without retraining: digits accuracy 0.80 -> about 0.66
 WRECK = """

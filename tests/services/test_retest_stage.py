@@ -16,10 +16,11 @@ from services.retest.gate import gate, parse_requirement
 from services.retest.graph import analyze
 from services.retest.opcheck import check_operators
 from services.retest.stage import load_target, run_retest
-from sigdl import checkpoint, onnx_io, store
-from sigdl.checkpoint import ModelMeta
-from sigdl.errors import InputError
-from sigdl.sdc import write_sdc
+from sigdl.core import checkpoint, onnx_io, store
+from sigdl.core.checkpoint import ModelMeta
+from sigdl.core.errors import InputError
+from sigdl.core.events import ProgressEvent
+from sigdl.core.sdc import write_sdc
 
 
 def _meta(model: str) -> ModelMeta:
@@ -142,7 +143,8 @@ def test_retest_on_host_writes_report_and_verdict(lenet, tmp_path):
     written = json.loads((tmp_path / "rt" / "report.json").read_text())
     assert written["latency_ms"] == report["latency_ms"]
     assert "| fps>=1 |" in (tmp_path / "rt" / "verdict.md").read_text()
-    assert {"stage": "predict", "done": 1, "total": 1} in events
+    assert ProgressEvent("predict", 1, 1) in events
+    assert [e.kind for e in events][:3] == ["load", "predict", "measure"]
 
 
 def test_the_retest_is_logged_to_mlflow(lenet, mlflow_uri):

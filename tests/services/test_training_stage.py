@@ -8,11 +8,11 @@ import onnx
 import pytest
 
 from services.training.stage import run_training
-from sigdl import checkpoint, onnx_io
-from sigdl.datasets import load_dataset
-from sigdl.evaluation import score_onnx, score_torch
-from sigdl.lineage import open_lineage
-from sigdl.training import TrainConfig
+from sigdl.core import checkpoint, onnx_io
+from sigdl.core.datasets import load_dataset
+from sigdl.core.evaluation import score_onnx, score_torch
+from sigdl.core.lineage import open_lineage
+from sigdl.core.training import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ import pytest
 
 import sigdl
 from sigdl.api import CompressResult, DeployResult, RetestResult, TrainResult
-from sigdl.errors import InputError
+from sigdl.core import reports
+from sigdl.core.errors import InputError
+from sigdl.core.events import ProgressEvent
 
 
 def sigdl_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -23,11 +25,12 @@ def sigdl_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def round_trips(result):
-    """to_json is JSON-ready and from_report reads it, or the bare report, back equal."""
+    """to_json is JSON-ready and from_json reads it, or the bare report, back equal."""
     data = json.loads(json.dumps(result.to_json()))
     assert data["schema_version"] == result.schema_version == 1
-    assert type(result).from_report(data) == result
-    assert type(result).from_report(result.report) == result
+    assert type(result).from_json(data) == result
+    assert type(result).from_json(result.report) == result
+    assert type(result).from_report(result.report) == result  # the 0.1 name
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,13 @@ def trained(tmp_path_factory) -> TrainResult:
         mp.setenv("SIGDL_MLFLOW_TRACKING_URI", "off")
         mp.setenv("SIGDL_PROGRESS", "0")
         mp.setenv("SIGDL_OFFLINE", "1")
-        return sigdl.train("lenet-5", "digits", tmp_path_factory.mktemp("train"), epochs=1)
+        events: list[ProgressEvent] = []
+        result = sigdl.train("lenet-5", "digits", tmp_path_factory.mktemp("train"), epochs=1,
+                             on_event=events.append)  # fmt: skip
+    # one typed event per epoch, as the CLI and the Watch stream get it
+    assert [(e.kind, e.done, e.total) for e in events] == [("epoch", 1, 1)]
+    assert events[0]["loss"] > 0 and "epoch 1/1: loss" in events[0].line()
+    return result
 
 
 def test_import_sigdl_stays_cheap():
@@ -86,6 +95,7 @@ def test_compress_retest_deploy_typed(trained, tmp_path):
     assert small.accuracy == metrics["onnx_test_accuracy"]
     assert small.dense_accuracy == trained.test_accuracy
     assert small.int8_accuracy is None  # no quantize step in this recipe
+    assert small.registered_model is None and small.mlflow_run_id is None  # tracking off
     round_trips(small)
 
     checked = sigdl.retest(small.out, "arm-cortex-a53", dataset="digits",
@@ -100,6 +110,7 @@ def test_compress_retest_deploy_typed(trained, tmp_path):
     )
     assert checked.latency_ms > 0 and checked.fps > 0 and checked.power_w > 0
     assert checked.size_kb == pytest.approx(small.compressed_bytes / 1024)
+    assert checked.energy_mj > 0 and checked.memory_mb > 0 and checked.unsupported_ops == ()
     assert json.loads((tmp_path / "r" / "report.json").read_text())["verdict"]["passed"] is False
     round_trips(checked)
 
@@ -109,7 +120,24 @@ def test_compress_retest_deploy_typed(trained, tmp_path):
         "api", "arm-cortex-a53", "v1", "publish"
     )  # fmt: skip
     assert shipped.pointer_uri.endswith("/fleets/api/arm-cortex-a53/current")
+    assert shipped.alias is None  # no MLflow alias moved: tracking off
     round_trips(shipped)
+
+
+def test_each_stage_result_lives_in_the_core():
+    assert (TrainResult, CompressResult, RetestResult, DeployResult) == (
+        reports.TrainResult, reports.CompressResult, reports.RetestResult, reports.DeployResult
+    )  # fmt: skip
+
+
+def test_from_json_names_a_missing_or_wrong_field(trained):
+    broken = {**trained.report, "metrics": {"test_accuracy": 0.9}}
+    with pytest.raises(InputError, match="train report: KeyError 'onnx_test_accuracy'"):
+        TrainResult.from_json(broken)
+    with pytest.raises(InputError, match="train report: ValueError"):
+        TrainResult.from_json({**trained.report, "parameters": "many"})
+    with pytest.raises(InputError, match="expected a retest report, got command 'train'"):
+        RetestResult.from_json(trained.to_json())
 
 
 def test_from_report_refuses_another_stage(trained):

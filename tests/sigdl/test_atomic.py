@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from sigdl import atomic
+from sigdl.core import atomic
 
 
 def test_written_files_are_readable_by_others(tmp_path):

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from sigdl import atomic, checkpoint
-from sigdl.checkpoint import ModelMeta
-from sigdl.errors import InputError
+from sigdl.core import atomic, checkpoint
+from sigdl.core.checkpoint import ModelMeta
+from sigdl.core.errors import InputError
 
 
 def _meta(**kw) -> ModelMeta:
@@ -41,8 +41,8 @@ def test_normalization_is_inside_the_model():
     "content, message",
     [
         ("{not json", "not valid JSON"),
-        (json.dumps({"format": "other/v9"}), "expected 'sigdl.checkpoint/v1'"),
-        (json.dumps({"format": "sigdl.checkpoint/v1", "model": "lenet-5"}), "missing field"),
+        (json.dumps({"format": "other/v9"}), "expected 'sigdl.core.checkpoint/v1'"),
+        (json.dumps({"format": "sigdl.core.checkpoint/v1", "model": "lenet-5"}), "missing field"),
     ],
 )
 def test_bad_model_json_is_a_clear_error(tmp_path, content, message):
@@ -53,7 +53,7 @@ def test_bad_model_json_is_a_clear_error(tmp_path, content, message):
 
 def test_weights_of_another_model_are_refused(tmp_path):
     checkpoint.save_checkpoint(checkpoint.build(_meta()), _meta(), tmp_path)
-    other = _meta(model="lenet-300-100").to_json() | {"format": "sigdl.checkpoint/v1"}
+    other = _meta(model="lenet-300-100").to_json() | {"format": "sigdl.core.checkpoint/v1"}
     (tmp_path / "model.json").write_text(json.dumps(other))
     with pytest.raises(InputError, match="does not match model 'lenet-300-100'"):
         checkpoint.load_checkpoint(tmp_path)

@@ -1,4 +1,4 @@
-"""Tests for sigdl.datasets: the IDX sets, digits, image folders, resolution, download, adapt.
+"""Tests for sigdl.core.datasets: the IDX sets, digits, image folders, resolution, download, adapt.
 
 .venv/bin/pytest tests/sigdl/test_datasets.py -q
 """
@@ -22,8 +22,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sigdl import datasets
-from sigdl.datasets import DatasetError, adapt, list_datasets, load_dataset, parse_idx
+from sigdl.core import datasets
+from sigdl.core.datasets import DatasetError, adapt, list_datasets, load_dataset, parse_idx
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sigdl import huffman, sparse
-from sigdl.errors import InputError
-from sigdl.huffman import HuffmanCode
+from sigdl.core import huffman, sparse
+from sigdl.core.errors import InputError
+from sigdl.core.huffman import HuffmanCode
 
 FAST = settings(max_examples=60, deadline=None)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sigdl import jobs
+from sigdl.core import jobs
 
 
 def record(job_id: str, request_id: str, params: dict | None = None) -> jobs.JobRecord:

@@ -8,9 +8,9 @@ import onnx
 import pytest
 import torch
 
-from sigdl import checkpoint, numerics, onnx_io
-from sigdl.checkpoint import ModelMeta
-from sigdl.errors import InputError
+from sigdl.core import checkpoint, numerics, onnx_io
+from sigdl.core.checkpoint import ModelMeta
+from sigdl.core.errors import InputError
 
 
 def _sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:

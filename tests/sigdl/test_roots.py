@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sigdl import jobs, store
-from sigdl.roots import ArtifactAccessError, allowed_roots, check_uri
+from sigdl.core import jobs, store
+from sigdl.core.roots import ArtifactAccessError, allowed_roots, check_uri
 
 
 def test_uris_must_stay_inside_the_roots(tmp_path: Path):

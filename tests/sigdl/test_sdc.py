@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sigdl import checkpoint, sdc
-from sigdl.checkpoint import ModelMeta
-from sigdl.errors import InputError
-from sigdl.sdc import Int8Tensor, SdcError, SharedTensor
+from sigdl.core import checkpoint, sdc
+from sigdl.core.checkpoint import ModelMeta
+from sigdl.core.errors import InputError
+from sigdl.core.sdc import Int8Tensor, SdcError, SharedTensor
 
 META = ModelMeta(
     model="lenet-300-100", input_size=28, channels=1, classes=10, mean=[0.13], std=[0.31]

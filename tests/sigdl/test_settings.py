@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from sigdl import settings
+from sigdl.core import settings
 
 
 def test_typed_values_and_defaults(monkeypatch):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sigdl import store
+from sigdl.core import store
 
 MiB = 1 << 20
 

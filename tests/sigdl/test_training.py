@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from services.training.stage import build_model
-from sigdl.datasets import load_dataset
-from sigdl.errors import InputError
-from sigdl.evaluation import score_torch
-from sigdl.training import TrainConfig, fit, lr_at
+from sigdl.core.datasets import load_dataset
+from sigdl.core.errors import InputError
+from sigdl.core.evaluation import score_torch
+from sigdl.core.training import TrainConfig, fit, lr_at
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests for sigdl.zoo: published parameter counts, shapes, ONNX export, registry errors.
+"""Tests for sigdl.core.zoo: published parameter counts, shapes, ONNX export, registry errors.
 
 Run with `.venv/bin/pytest tests/sigdl/test_zoo.py -q`.
 """
@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from sigdl import zoo
-from sigdl.errors import InputError
+from sigdl.core import zoo
+from sigdl.core.errors import InputError
 
 BIG = ["alexnet", "vgg-16", "mobilenet-v1", "mobilenet-v2", "squeezenet-1.0", "squeezenet-1.1"]
 SMALL = ["lenet-300-100", "lenet-5"]

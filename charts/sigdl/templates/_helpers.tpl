@@ -41,7 +41,7 @@ grpc:
 {{ toYaml .probe }}
 {{- end }}
 
-{{/* The SIGDL_* settings of one service (names as declared in sigdl/settings.py). */}}
+{{/* The SIGDL_* settings of one service (names as declared in sigdl/core/settings.py). */}}
 {{- define "sigdl.env" -}}
 {{- $v := .root.Values -}}
 - name: SIGDL_HOME

@@ -1,7 +1,7 @@
 """Every setting SigDL reads from the environment, declared once, typed, with its default.
 
 Call sites read a setting with ``SIGDL_HOME.get()``; nothing else in the code base touches
-``os.environ``. ``python -m sigdl.settings`` prints them all with their current values.
+``os.environ``. ``python -m sigdl.core.settings`` prints them all with their current values.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Setting(Generic[T]):
     name: str  # the environment variable
     type: type  # bool, int, float, str or Path
     default: T | None  # used when the variable is unset (None: no value)
-    doc: str  # one line for `python -m sigdl.settings` and the README
+    doc: str  # one line for `python -m sigdl.core.settings` and the README
     aliases: tuple[str, ...] = field(default=())  # other names read when `name` is unset
 
     def raw(self) -> str | None:
@@ -254,7 +254,7 @@ SIGDL_PROGRESS: Setting[bool] = _declare(
     "Show progress bars on long work (they go to stderr).",
 )
 
-# Set by torchrun in each worker of a data-parallel job; read by sigdl.distributed.
+# Set by torchrun in each worker of a data-parallel job; read by sigdl.core.distributed.
 RANK: Setting[int] = _declare("RANK", int, 0, "Rank of this process in a torchrun job.")
 WORLD_SIZE: Setting[int] = _declare("WORLD_SIZE", int, 1, "Processes in a torchrun job.")
 LOCAL_RANK: Setting[int] = _declare("LOCAL_RANK", int, 0, "Rank of this process on its node.")
@@ -286,7 +286,7 @@ def adopt_environment(values: dict[str, str]) -> None:
 
 
 def describe() -> list[dict[str, str]]:
-    """Every setting with its current value (secrets masked), for `python -m sigdl.settings`."""
+    """Every setting with its current value (secrets masked): `python -m sigdl.core.settings`."""
     rows = []
     for s in REGISTRY:
         value = s.get()

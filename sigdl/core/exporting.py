@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sigdl import checkpoint, onnx_io, zoo
-from sigdl.checkpoint import ModelMeta, PixelModel
+from sigdl.core import checkpoint, onnx_io, zoo
+from sigdl.core.checkpoint import ModelMeta, PixelModel
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

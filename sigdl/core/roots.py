@@ -15,8 +15,8 @@ import os
 from pathlib import PurePosixPath
 from urllib.parse import unquote
 
-from sigdl import settings, store
-from sigdl.jobs import FieldError
+from sigdl.core import settings, store
+from sigdl.core.jobs import FieldError
 
 
 class ArtifactAccessError(PermissionError):

@@ -1,10 +1,10 @@
 """The model zoo: every architecture SigDL trains, compresses and deploys, registered by name.
 
-    from sigdl.zoo import build_model, count_parameters
+    from sigdl.core.zoo import build_model, count_parameters
     model = build_model("mobilenet-v2", input_size=32, channels=1, classes=10)
     count_parameters(model)  # 2,236,106
 
-``python -m sigdl.zoo`` prints the registry with parameter counts at each model's defaults.
+``python -m sigdl.core.zoo`` prints the registry with parameter counts at each model's defaults.
 
 The ImageNet-style models end in adaptive pooling, so their parameter counts do not depend on
 the input size and they accept small inputs (MNIST-like data at 32x32); the LeNets flatten their
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from sigdl.errors import InputError
+from sigdl.core.errors import InputError
 
 
 class UnknownModelError(InputError, KeyError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sigdl.errors import InputError
+from sigdl.core.errors import InputError
 
 MAX_INDEX_BITS = 16
 

@@ -1,9 +1,9 @@
 """Data-parallel training with PyTorch DDP, launched through torchrun.
 
 `launch()` runs `python -m torch.distributed.run --standalone --nproc-per-node N -m
-sigdl.distributed JOB_DIR`; every rank runs `worker()`, which trains with the same
-`sigdl.training.fit` as a single process (gloo on CPU, nccl on GPU), and rank 0 writes the final
-weights and history back into JOB_DIR as safetensors + JSON.
+sigdl.core.distributed JOB_DIR`; every rank runs `worker()`, which trains with the same
+`sigdl.core.training.fit` as a single process (gloo on CPU, nccl on GPU), and rank 0 writes the
+final weights and history back into JOB_DIR as safetensors + JSON.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
 
-from sigdl import settings
-from sigdl.checkpoint import PixelModel
-from sigdl.training import TrainConfig, fit
+from sigdl.core import settings
+from sigdl.core.checkpoint import PixelModel
+from sigdl.core.training import TrainConfig, fit
 
 JOB = "job.json"
 STATE = "state.safetensors"
@@ -59,7 +59,7 @@ def launch(
         "--nnodes=1",
         f"--nproc-per-node={nproc}",
         "-m",
-        "sigdl.distributed",
+        "sigdl.core.distributed",
         str(job_dir),
     ]
     # torchrun's own start-up chatter goes to our stderr with the progress bars.
@@ -72,9 +72,9 @@ def launch(
 
 def worker(job_dir: Path) -> None:
     """One rank of a torchrun job: same init on every rank, DDP-averaged gradients."""
-    from sigdl import zoo
-    from sigdl.datasets import load_dataset
-    from sigdl.evaluation import score_torch
+    from sigdl.core import zoo
+    from sigdl.core.datasets import load_dataset
+    from sigdl.core.evaluation import score_torch
 
     job = json.loads((job_dir / JOB).read_text())
     cfg = TrainConfig.from_dict(job["config"])

@@ -17,8 +17,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from sigdl import atomic
-from sigdl.errors import InputError
+from sigdl.core import atomic
+from sigdl.core.errors import InputError
 
 OPSET = 17
 INPUT = "pixels"

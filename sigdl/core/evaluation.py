@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from sigdl import onnx_io
-from sigdl.datasets import Split, adapt
+from sigdl.core import onnx_io
+from sigdl.core.datasets import Split, adapt
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from sigdl import settings
-from sigdl.datasets import Split, adapt
-from sigdl.errors import InputError
-from sigdl.evaluation import Score
+from sigdl.core import settings
+from sigdl.core.datasets import Split, adapt
+from sigdl.core.errors import InputError
+from sigdl.core.evaluation import Score
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")

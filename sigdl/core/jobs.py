@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from sigdl import settings, store
-from sigdl.errors import InputError
+from sigdl.core import settings, store
+from sigdl.core.errors import InputError
+from sigdl.core.events import ProgressEvent
 
-EmitFn = Callable[[dict], None]
+EmitFn = Callable[[ProgressEvent], None]
 KILL_AFTER_S = 5.0  # a cancelled worker that ignores SIGTERM this long gets SIGKILL
 POLL_S = 0.2  # how often a job's supervising thread looks at its worker
 
@@ -117,7 +118,7 @@ class JobEvent:
     kind: str  # state | progress | log
     state: JobState  # the job's state after the event
     message: str
-    data: dict = field(default_factory=dict)  # the stage's event, for progress
+    data: dict = field(default_factory=dict)  # ProgressEvent.to_json(); {} for a state change
 
 
 _SCHEMA = """
@@ -305,7 +306,7 @@ class JobContext:
 
     job_id: str
     out_dir: Path  # a local directory; uploaded to the job's out_uri when that is s3://
-    emit: EmitFn  # send a progress event (a JSON-able dict) to the job's watchers
+    emit: EmitFn  # send a progress event to the job's watchers
     scratch: Path  # a private temporary directory, removed after the job
 
     def local(self, uri: str) -> Path:
@@ -351,7 +352,11 @@ def _worker_main(fn: JobFn, job_id: str, params: dict, out_uri: str, env: dict, 
     settings.adopt_environment(env)
     _exit_with_parent()
     try:
-        result = _run_job(fn, job_id, params, out_uri, lambda event: _send(conn, {"event": event}))
+
+        def emit(event: ProgressEvent) -> None:
+            _send(conn, {"event": event.to_json()})
+
+        result = _run_job(fn, job_id, params, out_uri, emit)
         _send(conn, {"result": result})
     except (InputError, store.StoreError, FileNotFoundError, PermissionError) as exc:
         _send(conn, {"error": str(exc)})
@@ -421,7 +426,7 @@ class WorkerPool:
         self.store, self.service, self.fn = store_, service, fn
         self.workers, self.queue_size = workers, queue_size
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["sigdl.jobs", *preload])
+        self._ctx.set_forkserver_preload(["sigdl.core.jobs", *preload])
         self._lock = threading.Lock()
         self._waiting: list[str] = []  # job ids in submission order
         self._running: dict[str, _Running] = {}
@@ -569,10 +574,10 @@ class WorkerPool:
         running.process.join()
         self._finish(job_id, running, outcome)
 
-    def _progress(self, job_id: str, event: dict) -> None:
-        message = str(event.get("message") or _summary(event))
-        kind = "log" if set(event) <= {"message", "event"} else "progress"
-        self.store.add_event(job_id, kind, message, event)
+    def _progress(self, job_id: str, data: dict) -> None:
+        event = ProgressEvent.from_json(data)
+        kind = "log" if event.kind == "log" else "progress"
+        self.store.add_event(job_id, kind, event.line(), event.to_json())
 
     def _finish(self, job_id: str, running: _Running, outcome: dict) -> None:
         code = running.process.exitcode
@@ -623,11 +628,3 @@ def _signal_group(process: multiprocessing.process.BaseProcess, sig: int) -> Non
         os.killpg(process.pid, sig)  # type: ignore[arg-type]
     with contextlib.suppress(ProcessLookupError, TypeError):
         os.kill(process.pid, sig)  # type: ignore[arg-type]  (before it made its group)
-
-
-def _summary(event: dict) -> str:
-    """One line for a stage's progress event: its kind, then its numbers."""
-    numbers = " ".join(
-        f"{k} {v:.4g}" for k, v in event.items() if isinstance(v, int | float) and k != "event"
-    )
-    return f"{event.get('event') or event.get('stage') or 'progress'}: {numbers}".strip()

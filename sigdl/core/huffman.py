@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sigdl.errors import InputError
+from sigdl.core.errors import InputError
 
 MAX_CODE_BITS = 24  # a code plus a misaligned bit offset (<= 7) must fit a 32-bit window
 MAX_ALPHABET = 65536  # symbols are 0..65535

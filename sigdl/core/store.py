@@ -3,7 +3,7 @@
 Stages meet only through artifact URIs, so this module is the one place that knows how bytes get
 there. Each URI scheme has a backend in a registry; the module-level functions dispatch on it::
 
-    from sigdl import store
+    from sigdl.core import store
     digest = store.put_file("s3://artifacts/run-7/model.onnx", "out/model.onnx")
     store.get_dir("s3://artifacts/run-7", "/tmp/run-7")
     store.list_uris(store.as_uri("out"))  # ['file:///.../out/model.onnx', ...]
@@ -33,8 +33,8 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
-from sigdl import settings
-from sigdl.errors import InputError
+from sigdl.core import settings
+from sigdl.core.errors import InputError
 
 CHUNK_SIZE = 1 << 20  # bytes per read when streaming: bounds memory use, not speed
 MIN_PART_SIZE = 5 << 20  # S3 refuses smaller multipart parts (except the last)

@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from sigdl import atomic, zoo
-from sigdl.errors import InputError
+from sigdl.core import atomic, zoo
+from sigdl.core.errors import InputError
 
-FORMAT = "sigdl.checkpoint/v1"
+FORMAT = "sigdl.core.checkpoint/v1"
 WEIGHTS = "model.safetensors"
 META = "model.json"
 

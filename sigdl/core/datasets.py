@@ -1,6 +1,6 @@
 """Data sets as in-memory tensors: MNIST, Fashion-MNIST, scikit-learn's digits, image folders.
 
-    from sigdl.datasets import load_dataset, adapt
+    from sigdl.core.datasets import load_dataset, adapt
     ds = load_dataset("mnist")                     # ds.train.images: (60000, 1, 28, 28) uint8
     x = adapt(ds.test.images[:64], channels=3, size=224)   # (64, 3, 224, 224) float32 in [0, 1]
 
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sigdl.errors import InputError
-from sigdl.settings import SIGDL_DATA, SIGDL_DOWNLOAD_TIMEOUT_S, SIGDL_OFFLINE, SIGDL_PROGRESS
+from sigdl.core.errors import InputError
+from sigdl.core.settings import SIGDL_DATA, SIGDL_DOWNLOAD_TIMEOUT_S, SIGDL_OFFLINE, SIGDL_PROGRESS
 
 
 class DatasetError(InputError):

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from sigdl.errors import InputError
+from sigdl.core.errors import InputError
 
 FILE_MODE = 0o644  # what `open()` gives under the usual umask 022
 

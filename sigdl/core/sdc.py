@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sigdl import atomic, huffman, sparse
-from sigdl.checkpoint import ModelMeta, PixelModel, build, resize_to_state_dict
-from sigdl.errors import InputError
+from sigdl.core import atomic, huffman, sparse
+from sigdl.core.checkpoint import ModelMeta, PixelModel, build, resize_to_state_dict
+from sigdl.core.errors import InputError
 
 MAGIC = b"SDC1"
 FORMAT_VERSION = 1

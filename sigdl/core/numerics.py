@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from sigdl.errors import InputError
+from sigdl.core.errors import InputError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ACTIVATION_SCHEMES = ("affine", "symmetric")  # affine: uint8 with a zero point; symmetric: int8

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sigdl import settings
+from sigdl.core import settings
 
 # Alembic and MLflow log every schema migration of a fresh SQLite store at INFO.
 for _name in ("alembic", "mlflow"):
