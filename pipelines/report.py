@@ -46,6 +46,7 @@ PLOTS = {  # file name -> (x field, x axis label, title prefix)
 FIGSIZE_IN = (7.0, 5.0)
 DPI = 120  # 840 x 600 px
 MARKERS = "osD^vP*X"  # one per target, beside its colour, so the plot survives grey printing
+MARKER_SIZE = 45.0  # points^2, the last target's; earlier targets are drawn larger
 _Point = tuple[float, float, CandidateResult]  # (x, accuracy in %, the result)
 _RESULT_FIELDS = frozenset(f.name for f in fields(CandidateResult))
 
@@ -361,6 +362,7 @@ def _plot_png(
     ax = fig.add_subplot()
     colors = colormaps["tab10"]
     xs = []
+    labels: dict[tuple[float, float], list[str]] = {}  # one label per spot: points can coincide
     targets = list(dict.fromkeys(r.target for r in results))
     for i, target in enumerate(targets):
         points = [
@@ -371,8 +373,15 @@ def _plot_png(
             and r.accuracy is not None
             and getattr(r, x_field) > 0  # a log axis has no room for 0 (not measured)
         ]
-        _plot_target(ax, points, set(front), colors(i % 10), MARKERS[i % len(MARKERS)])
+        # earlier targets drawn larger, so a later target's point on the same spot stays visible
+        size = MARKER_SIZE * (1 + 0.9 * (len(targets) - 1 - i))
+        _plot_target(ax, points, set(front), colors(i % 10), MARKERS[i % len(MARKERS)], size)
         xs += [x for x, _, _ in points]
+        for x, y, r in points:
+            labels.setdefault((round(math.log10(x), 2), round(y, 2)), []).append(r.id)
+    for (log_x, y), ids in labels.items():
+        ax.annotate(", ".join(sorted(set(ids))), (10**log_x, y), xytext=(9, 6),
+                    textcoords="offset points", fontsize=8)  # fmt: skip
     if xs:
         _log_x_axis(ax, min(xs), max(xs))
         ax.margins(x=0.12, y=0.12)  # room for the labels of the outermost points
@@ -391,7 +400,7 @@ def _plot_png(
 
 
 def _plot_target(
-    ax: Axes, points: list[_Point], on_front: set[str], color: tuple, marker: str
+    ax: Axes, points: list[_Point], on_front: set[str], color: tuple, marker: str, size: float
 ) -> None:
     """One target's candidates: filled if the gate passed, hollow if not; the front circled
     and joined by a step line."""
@@ -403,13 +412,12 @@ def _plot_target(
             x,
             y,
             marker=marker,
-            s=45,
+            s=size,
             facecolors=[face],
             edgecolors=[color],
             linewidths=1.5,
             zorder=4,
         )
-        ax.annotate(r.id, (x, y), xytext=(9, 6), textcoords="offset points", fontsize=8)
     best = sorted((x, y) for x, y, r in points if r.id in on_front)
     if best:
         xs, ys = zip(*best, strict=True)
