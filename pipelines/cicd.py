@@ -35,6 +35,7 @@ SERVICE_ADDRESS_ENV = {"training": "SIGDL_TRAINING_ADDR", "compression": "SIGDL_
 S3_ENV = {"endpoint": "SIGDL_S3_ENDPOINT", "access-key": "SIGDL_S3_ACCESS_KEY",
           "secret-key": "SIGDL_S3_SECRET_KEY"}  # fmt: skip
 MLFLOW_ENV = {"tracking-uri": "SIGDL_MLFLOW_TRACKING_URI"}
+CLIENT_LABEL = "sigdl.io/client"
 
 
 def component(fn):
@@ -148,6 +149,8 @@ def _small(task: dsl.PipelineTask, cpu: str = "250m", memory: str = "512Mi") -> 
     k8s.use_config_map_as_env(task, SERVICES_CONFIG_MAP, SERVICE_ADDRESS_ENV)
     k8s.use_config_map_as_env(task, MLFLOW_CONFIG_MAP, MLFLOW_ENV)
     k8s.use_secret_as_env(task, S3_SECRET, S3_ENV)
+    # the chart's NetworkPolicies let in only pods with this label (charts/sigdl)
+    k8s.add_pod_label(task, CLIENT_LABEL, "true")
     return task
 
 

@@ -127,9 +127,11 @@ def test_defaults_render_one_valid_deployment_and_service_per_stage(helm):
     validate_all(objects)
     names = {f"sigdl-{stage}" for stage in STAGES}
     assert set(by_kind(objects, "Deployment")) == names == set(by_kind(objects, "Service"))
-    assert sorted(o["kind"] for o in objects if o["kind"] not in ("Deployment", "Service")) == [
-        "ServiceAccount"
-    ]
+    assert set(by_kind(objects, "NetworkPolicy")) == names
+    assert set(by_kind(objects, "ConfigMap")) == {"sigdl-services", "sigdl-mlflow"}
+    assert set(by_kind(objects, "ServiceAccount")) == {"sigdl"}
+    assert set(by_kind(objects, "Pod")) == {"sigdl-test-health"}  # the `helm test` hook
+    assert len(objects) == 4 * 3 + 2 + 1 + 1
 
 
 @pytest.mark.parametrize("stage", STAGES)

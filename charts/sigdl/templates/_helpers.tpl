@@ -3,6 +3,23 @@ Shared pieces of the four stage services. Each service file (training.yaml, ...)
 "sigdl.stage" for its block of values when `<stage>.enabled` is true.
 */}}
 
+{{/* The release's base name: the release name, or <release>-sigdl when it does not hold
+"sigdl"; every object's name starts with it, so two releases in one namespace never collide. */}}
+{{- define "sigdl.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains "sigdl" .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-sigdl" .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end }}
+
+{{/* A component's name: <fullname>-<component>, e.g. sigdl-training. */}}
+{{- define "sigdl.name" -}}
+{{- printf "%s-%s" (include "sigdl.fullname" .root) .component -}}
+{{- end }}
+
 {{- define "sigdl.labels" -}}
 app.kubernetes.io/name: sigdl
 app.kubernetes.io/instance: {{ .root.Release.Name }}
@@ -21,7 +38,11 @@ app.kubernetes.io/component: {{ .stage }}
 {{- end }}
 
 {{- define "sigdl.serviceAccountName" -}}
-{{- if .Values.serviceAccount.create }}{{ .Values.serviceAccount.name }}{{ else }}default{{ end }}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "sigdl.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name | default "default" -}}
+{{- end -}}
 {{- end }}
 
 {{- define "sigdl.image" -}}
@@ -66,15 +87,15 @@ grpc:
 - name: SIGDL_ARTIFACT_ROOTS
   value: {{ . | quote }}
 {{- end }}
-{{- if $v.s3.endpoint }}
+{{- with include "sigdl.s3Endpoint" .root }}
 - name: SIGDL_S3_ENDPOINT
-  value: {{ $v.s3.endpoint | quote }}
+  value: {{ . | quote }}
 - name: SIGDL_S3_SECURE
   value: {{ ternary "1" "0" $v.s3.secure | quote }}
 - name: SIGDL_S3_REGION
   value: {{ $v.s3.region | quote }}
 {{- end }}
-{{- with $v.s3.existingSecret }}
+{{- with include "sigdl.s3Secret" .root }}
 - name: SIGDL_S3_ACCESS_KEY
   valueFrom:
     secretKeyRef: {name: {{ . | quote }}, key: {{ $v.s3.accessKeyKey | quote }}}
@@ -82,7 +103,7 @@ grpc:
   valueFrom:
     secretKeyRef: {name: {{ . | quote }}, key: {{ $v.s3.secretKeyKey | quote }}}
 {{- end }}
-{{- with $v.mlflow.trackingUri }}
+{{- with include "sigdl.trackingUri" .root }}
 - name: SIGDL_MLFLOW_TRACKING_URI
   value: {{ . | quote }}
 {{- end }}
@@ -119,13 +140,14 @@ grpc:
 {{- $v := $root.Values -}}
 {{- $svc := index $v .stage -}}
 {{- $ctx := dict "root" $root "stage" .stage "svc" $svc -}}
+{{- $name := include "sigdl.name" (dict "root" $root "component" .stage) -}}
 {{- if and $v.tls.enabled (not $v.tls.secretName) }}
 {{- fail "tls.enabled needs tls.secretName (a kubernetes.io/tls Secret)" }}
 {{- end }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: {{ $svc.name }}
+  name: {{ $name }}
   labels:
     {{- include "sigdl.labels" $ctx | nindent 4 }}
 spec:
@@ -142,8 +164,14 @@ spec:
       labels:
         {{- include "sigdl.labels" $ctx | nindent 8 }}
     spec:
+      {{- if and (eq .stage "deploy") $v.deploy.rbac.create }}
+      # rollout to an edge cluster: the deploy service's own account, bound to rbac.yaml's Role
+      serviceAccountName: {{ $name }}
+      automountServiceAccountToken: true
+      {{- else }}
       serviceAccountName: {{ include "sigdl.serviceAccountName" $root }}
       automountServiceAccountToken: false
+      {{- end }}
       # SIGTERM: running jobs get SIGDL_SHUTDOWN_GRACE_S to finish, then are failed retryable
       terminationGracePeriodSeconds: {{ add (int $v.settings.shutdownGraceS) 10 }}
       securityContext:
@@ -168,7 +196,11 @@ spec:
           livenessProbe:
             {{- include "sigdl.probe" (dict "root" $root "probe" $v.probes.liveness) | nindent 12 }}
           resources:
-            {{- toYaml $svc.resources | nindent 12 }}
+            {{- $resources := deepCopy $svc.resources }}
+            {{- if $svc.gpu }}
+            {{- $_ := set $resources "limits" (merge (dict "nvidia.com/gpu" $svc.gpu) ($resources.limits | default dict)) }}
+            {{- end }}
+            {{- toYaml $resources | nindent 12 }}
           securityContext:
             {{- toYaml $v.securityContext | nindent 12 }}
           volumeMounts:
@@ -190,7 +222,7 @@ spec:
         - name: home
           {{- if $v.persistence.enabled }}
           persistentVolumeClaim:
-            claimName: {{ $svc.name }}-home
+            claimName: {{ $name }}-home
           {{- else }}
           emptyDir: {}
           {{- end }}
@@ -223,7 +255,7 @@ spec:
 apiVersion: v1
 kind: Service
 metadata:
-  name: {{ $svc.name }}
+  name: {{ $name }}
   labels:
     {{- include "sigdl.labels" $ctx | nindent 4 }}
 spec:
@@ -241,7 +273,7 @@ spec:
 apiVersion: v1
 kind: PersistentVolumeClaim
 metadata:
-  name: {{ $svc.name }}-home
+  name: {{ $name }}-home
   labels:
     {{- include "sigdl.labels" $ctx | nindent 4 }}
 spec:
@@ -253,5 +285,49 @@ spec:
   resources:
     requests:
       storage: {{ $v.persistence.size }}
+{{- end }}
+{{- end }}
+
+{{/* Where the services find MLflow: the bundled server, or mlflow.trackingUri. */}}
+{{- define "sigdl.trackingUri" -}}
+{{- if .Values.mlflow.server.enabled -}}
+{{- printf "http://%s.%s.svc:%d" (include "sigdl.name" (dict "root" . "component" "mlflow")) .Release.Namespace (int .Values.mlflow.server.port) -}}
+{{- else -}}
+{{- .Values.mlflow.trackingUri -}}
+{{- end -}}
+{{- end }}
+
+{{/* The S3 endpoint: the bundled MinIO, or s3.endpoint. */}}
+{{- define "sigdl.s3Endpoint" -}}
+{{- if .Values.minio.enabled -}}
+{{- printf "%s.%s.svc:%d" (include "sigdl.name" (dict "root" . "component" "minio")) .Release.Namespace (int .Values.minio.port) -}}
+{{- else -}}
+{{- .Values.s3.endpoint -}}
+{{- end -}}
+{{- end }}
+
+{{/* The Secret with the S3 keys: s3.existingSecret (the bundled MinIO's root keys by default). */}}
+{{- define "sigdl.s3Secret" -}}
+{{- .Values.s3.existingSecret | default (and .Values.minio.enabled .Values.minio.existingSecret) | default "" -}}
+{{- end }}
+
+{{/* Pods of this release, and the pipeline's pods (labelled sigdl.io/client: "true", which
+pipelines/cicd.py gives every component) in the namespaces networkPolicy.clientNamespaces
+names: the only ones a NetworkPolicy lets in. */}}
+{{- define "sigdl.allowedPeers" -}}
+- podSelector:
+    matchLabels:
+      app.kubernetes.io/name: sigdl
+      app.kubernetes.io/instance: {{ .Release.Name }}
+- podSelector:
+    matchLabels:
+      sigdl.io/client: "true"
+{{- range .Values.networkPolicy.clientNamespaces }}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ . | quote }}
+  podSelector:
+    matchLabels:
+      sigdl.io/client: "true"
 {{- end }}
 {{- end }}
