@@ -19,14 +19,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Protocol
 
-import yaml
-
 from pipelines.results import Candidate, RunVerdict
 from sigdl.core import settings, store
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, short
+from sigdl.core.yamlio import load_yaml_file
 
 BUILTIN_RECIPES = ("deep-compression-{model}", "sparse-{model}")
 FALLBACK_RECIPES = ("deep-compression",)
+MAX_LIST = 256  # targets, requirements or recipes in one loop config
 
 
 @dataclass
@@ -54,38 +54,51 @@ class LoopConfig:
     def from_file(cls, path: str | Path) -> LoopConfig:
         path = Path(path)
         if not path.is_file():
-            raise InputError(f"--config {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"--config {str(path)!r} is not valid YAML: {exc}") from None
+            raise InputError(f"--config {short(str(path))} does not exist")
+        data = load_yaml_file(path, f"--config {short(str(path))}")
+        data = {} if data is None else data
         if not isinstance(data, dict):
             raise InputError(f"--config {str(path)!r}: expected a mapping of options")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted((k for k in data if k not in known), key=str)
         if unknown:
+            names = ", ".join(str(k)[:40] for k in unknown[:5])
             raise InputError(
-                f"--config {str(path)!r}: unknown key(s) {', '.join(unknown)}; "
+                f"--config {str(path)!r}: unknown key(s) {names}; "
                 f"expected some of {', '.join(sorted(known))}"
             )
         cfg = cls(**data)
-        cfg.check()
+        try:
+            cfg.check()
+        except InputError as exc:
+            raise InputError(f"--config {str(path)!r}: {exc}") from None
         return cfg
 
     def check(self) -> None:
         """Types a YAML file can get wrong, named with what was expected."""
-        expect = [("targets", list), ("requirements", list), ("train", dict),
-                  ("epochs", int), ("max_iterations", int), ("nproc", int)]  # fmt: skip
+        expect = [("model", str), ("dataset", str), ("fleet", str), ("targets", list),
+                  ("requirements", list), ("train", dict), ("epochs", int),
+                  ("max_iterations", int), ("nproc", int)]  # fmt: skip
+        optional = ("recipes", "from_checkpoint", "store", "out", "runs_uri")
+        expect += [(name, list if name == "recipes" else str) for name in optional
+                   if getattr(self, name) is not None]  # fmt: skip
         for name, kind in expect:
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool):
-                raise InputError(f"{name}={value!r}: expected a {kind.__name__}")
-        if self.recipes is not None and not isinstance(self.recipes, list):
-            raise InputError(f"recipes={self.recipes!r}: expected a list of recipe names")
+                raise InputError(f"{name}={short(value)}: expected a {kind.__name__}")
+        for name in ("targets", "requirements", "recipes"):
+            value = getattr(self, name) or []
+            if len(value) > MAX_LIST or not all(isinstance(v, str) and v for v in value):
+                raise InputError(
+                    f"{name}={short(value)}: expected at most {MAX_LIST} non-empty strings"
+                )
         if not self.targets:
             raise InputError("targets=[]: expected at least one target")
-        if self.max_iterations < 1:
-            raise InputError(f"max_iterations={self.max_iterations}: expected >= 1")
+        for name, low, top in (("epochs", 0, 10_000), ("max_iterations", 1, 100),
+                               ("nproc", 1, 1024)):  # fmt: skip
+            value = getattr(self, name)
+            if not low <= value <= top:
+                raise InputError(f"{name}={value}: expected an integer in {low}..{top}")
 
     def recipe_names(self) -> list[str]:
         from services.compression.recipe import list_recipes

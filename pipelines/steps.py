@@ -26,13 +26,12 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
-
 from pipelines import propose
 from pipelines.results import Candidate, CandidateResult, RunVerdict
 from sigdl.core import lineage, settings, store
 from sigdl.core.lineage import RunContext
 from sigdl.core.reports import CompressResult, DeployResult, RetestResult, TrainResult
+from sigdl.core.yamlio import dump_yaml
 
 LINE_PREFIX = "sigdl| "  # marks the lines the controller shows; the rest is kfp's log
 # statuses that mean the candidate's request is wrong (a recipe the service refuses): recorded
@@ -342,7 +341,7 @@ def _proposals(run_uri: str, results: list[CandidateResult], iteration: int, fir
         name = f"{compressed_report['recipe']['name']}-{cid}"
         body = propose.clean_recipe(recipe, name, f"Proposed after {result.id}: " + "; ".join(why))
         uri = _join(run_uri, "proposals", f"{cid}.yaml")
-        store.put_bytes(uri, yaml.safe_dump(body, sort_keys=False).encode())
+        store.put_bytes(uri, dump_yaml(body).encode())  # no aliases: load_recipe refuses them
         out.append(propose.next_candidate(result, iteration, first + len(out), uri, name,
                                           why).to_json())  # fmt: skip
     return out

@@ -18,7 +18,7 @@ import typer
 from typer.exceptions import TyperException
 
 from sigdl.core import __version__
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, one_line
 from sigdl.core.events import ProgressEvent
 from sigdl.core.store import ArtifactNotFoundError
 
@@ -279,16 +279,22 @@ def decompress(
     onnx: Annotated[Path, typer.Option("--onnx", help="Where to write the ONNX model.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Rebuild the exact weights of a .sdc file and write them as an ONNX model."""
-    from sigdl.core import onnx_io
+    """Rebuild the exact weights of a .sdc file and write them as an ONNX model. A .sdc in a
+    `sigdl compress` output is checked against its report.json first (the artifact chain)."""
+    from sigdl.core import chain, onnx_io
     from sigdl.core.sdc import load_model
 
     if not sdc_file.is_file():
         raise InputError(f"{str(sdc_file)!r} does not exist")
+    target = chain.check_not_recorded(onnx, "--onnx")
+    if target == sdc_file.expanduser().resolve():
+        raise InputError(f"--onnx {str(onnx)!r} is the input .sdc: expected another path")
+    chain.verify_folder(sdc_file.parent, (sdc_file.name,) if sdc_file.name == "model.sdc" else ())
     model, meta = load_model(sdc_file)
     onnx_io.export_onnx(model, onnx, meta.input_shape, {"sigdl.model_json": meta.to_json()})
     result = {"sdc": str(sdc_file), "onnx": str(onnx), "model": meta.model,
-              "input_shape": meta.input_shape}  # fmt: skip
+              "input_shape": meta.input_shape, "sdc_sha256": chain.sha256_file(sdc_file),
+              "onnx_sha256": chain.sha256_file(onnx)}  # fmt: skip
     emit(result, as_json, f"wrote {onnx} ({meta.model}, input {meta.input_shape})")
 
 
@@ -555,7 +561,7 @@ def sensitivity(
         raise InputError(f"--layers {', '.join(map(repr, unknown))}: not in {meta.model!r} "
                          f"(layers: {', '.join(found)})")  # fmt: skip
     if out is not None:
-        out = atomic.check_writable_dir(out)  # before the sweep, not after it
+        out = atomic.check_out_dir(out, [checkpoint_dir])  # before the sweep, not after it
     started = time.perf_counter()
     accuracy: dict[str, list[float]] = {}
     for i, name in enumerate(names, 1):  # a layer at a time, for progress on big test sets
@@ -576,7 +582,7 @@ def sensitivity(
     if out is not None:
         report["artifacts"] = {"report": str(out / "report.json"),
                                "markdown": str(out / "sensitivity.md")}  # fmt: skip
-        with atomic.staged_dir(out) as stage:
+        with atomic.staged_dir(out, [checkpoint_dir]) as stage:
             atomic.write_json(stage / "report.json", report)
             atomic.write_bytes(stage / "sensitivity.md", table.to_markdown().encode())
     head = f"{'layer':16} {'parameters':>10} " + " ".join(f"{100 * s:>6g}%" for s in levels)
@@ -607,6 +613,9 @@ def serve(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps bad input to exit 2 with one line, never a traceback."""
     try:
+        from sigdl.core import settings
+
+        settings.validate()  # SIGDL_HOME="" would write into the current folder
         # click returns a command's typer.Exit code (e.g. 1: a gate failed) when not standalone
         code = app(args=argv, standalone_mode=False, prog_name="sigdl")
     except typer.Exit as exc:
@@ -619,7 +628,9 @@ def main(argv: list[str] | None = None) -> int:
             err(f"error: {exc.format_message()}")
         return getattr(exc, "exit_code", 2)
     except (InputError, ArtifactNotFoundError) as exc:  # a named artifact missing: bad input
-        err(f"error: {exc}")
+        # store, setting, profile, data set and --remote errors are InputErrors too; one line,
+        # short, whatever a forged file put in the message
+        err(f"error: {one_line(str(exc), 500)}")
         return 2
     return code if isinstance(code, int) else 0
 

@@ -15,14 +15,16 @@ import functools
 from pathlib import Path
 
 import jsonschema
-import yaml
 
+# the two leaf modules every loader of ours shares (they import nothing else of SigDL)
+from sigdl.core.errors import InputError, one_line, short
+from sigdl.core.yamlio import load_yaml_file
 from targets.schema import SCHEMA
 
 HERE = Path(__file__).resolve().parent
 
 
-class ProfileError(ValueError):
+class ProfileError(InputError):
     """An unknown target, an unknown power mode, or a profile that breaks the schema."""
 
 
@@ -38,18 +40,16 @@ def validate(data: object, where: str) -> None:
     if errors:
         first = errors[0]
         field = ".".join(str(p) for p in first.absolute_path) or "<top level>"
-        raise ProfileError(f"{where}: field {field!r}: {first.message}")
+        raise ProfileError(f"{where}: field {short(field)}: {one_line(first.message, 160)}")
 
 
 def load_file(path: str | Path) -> dict:
     """Read and validate one profile file (no power mode applied)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ProfileError(f"{str(path)!r} cannot be read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{path}: not valid YAML ({exc})") from None
+        data = load_yaml_file(path)
+    except InputError as exc:
+        raise ProfileError(str(exc)) from None
     validate(data, str(path))
     if data["native_precision"] not in data["precisions"]:
         raise ProfileError(f"{path}: field 'native_precision' is not in 'precisions'")
@@ -61,9 +61,9 @@ def load_file(path: str | Path) -> dict:
 
 @functools.cache
 def _load_cached(name: str) -> dict:
+    if name not in profile_names():  # never a path: '../x' or a name too long for the disk
+        raise ProfileError(f"unknown target {short(name)}; available: {', '.join(profile_names())}")
     path = HERE / f"{name}.yaml"
-    if not path.is_file():
-        raise ProfileError(f"unknown target {name!r}; available: {', '.join(profile_names())}")
     return load_file(path)
 
 
@@ -76,7 +76,7 @@ def load_profile(name: str) -> dict:
         modes = profile.get("modes", {})
         if mode not in modes:
             known = ", ".join(modes) or "none"
-            raise ProfileError(f"target {base!r} has no power mode {mode!r}; modes: {known}")
+            raise ProfileError(f"target {base!r} has no power mode {short(mode)}; modes: {known}")
         apply_mode(profile, mode)
     return profile
 

@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
-
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, short
 from sigdl.core.numerics import ACTIVATION_SCHEMES, CALIBRATION_METHODS
 from sigdl.core.training import OPTIMIZERS, SCHEDULES
+from sigdl.core.yamlio import load_yaml_file
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 LAYER_KINDS = ("conv", "fc")  # conv: Conv1d/2d/3d weights; fc: Linear weights
@@ -37,6 +36,9 @@ SHARE_INITS = ("linear", "density")
 CENTROID_UPDATES = ("sum", "mean")
 STRUCTURED_NORMS = ("l1", "l2")
 CODEBOOK_DTYPES = ("float32", "float16")
+MAX_NAME_CHARS = 200  # a recipe's name
+MAX_DESCRIPTION = 4000  # characters of a recipe's description
+MAX_STEPS = 64  # steps in one recipe
 
 LayerValue = float | int | dict[str, float | int]
 
@@ -76,7 +78,7 @@ def _check_layer_value(
         if number is int and is_number and float(v).is_integer():
             v = int(v)
         if not is_number or (number is int and not isinstance(v, int)) or not ok(v):
-            raise InputError(f"{where}={v!r}: expected {expected}")
+            raise InputError(f"{where}={short(v)}: expected {expected}")
         return float(v) if number is float else v
 
     if isinstance(value, Mapping):
@@ -85,8 +87,8 @@ def _check_layer_value(
         out = {}
         for key, v in value.items():
             if not isinstance(key, str) or not key:
-                raise InputError(f"{name}: key {key!r} is not a layer name, pattern or kind")
-            out[key] = one(v, f"{name}[{key!r}]")
+                raise InputError(f"{name}: key {short(key)} is not a layer name, pattern or kind")
+            out[key] = one(v, f"{name}[{short(key)}]")
         return out
     return one(value, name)
 
@@ -95,14 +97,16 @@ def _check_patterns(value: Any, name: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-        raise InputError(f"{name}={value!r}: expected a non-empty list of layer names/patterns")
+        raise InputError(
+            f"{name}={short(value)}: expected a non-empty list of layer names/patterns"
+        )
     return list(value)
 
 
 def _fail(checks: list[tuple[bool, str, Any, str]]) -> None:
     for ok, name, value, expected in checks:
         if not ok:
-            raise InputError(f"{name}={value!r}: expected {expected}")
+            raise InputError(f"{name}={short(value)}: expected {expected}")
 
 
 def _from_dict(cls: type, data: Any, where: str) -> Any:
@@ -110,10 +114,10 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, Mapping):
         raise InputError(f"{where}: expected a mapping of options, got {type(data).__name__}")
     known = [f.name for f in fields(cls)]
-    unknown = sorted(set(data) - set(known))
+    unknown = sorted((k for k in data if k not in known), key=str)
     if unknown:
         raise InputError(
-            f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"{where}: unknown field(s) {', '.join(map(short, unknown[:5]))}; "
             f"expected some of {', '.join(known)}"
         )
     return cls(**data)
@@ -386,7 +390,7 @@ def step_from_dict(data: Any, where: str = "step") -> StepConfig:
     kind = data["type"]
     if kind not in STEP_TYPES:
         raise InputError(
-            f"{where}: unknown step type {kind!r}; registered: {', '.join(sorted(STEP_TYPES))}"
+            f"{where}: unknown step type {short(kind)}; registered: {', '.join(sorted(STEP_TYPES))}"
         )
     options = {k: v for k, v in data.items() if k != "type"}
     try:
@@ -408,11 +412,24 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise InputError(f"name={self.name!r}: expected a non-empty string")
+            raise InputError(f"name={short(self.name)}: expected a non-empty string")
+        if len(self.name) > MAX_NAME_CHARS:
+            raise InputError(f"name={short(self.name)}: expected at most {MAX_NAME_CHARS} chars")
+        if not isinstance(self.description, str) or len(self.description) > MAX_DESCRIPTION:
+            raise InputError(
+                f"description={short(self.description)}: expected a string of at most "
+                f"{MAX_DESCRIPTION} characters"
+            )
         if not isinstance(self.steps, list) or not self.steps:
-            raise InputError(f"steps={self.steps!r}: expected a non-empty list of steps")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise InputError(f"seed={self.seed!r}: expected an integer")
+            raise InputError(f"steps={short(self.steps)}: expected a non-empty list of steps")
+        if len(self.steps) > MAX_STEPS:
+            raise InputError(f"steps: {len(self.steps)} steps, expected at most {MAX_STEPS}")
+        if (
+            not isinstance(self.seed, int)
+            or isinstance(self.seed, bool)
+            or not 0 <= self.seed < 2**63
+        ):
+            raise InputError(f"seed={short(self.seed)}: expected an integer in 0..2**63-1")
         self.steps = [
             s if isinstance(s, StepConfig) else step_from_dict(s, f"steps[{i}]")
             for i, s in enumerate(self.steps)
@@ -431,10 +448,10 @@ class Recipe:
         if not isinstance(data, Mapping):
             raise InputError(f"{where}: expected a mapping with 'name' and 'steps'")
         known = ("name", "description", "seed", "steps")
-        unknown = sorted(set(data) - set(known))
+        unknown = sorted((k for k in data if k not in known), key=str)
         if unknown:
             raise InputError(
-                f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                f"{where}: unknown field(s) {', '.join(map(short, unknown[:5]))}; "
                 f"expected some of {', '.join(known)}"
             )
         if "steps" not in data:
@@ -443,7 +460,7 @@ class Recipe:
             return cls(
                 name=data.get("name", Path(where).stem),
                 steps=data["steps"],
-                description=data.get("description", "") or "",
+                description="" if data.get("description") is None else data["description"],
                 seed=data.get("seed", 0),
                 source=where,
             )
@@ -466,27 +483,25 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A built-in recipe by name, or a user's YAML file; errors name the file, step and field."""
     path = Path(name_or_path)
-    if not path.is_file():
+    if not _is_file(path):
         builtin = RECIPES_DIR / f"{name_or_path}.yaml"
-        if not builtin.is_file():
+        if not _is_file(builtin):
             raise InputError(
-                f"recipe {str(name_or_path)!r} is neither a file nor a built-in recipe "
+                f"recipe {short(str(name_or_path))} is neither a file nor a built-in recipe "
                 f"(built-ins: {', '.join(list_recipes())})"
             )
         path = builtin
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None)
-        detail = f" ({problem})" if problem else ""
-        raise InputError(f"{path}: not valid YAML{line}{detail}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: unreadable ({exc})") from None
+    data = load_yaml_file(path)
     if isinstance(data, Mapping) and "name" not in data:
         data = {**data, "name": path.stem}
     return Recipe.from_dict(data, where=str(path))

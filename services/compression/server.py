@@ -10,9 +10,10 @@ Submit checks that the checkpoint exists (NOT_FOUND) under the artifact roots
 from __future__ import annotations
 
 from services.compression.recipe import list_recipes
-from services.grpc_common.jobservice import JobServicer, input_uri, lineage_of
+from services.grpc_common.jobservice import JobServicer, dataset_field, input_uri, lineage_of
 from services.protos.sigdl.v1 import common_pb2, compression_pb2, compression_pb2_grpc
 from sigdl.core import jobs
+from sigdl.core.errors import short
 
 
 def run_job(params: dict, job: jobs.JobContext) -> dict:
@@ -46,11 +47,11 @@ class CompressionServicer(JobServicer):
             recipe = input_uri(common_pb2.ArtifactRef(uri=recipe), "recipe")
         elif recipe not in list_recipes():
             raise jobs.FieldError(
-                "recipe", f"unknown recipe {recipe!r}: expected one of "
+                "recipe", f"unknown recipe {short(recipe)}: expected one of "
                 f"{', '.join(list_recipes())}, or the file:// or s3:// URI of a recipe YAML",
             )  # fmt: skip
         return {"checkpoint": checkpoint, "recipe": recipe, "recipe_is_uri": is_uri,
-                "dataset": request.dataset or None,
+                "dataset": dataset_field(request.dataset),
                 "lineage": lineage_of(request.lineage)}  # fmt: skip
 
 

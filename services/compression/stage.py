@@ -18,7 +18,16 @@ import torch
 
 from services.compression.engine import CompressionResult, calibration_pixels, compress
 from services.compression.recipe import load_recipe
-from sigdl.core import __version__, atomic, checkpoint, lineage, numerics, onnx_io, settings
+from sigdl.core import (
+    __version__,
+    atomic,
+    chain,
+    checkpoint,
+    lineage,
+    numerics,
+    onnx_io,
+    settings,
+)
 from sigdl.core.datasets import load_dataset
 from sigdl.core.evaluation import score_onnx
 from sigdl.core.events import EventFn
@@ -63,7 +72,7 @@ def run_compression(
 ) -> dict:
     """Compress, write the .sdc, decode it to ONNX, evaluate that with ONNX Runtime; report.
     `lineage` nests the MLflow run in a pipeline run and tags the registered version."""
-    out = atomic.check_writable_dir(out)
+    out = atomic.check_out_dir(out, [ckpt_dir])
     if settings.SIGDL_NUM_THREADS.get():
         torch.set_num_threads(settings.SIGDL_NUM_THREADS.get())
     model, meta = checkpoint.load_checkpoint(ckpt_dir)
@@ -71,7 +80,7 @@ def run_compression(
     data = load_dataset(dataset or meta.dataset or "", data_dir)
     started = time.perf_counter()
     result = compress(model, recipe_obj, data, meta, on_event=on_event)
-    with atomic.staged_dir(out) as stage:
+    with atomic.staged_dir(out, [ckpt_dir]) as stage:
         summary = write_sdc(
             stage / "model.sdc", sdc_tensors(result), header_model(meta),
             # the digest names the recipe; its text is in report.json and MLflow, not in every
@@ -94,9 +103,32 @@ def run_compression(
         report["mlflow"] = log_lineage(
             report, stage, meta.model, report["dataset"], lineage or RunContext()
         )
-        atomic.write_json(stage / "report.json", report)
         atomic.write_bytes(stage / "report.md", markdown_report(report).encode())
+        report["inputs"] = {
+            "checkpoint": chain.bound_inputs(ckpt_dir, (checkpoint.WEIGHTS, checkpoint.META)),
+            "dataset": {"name": report["dataset"], "sha256": chain.data_digest(data)},
+        }
+        report["files"] = chain.digests(stage)
+        report["chain"] = compress_chain(report)
+        atomic.write_json(stage / "report.json", report)
     return report
+
+
+def compress_chain(report: dict) -> dict:
+    """model.sdc, model.onnx and model.int8.onnx bound to each other and to the accuracies
+    measured on them, by digest (see sigdl/core/chain.py)."""
+    files, m = report["files"], report["metrics"]
+    sdc = {"sha256": files["model.sdc"], "from": "checkpoint"}
+    links = {
+        "model.sdc": {**sdc, "recipe_digest": report["recipe_digest"],
+                      "compressed_accuracy": m["compressed_accuracy"]},
+        "model.onnx": {"sha256": files["model.onnx"], "from": "model.sdc",
+                       "onnx_test_accuracy": m["onnx_test_accuracy"]},
+    }  # fmt: skip
+    if "model.int8.onnx" in files:
+        int8 = {"sha256": files["model.int8.onnx"], "from": "model.onnx"}
+        links["model.int8.onnx"] = {**int8, "int8_onnx_test_accuracy": m["int8_onnx_test_accuracy"]}
+    return links
 
 
 def write_int8(

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import targets
 from sigdl.core import store
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, short
 from sigdl.core.events import EventFn, ProgressEvent
 
 POINTER = "current"
@@ -53,7 +53,7 @@ class ConcurrentPublishError(store.StoreError):
 def check_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
         raise InputError(
-            f"{what} {value!r} is not valid: expected lowercase letters, digits and '-' "
+            f"{what} {short(value)} is not valid: expected lowercase letters, digits and '-' "
             "(at most 63, starting and ending with a letter or digit)"
         )
     return value
@@ -72,7 +72,7 @@ def check_target(value: str) -> str:
 def check_version(value: str) -> str:
     if not isinstance(value, str) or not VERSION_RE.match(value) or value == POINTER:
         raise InputError(
-            f"version {value!r} is not valid: expected e.g. 'v3' or '2026-11-24.1' (lowercase "
+            f"version {short(value)} is not valid: expected e.g. 'v3' or '2026-11-24.1' (lowercase "
             f"letters, digits, '.', '_', '-'; not {POINTER!r})"
         )
     return value

@@ -7,6 +7,11 @@ holding `manifest.json`), on local disk or in the artifact store::
     with open_source("runs/lenet5-dc") as src:
         manifest = build_manifest(src, fleet="lab", target="jetson-tx2", version="v1")
 
+A run directory is checked against the artifact chain first (sigdl/core/chain.py): a model
+file changed after `sigdl train` / `sigdl compress` wrote it, or one its report.json does not
+record, is refused, naming the file and the digest expected; so is a retest report that
+measured other bytes than the files shipped under the same names.
+
 The manifest names every file with its sha256 and size, the target, the metrics the stages
 measured (accuracy, size, ratio, and latency/fps/power when a retest report is there) and the
 lineage ids (MLflow run, registered model version) that tie the package to its training.
@@ -25,8 +30,8 @@ from pathlib import Path
 
 import onnx
 
-from sigdl.core import __version__, onnx_io, sdc, store
-from sigdl.core.errors import InputError
+from sigdl.core import __version__, chain, onnx_io, sdc, store
+from sigdl.core.errors import InputError, short
 
 PACKAGE_FORMAT = "sigdl-edge-package"  # `format` of every manifest
 FORMAT_VERSION = 1  # bumped when a reader of older manifests would misread a new one
@@ -102,6 +107,7 @@ def _load(uri: str, root: Path, retest_uri: str | None) -> Source:
             "`sigdl compress` output directory, or an edge package"
         )
     src.files = {n: root / n for n in MODEL_FILES if (root / n).is_file()}
+    chain.verify_folder(root, MODEL_FILES)
     check_model_files(src.files)
     report = read_json(root / REPORT, "report") if (root / REPORT).is_file() else None
     if report is not None and report.get("command") == "retest":
@@ -109,7 +115,27 @@ def _load(uri: str, root: Path, retest_uri: str | None) -> Source:
     else:
         src.report = report
     src.retest = _retest_report(root, retest_uri) or src.retest
+    if src.retest is not None:
+        check_retested_files(src.retest, src.files)
     return src
+
+
+def check_retested_files(retest: dict, files: dict[str, Path]) -> None:
+    """Refuse a retest report whose figures were measured on other bytes than the files
+    shipped under the same names (a report of older retests carries no digests: not checked)."""
+    inputs = retest.get("inputs")
+    measured = (inputs.get("model") or {}).get("files") if isinstance(inputs, dict) else None
+    if not isinstance(measured, dict):
+        return
+    for name, digest in measured.items():
+        if name in files:
+            got = chain.sha256_file(files[name])
+            if got != digest:
+                raise chain.ChainError(
+                    f"the retest report measured {name} with sha256 {short(digest)}, but the "
+                    f"package would ship {str(files[name])!r} with sha256 {got[:16]}...: "
+                    "retest the files deployed"
+                )
 
 
 def _retest_report(root: Path, retest_uri: str | None) -> dict | None:

@@ -12,6 +12,7 @@ stream progress, fetch the outputs into `--out`, and return the report with loca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -26,7 +27,7 @@ import grpc
 from services.grpc_common.security import TlsFiles, call_metadata
 from services.protos.sigdl.v1 import common_pb2
 from sigdl.core import atomic, jobs, settings, store
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, one_line
 from sigdl.core.events import EventFn, ProgressEvent
 from sigdl.core.lineage import RunContext
 
@@ -37,6 +38,38 @@ WatchFn = Callable[[common_pb2.JobEvent], None]  # a Watch stream's JobEvent mes
 
 class RemoteJobError(InputError):
     """A remote job ended FAILED or CANCELLED; the message carries the service's reason."""
+
+
+class RemoteCallError(InputError):
+    """A call to a service was refused or never answered; `code` is the gRPC status name."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# what a user can do about each status, after the service's own one-line reason
+_ADVICE = {
+    "UNAVAILABLE": "is `sigdl serve` running there?",
+    "UNAUTHENTICATED": "check SIGDL_TOKEN",
+    "PERMISSION_DENIED": "check SIGDL_ARTIFACT_ROOTS on the service",
+    "DEADLINE_EXCEEDED": "the service did not answer in time",
+}
+
+
+@contextlib.contextmanager
+def remote_errors(address: str) -> Iterator[None]:
+    """Turn a gRPC failure into a one-line RemoteCallError naming the service's address, its
+    status and reason: what `--remote` commands print (exit 2) instead of a traceback."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        name = code.name if code is not None else "UNKNOWN"
+        details = exc.details() if callable(getattr(exc, "details", None)) else str(exc)
+        advice = f"; {_ADVICE[name]}" if name in _ADVICE else ""
+        text = f"service at {address}: {name}: {one_line(details or '', 200)}{advice}"
+        raise RemoteCallError(text, name) from None
 
 
 def connect(address: str, tls: TlsFiles | None = None) -> grpc.Channel:
@@ -194,8 +227,10 @@ def run_remote(
 ) -> dict:
     """Submit, stream progress, fetch the outputs into `out` (None: leave them where the
     service wrote them); return the report as the in-process command returns it (paths in
-    `out`). RemoteJobError when the job fails."""
-    job = finish_job(client, request, progress_printer(on_event))
+    `out`). RemoteJobError when the job fails; RemoteCallError (one line naming the address
+    and status) when a call is refused or the service cannot be reached."""
+    with remote_errors(client.address):
+        job = finish_job(client, request, progress_printer(on_event))
     report = json.loads(job.report_json)
     if out is None:
         return report

@@ -22,9 +22,11 @@ import grpc
 
 from services.protos.sigdl.v1 import common_pb2
 from sigdl.core import jobs, roots, store
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, one_line
 
-# Exception -> status code, first match wins (subclasses before their bases).
+# Exception -> status code, first match wins (subclasses before their bases). Every user
+# mistake is an InputError (profiles, data sets, recipes, stores, paths outside the roots);
+# the ones listed before InputError get their own code, the rest INVALID_ARGUMENT.
 STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (jobs.JobNotFoundError, grpc.StatusCode.NOT_FOUND),
     (store.ArtifactNotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -46,7 +48,7 @@ def status_from_errors(context: grpc.ServicerContext) -> Iterator[None]:
         yield
     except tuple(exc for exc, _ in STATUS_OF) as exc:
         code = next(c for kind, c in STATUS_OF if isinstance(exc, kind))
-        context.abort(code, str(exc))
+        context.abort(code, one_line(str(exc)))  # a forged file must not make it huge
 
 
 def json_object(raw: str, name: str) -> dict:
@@ -60,6 +62,25 @@ def json_object(raw: str, name: str) -> dict:
     if not isinstance(value, dict):
         raise jobs.FieldError(name, f"expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def dataset_field(raw: str, name: str = "dataset", required: bool = False) -> str | None:
+    """A request's data-set field ('' is None unless `required`): a registered name, or
+    `imagefolder:PATH` whose folder lies under the artifact roots (PERMISSION_DENIED
+    otherwise), checked at Submit so that a mistake is not a job that fails later."""
+    from sigdl.core import datasets  # torch: only once a request names a data set
+
+    if not raw:
+        if required:
+            raise jobs.FieldError(name, "required: a data-set name (sigdl data list)")
+        return None
+    try:
+        folder = datasets.check_name(raw)
+    except InputError as exc:
+        raise jobs.FieldError(name, str(exc)) from None
+    if folder is not None:
+        roots.check_uri(store.as_uri(folder), name)
+    return raw
 
 
 def lineage_of(message: common_pb2.Lineage) -> dict:

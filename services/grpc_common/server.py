@@ -99,7 +99,8 @@ class StageServer:
     def __init__(self, stages: list[str], config: ServerConfig) -> None:
         self.config = config
         home = config.home or settings.SIGDL_HOME.get()
-        interceptors = [TokenInterceptor(config.token)] if config.token else []
+        # a token that is set must be one: '' refuses to start instead of turning auth off
+        interceptors = [TokenInterceptor(config.token)] if config.token is not None else []
         limit = config.max_message_bytes
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=RPC_THREADS, thread_name_prefix="sigdl-rpc"),

@@ -16,10 +16,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from sigdl.core import onnx_io
-from sigdl.core.datasets import Split, load_dataset
+from sigdl.core.datasets import Dataset, Split, load_dataset
+from sigdl.core.errors import InputError
 from sigdl.core.evaluation import pixel_batches
 from sigdl.core.events import EventFn, ProgressEvent
 
@@ -35,6 +37,66 @@ def _chunks(total: int, workers: int) -> list[tuple[int, int]]:
     return [(b * BATCH, min((b + per_chunk) * BATCH, total)) for b in starts]
 
 
+def _logits(sess, pixels: np.ndarray) -> np.ndarray:
+    """Logits of a batch of pixels; a model exported with a fixed batch of B gets B images
+    per call (the last call padded with zeros, whose logits are dropped)."""
+    batch = sess.get_inputs()[0].shape[0]
+    if not isinstance(batch, int) or batch == len(pixels):
+        return onnx_io.predict(sess, pixels)
+    parts = []
+    for start in range(0, len(pixels), batch):
+        part = pixels[start : start + batch]
+        pad = np.zeros((batch - len(part), *part.shape[1:]), np.float32)
+        parts.append(onnx_io.predict(sess, np.concatenate([part, pad]))[: len(part)])
+    return np.concatenate(parts)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
+    """A graph input's or output's shape, a symbolic dimension as its name (or "?")."""
+    shape = value.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in shape.dim]
+
+
+def check_pixel_model(model: bytes, dataset: Dataset) -> None:
+    """InputError unless `model` takes what scoring on `dataset` feeds it (ARCHITECTURE.md's
+    deployable model): one float32 NCHW input with fixed C and a square H x W, and logits
+    (N, K) out with a class for each of the data set's labels."""
+    proto = onnx.load_from_string(model)
+    weights = {init.name for init in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in weights]
+    if len(inputs) != 1:
+        names = [v.name for v in inputs]
+        raise InputError(
+            f"model inputs {names!r}: scoring on {dataset.name!r} needs a model "
+            "with one input (float32 NCHW pixels in [0, 1])"
+        )
+    value, dims = inputs[0], _dims(inputs[0])
+    elem = value.type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        kind = onnx.TensorProto.DataType.Name(elem).lower()
+        raise InputError(
+            f"model input {value.name!r} is {kind}: scoring on {dataset.name!r} "
+            "needs float32 NCHW pixels in [0, 1] (pixel / 255)"
+        )
+    fixed = len(dims) == 4 and all(isinstance(d, int) and d > 0 for d in dims[1:])
+    if not fixed or dims[2] != dims[3]:
+        nhwc = fixed and dims[3] in (1, 3) and dims[1] not in (1, 3)
+        layout = " (channels last, NHWC)" if nhwc else ""
+        raise InputError(
+            f"model input {value.name!r} of shape {dims}{layout}: scoring on "
+            f"{dataset.name!r} needs NCHW pixels with fixed C and square H x W; "
+            "retest it without --dataset for latency, memory and operators"
+        )
+    out = proto.graph.output[0]
+    logits, classes = _dims(out), len(dataset.classes)
+    if len(logits) != 2 or not isinstance(logits[1], int) or logits[1] < classes:
+        raise InputError(
+            f"model output {out.name!r} of shape {logits}: scoring on "
+            f"{dataset.name!r} needs logits (N, K) with K >= its {classes} "
+            "classes"
+        )
+
+
 def score_chunk(
     model_path: str, dataset: str, data_dir: str | None, mode: str, start: int, stop: int,
     threads: int,
@@ -46,7 +108,7 @@ def score_chunk(
     channels, size, _ = onnx_io.input_shape(sess)
     preds, loss = [], 0.0
     for pixels, labels in pixel_batches(part, channels, size, mode, BATCH):
-        logits = torch.from_numpy(onnx_io.predict(sess, pixels.numpy()))
+        logits = torch.from_numpy(_logits(sess, pixels.numpy()))
         loss += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
         preds.append(logits.argmax(1).numpy())
     return start, np.concatenate(preds), loss

@@ -15,16 +15,44 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import helper, shape_inference
 
+from sigdl.core.errors import InputError
+
 # Nodes that cost nothing at run time: views, constant plumbing, and the Q/DQ/Cast nodes that
 # are how an ONNX model spells its numerics (a runtime fuses them into the compute nodes).
 FREE_OPS = {
     "Identity", "Dropout", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Shape", "Constant",
     "QuantizeLinear", "DequantizeLinear", "Cast",
 }  # fmt: skip
-NUMERICS_OPS = {"QuantizeLinear", "DequantizeLinear", "Cast"}
+NUMERICS_OPS = {"QuantizeLinear", "DequantizeLinear", "Cast", "DynamicQuantizeLinear"}
 POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 GEMM_OPS = {"Gemm", "MatMul"}
+DATA_OPS = {"Concat", "Transpose", "Split", "Slice", "Pad", "Gather", "Expand", "Tile"}
+# ops costed as one operation per output element
+ELEMENTWISE_OPS = {
+    "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu",
+    "Selu", "Gelu", "Erf", "Softplus", "Mish", "Add", "Sub", "Mul", "Div", "Sum", "Max", "Min",
+    "Mean", "Pow", "Sqrt", "Exp", "Log", "Neg", "Abs", "Reciprocal", "Floor", "Ceil", "Round",
+    "Sign", "Where", "Equal", "Less", "Greater", "Not", "And", "Or", "BatchNormalization",
+    "Softmax", "LogSoftmax", "LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax",
+    "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul", "QLinearLeakyRelu", "QLinearSigmoid",
+}  # fmt: skip
+# quantized operators (onnxruntime.quantization's QOperator format and quantize_dynamic):
+# the float op whose work they do, and which input holds their weight
+QUANTIZED_OPS = {
+    "QLinearConv": ("Conv", 3), "ConvInteger": ("Conv", 1), "QLinearMatMul": ("MatMul", 3),
+    "MatMulInteger": ("MatMul", 1), "QGemm": ("Gemm", 3),
+    "QLinearAveragePool": ("AveragePool", None),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", None), "QLinearConcat": ("Concat", None),
+}  # fmt: skip
+UNKNOWN = "unknown"  # the op class of an op the latency model has no cost for
+# how an unknown op is costed (predict.py): an estimate that errs on the slow side
+UNKNOWN_ESTIMATE = (
+    "costed as one operation per element read and written, at the profile's lowest "
+    "efficiency, highest per-node overhead and highest per-element cost"
+)
 STEM_MAX_CHANNELS = 4  # a conv reading <= 4 channels (an RGB/gray stem) has its own efficiency
+MAX_INFERENCE_PASSES = 16  # shape inference reruns past ops it does not know
+KNOWN_DOMAINS = ("", "ai.onnx", "com.microsoft")  # ONNX's own and ONNX Runtime's contrib ops
 
 
 @dataclass
@@ -46,10 +74,25 @@ class Node:
     out_shape: list[int] = field(default_factory=list)  # first output
     weight_shape: list[int] = field(default_factory=list)  # first initializer input
     fused_into: str | None = None  # the node a runtime fuses this one into
+    domain: str = ""  # the operator set: "" (ai.onnx), "com.microsoft", a custom one
+    shape_assumed: bool = False  # output shape not inferable: taken as its input's
+
+    @property
+    def float_op(self) -> str:
+        """The float op whose work a quantized op does (QLinearConv: Conv), else op_type."""
+        return QUANTIZED_OPS.get(self.op_type, (self.op_type, None))[0]
 
     @property
     def total_ops(self) -> int:
         return 2 * self.macs + self.ops
+
+
+def is_quantized(model: bytes) -> bool:
+    """Whether a model.onnx is quantized already (QDQ pairs, onnxruntime's QOperator format or
+    quantize_dynamic's integer ops): it runs int8 as it is and cannot be quantized again."""
+    proto = onnx.load_from_string(model)
+    quantizing = {"QuantizeLinear", "DynamicQuantizeLinear", *QUANTIZED_OPS}
+    return any(node.op_type in quantizing for node in proto.graph.node)
 
 
 def _pin_batch(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -69,13 +112,47 @@ def _pin_batch(model: onnx.ModelProto) -> onnx.ModelProto:
     return pinned
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    inferred = shape_inference.infer_shapes(_pin_batch(model))
-    shapes = {}
+def _infer(pinned: onnx.ModelProto) -> dict[str, tuple[list[int], int]]:
+    """Tensor name -> (shape, element type) as far as ONNX shape inference gets."""
+    try:
+        inferred = shape_inference.infer_shapes(pinned)
+    except Exception as exc:  # onnx's InferenceError, ValidationError and friends
+        reason = " ".join(str(exc).split())[:200]
+        raise InputError(
+            f"the ONNX graph is inconsistent ({reason}): expected a model "
+            "that ONNX shape inference accepts"
+        ) from None
+    found = {}
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
-    return shapes
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in tensor.shape.dim]
+            found[value.name] = (dims, tensor.elem_type)
+    return found
+
+
+def _shapes(model: onnx.ModelProto) -> tuple[dict[str, list[int]], set[str]]:
+    """(tensor shapes at batch 1, the outputs whose shape was assumed). Shape inference stops at
+    an op it does not know (a custom domain's); its outputs are then taken to have the shape
+    of its first input, so that the nodes after it are still sized, and inference runs again."""
+    pinned = _pin_batch(model)
+    assumed: set[str] = set()
+    for _ in range(MAX_INFERENCE_PASSES):
+        found = _infer(pinned)
+        added = False
+        for node in pinned.graph.node:  # nodes whose inputs inference sized, but not them
+            outputs = [o for o in node.output if o and o not in found and o not in assumed]
+            inputs = [found.get(i) for i in node.input if i]
+            if not outputs or not inputs or None in inputs:
+                continue
+            for name in outputs:
+                assumed.add(name)
+                value = helper.make_tensor_value_info(name, inputs[0][1], inputs[0][0])
+                pinned.graph.value_info.append(value)
+            added = True
+        if not added:
+            break
+    return {name: shape for name, (shape, _) in found.items()}, assumed
 
 
 def _numel(shape: list[int] | None) -> int:
@@ -86,8 +163,12 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def op_class(op_type: str, attrs: dict, in_shape: list[int]) -> str:
-    """The latency model's class of an op (see targets.schema.OP_CLASSES)."""
+def op_class(op_type: str, attrs: dict, in_shape: list[int], domain: str = "") -> str:
+    """The latency model's class of an op (see targets.schema.OP_CLASSES), or UNKNOWN for an
+    op it has no cost for (any op of a custom domain)."""
+    if domain not in KNOWN_DOMAINS:
+        return UNKNOWN
+    op_type = QUANTIZED_OPS.get(op_type, (op_type, None))[0]
     if op_type in FREE_OPS:
         return "free"
     if op_type == "Conv":
@@ -102,25 +183,29 @@ def op_class(op_type: str, attrs: dict, in_shape: list[int]) -> str:
         return "gemm"
     if op_type in POOL_OPS:
         return "pool"
-    if op_type in ("Concat", "Transpose", "Split", "Slice", "Pad", "Gather"):
+    if op_type in DATA_OPS:
         return "data"
-    return "elementwise"
+    return "elementwise" if op_type in ELEMENTWISE_OPS else UNKNOWN
 
 
 def _work(node: Node, out_shape: list[int]) -> None:
     """Fill node.macs / node.ops from its type and shapes."""
     out = _numel(out_shape)
-    if node.op_type == "Conv":
-        kernel = node.weight_shape[1:] if node.weight_shape else [1]
+    op_type, weight = node.float_op, node.weight_shape
+    if node.op_class == UNKNOWN:
+        node.ops = node.in_elems + node.out_elems  # see UNKNOWN_ESTIMATE
+    elif op_type == "Conv":
+        kernel = weight[1:] if weight else [1]
         node.macs = out * _numel(kernel)  # (C_in / group) * kh * kw per output element
-    elif node.op_type == "Gemm":
-        k = node.in_shape[0] if node.attrs.get("transA") else node.in_shape[-1]
+    elif op_type in GEMM_OPS:  # k: the reduced axis, from the input or else the weight
+        transposed = node.attrs.get("transA") if op_type == "Gemm" else False
+        k = node.in_shape[0 if transposed else -1] if node.in_shape else 0
+        if not k and len(weight) == 2:
+            k = weight[1] if node.attrs.get("transB") else weight[0]
         node.macs = out * k
-    elif node.op_type == "MatMul":
-        node.macs = out * (node.in_shape[-1] if node.in_shape else 0)
-    elif node.op_type in ("GlobalAveragePool", "GlobalMaxPool"):
+    elif op_type in ("GlobalAveragePool", "GlobalMaxPool"):
         node.ops = _numel(node.in_shape)
-    elif node.op_type in POOL_OPS:
+    elif op_type in POOL_OPS:
         node.ops = out * _numel(node.attrs.get("kernel_shape", [1]))
     elif node.op_class in ("elementwise", "data"):
         node.ops = out  # one operation (or copy) per output element
@@ -134,6 +219,7 @@ class Graph:
     tensor_elems: dict[str, int]  # activation tensors (not initializers) -> elements at batch 1
     inputs: list[str]  # graph inputs that are activations
     weight_elems: int  # elements of all initializers
+    batch: int = 1  # images per query: the batch a model was exported with when fixed
 
     @property
     def peak_activation_elems(self) -> int:
@@ -142,31 +228,38 @@ class Graph:
 
 def analyze(model: onnx.ModelProto) -> Graph:
     """The nodes of `model` in graph (topological) order, with work and traffic at batch 1."""
-    shapes = _shapes(model)
+    shapes, assumed = _shapes(model)
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
     constants = _constant_outputs(model)
     nodes = []
-    for proto in model.graph.node:
+    for index, proto in enumerate(model.graph.node):
         attrs = _attrs(proto)
         acts = [i for i in proto.input if i and i not in weights and i not in constants]
         params = [i for i in proto.input if i in weights]
+        at = QUANTIZED_OPS.get(proto.op_type, (None, None))[1]  # a quantized op's weight input
+        weight = proto.input[at] if at is not None and at < len(proto.input) else None
+        weight = weight if weight in weights else params[0] if params else None
         in_shape = shapes.get(acts[0], []) if acts else []
+        first_out = proto.output[0] if proto.output else ""
         node = Node(
-            name=proto.name or proto.output[0], op_type=proto.op_type,
-            op_class=op_class(proto.op_type, attrs, in_shape),
+            name=proto.name or first_out or f"{proto.op_type}_{index}", op_type=proto.op_type,
+            op_class=op_class(proto.op_type, attrs, in_shape, proto.domain),
             inputs=list(proto.input), outputs=list(proto.output), attrs=attrs,
             weight_elems=sum(_numel(weights[p]) for p in params),
             in_elems=sum(_numel(shapes.get(a)) for a in acts),
             out_elems=sum(_numel(shapes.get(o)) for o in proto.output),
-            in_shape=in_shape, out_shape=shapes.get(proto.output[0], []),
-            weight_shape=weights[params[0]] if params else [],
+            in_shape=in_shape, out_shape=shapes.get(first_out, []),
+            weight_shape=weights[weight] if weight else [], domain=proto.domain,
+            shape_assumed=any(o in assumed for o in proto.output),
         )  # fmt: skip
         _work(node, node.out_shape)
         nodes.append(node)
     skip = set(weights) | constants
     inputs = [v.name for v in model.graph.input if v.name not in skip]
     tensors = {name: _numel(shape) for name, shape in shapes.items() if name not in skip}
-    return Graph(nodes, tensors, inputs, sum(_numel(s) for s in weights.values()))
+    first = shapes.get(inputs[0], []) if inputs else []
+    batch = first[0] if len(first) > 1 and first[0] > 0 else 1
+    return Graph(nodes, tensors, inputs, sum(_numel(s) for s in weights.values()), batch)
 
 
 def _constant_outputs(model: onnx.ModelProto) -> set[str]:

@@ -19,6 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from sigdl.core import onnx_io
+from sigdl.core.errors import InputError
+
+# ONNX Runtime's input types a measurement can feed, and the numpy type it feeds them as
+FEED_TYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}  # fmt: skip
 
 
 @dataclass
@@ -40,11 +48,24 @@ def open_session(
     model: bytes, threads: int, seed: int = 0, profile_prefix: str | None = None
 ) -> tuple[object, dict]:
     """A session of `model` (ONNX bytes) with pinned threads (and ONNX Runtime's per-node
-    profiling when `profile_prefix` is given), and a batch-1 feed of random pixels in [0, 1]."""
+    profiling when `profile_prefix` is given), and a batch-1 feed: random pixels in [0, 1]
+    for a float input, random pixel values 0..255 for an integer one (a model that takes
+    uint8 images), for every input the model has."""
     sess = onnx_io.session_from_bytes(model, threads, profile_prefix)
-    inp = sess.get_inputs()[0]
-    shape = [1 if not isinstance(d, int) else d for d in inp.shape]
-    return sess, {inp.name: np.random.default_rng(seed).random(shape, dtype=np.float32)}
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for inp in sess.get_inputs():
+        shape = [1 if not isinstance(d, int) else d for d in inp.shape]
+        dtype = FEED_TYPES.get(inp.type)
+        if dtype is None:
+            raise InputError(
+                f"model input {inp.name!r} is {inp.type}: expected a float or "
+                f"integer tensor ({', '.join(FEED_TYPES)})"
+            )
+        pixels = rng.random(shape, dtype=np.float32)
+        feed[inp.name] = (pixels * 255).round() if np.dtype(dtype).kind in "iub" else pixels
+        feed[inp.name] = feed[inp.name].astype(dtype)
+    return sess, feed
 
 
 def query_times(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.retest.graph import Graph, Node, apply_fusion
+from services.retest.graph import UNKNOWN, Graph, Node, apply_fusion
 
 BYTES = {"fp32": 4, "fp16": 2, "int8": 1}  # per weight and per activation element
 LATENCY_KEYS = (
@@ -219,6 +219,18 @@ def layout_reorders(graph: Graph, block: int | None) -> list[Node]:
     return list(reorders.values())
 
 
+def unknown_op_params(params: dict) -> dict:
+    """The latency parameters an op the latency model does not know is costed with (graph.py's
+    UNKNOWN_ESTIMATE): the profile's lowest efficiency, highest per-node overhead and highest
+    per-element cost of any class, so that its estimate errs on the slow side."""
+    worst = {"efficiency": (min, 0.05), "overhead_us": (max, 0.0), "activation_ns": (max, 0.0)}
+    out = dict(params)
+    for key, (pick, default) in worst.items():
+        values = list((params[key] or {}).values())
+        out[key] = {**(params[key] or {}), UNKNOWN: pick(values) if values else default}
+    return out
+
+
 def node_time_s(
     node: Node, profile: dict, params: dict, precision: str, weights_at: str
 ) -> tuple[float, int, bool]:
@@ -231,6 +243,8 @@ def node_time_s(
     if node.op_class == "free":  # no arithmetic, no data moved: at most its dispatch
         return (params["free_node_us"] or 0.0) * 1e-6, 0, False
     peak = profile["compute"]["peak_gops"][precision] * 1e9 * params["core_share"]
+    if node.op_class == UNKNOWN:
+        params = unknown_op_params(params)
     efficiency = params["efficiency"].get(node.op_class, 0.05)
     efficiency *= profile["latency_model"].get("precision_efficiency", {}).get(precision, 1.0)
     ops = node.total_ops * channel_padding(node, params["channel_block"])

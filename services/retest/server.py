@@ -12,8 +12,9 @@ request's `lineage` says. A failed gate is a SUCCEEDED job whose report says
 from __future__ import annotations
 
 import targets
-from services.grpc_common.jobservice import JobServicer, input_uri, lineage_of
+from services.grpc_common.jobservice import JobServicer, dataset_field, input_uri, lineage_of
 from services.protos.sigdl.v1 import retest_pb2, retest_pb2_grpc
+from services.retest.gate import parse_requirement
 from sigdl.core import jobs
 from sigdl.core.errors import InputError
 from sigdl.core.lineage import RunContext
@@ -53,13 +54,18 @@ class RetestServicer(JobServicer):
         for name in ("threads", "workers"):
             if getattr(request, name) < 0:
                 raise jobs.FieldError(name, f"{getattr(request, name)}: expected >= 0")
+        for i, text in enumerate(request.requirements):  # at Submit, not in a failed job
+            try:
+                parse_requirement(text)
+            except InputError as exc:
+                raise jobs.FieldError(f"requirements[{i}]", str(exc)) from None
         baseline = request.baseline_accuracy
         if not 0.0 <= baseline <= 1.0:  # NaN fails this too
             raise jobs.FieldError("baseline_accuracy", f"{baseline}: expected the dense trained "
                                   "model's test accuracy in [0, 1] (0: not given)")  # fmt: skip
         return {
             "model": input_uri(request.model, "model"), "target": request.target,
-            "dataset": request.dataset or None, "precision": request.precision or None,
+            "dataset": dataset_field(request.dataset), "precision": request.precision or None,
             "threads": request.threads or None, "requirements": list(request.requirements),
             "workers": request.workers or 1, "baseline_accuracy": baseline or None,
             "lineage": lineage_of(request.lineage),

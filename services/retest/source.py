@@ -5,6 +5,11 @@ A `.sdc` is decoded with the core codec (`sigdl.core.sdc.load_model`, the exact 
 exported to ONNX; a directory holding a `model.sdc` is read the same way. The size a retest
 reports is the `.sdc` file's bytes on disk when there is one, else the deployable model's.
 
+A train or compress output folder is checked against its report.json first (the artifact
+chain, sigdl/core/chain.py): a model file changed after the run is refused, naming it. The
+sha256 of every file the retest reads is kept (`ModelSource.files`) for its report, so that
+deploy can tell whether a retest measured the very files it ships.
+
 A `sigdl compress` output carries two more things a retest needs, read from beside the model
 (a directory, or its `model.sdc` / `model.onnx`): the `model.int8.onnx` the compression wrote
 (what deploy ships to an int8 target), and its `report.json`, whose dense accuracy is the
@@ -15,14 +20,16 @@ baseline the gate measures accuracy_drop against.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
-from sigdl.core import checkpoint, onnx_io, store
+from sigdl.core import chain, checkpoint, onnx_io, store
 from sigdl.core.checkpoint import ModelMeta
 from sigdl.core.errors import InputError
 from sigdl.core.sdc import load_model
@@ -33,6 +40,8 @@ REPORT = "report.json"
 # the files of a compress (or train) output: only beside these does a model.int8.onnx or a
 # report.json describe the model itself, not some other file in the same folder
 OUTPUT_MODELS = ("model.sdc", "model.onnx")
+# every model file a train/compress report records, verified when a retest reads the folder
+CHAINED = ("model.sdc", "model.onnx", INT8_ONNX, checkpoint.WEIGHTS, checkpoint.META)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class ModelSource:
     meta: ModelMeta | None  # model.json, when the model carries it
     int8_bytes: bytes | None = None  # the compression's model.int8.onnx, when beside the model
     compressed: CompressReport | None = None  # the compress report beside the model
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256 of each file read
 
     @property
     def name(self) -> str:
@@ -105,13 +115,30 @@ def _from_uri(uri: str) -> ModelSource:
     return source
 
 
+def input_folders(model: str | Path) -> list[Path]:
+    """The local paths a retest of `model` reads (the model, and the output folder it lies
+    in), which its `--out` must keep apart from; none for a remote model."""
+    text = str(model)
+    if "://" in text and not text.startswith("file://"):
+        return []
+    path = store.FileBackend.path_of(text) if text.startswith("file://") else Path(text)
+    path = path.expanduser()
+    return [path, path.parent] if path.name in OUTPUT_MODELS and path.is_file() else [path]
+
+
 def _from_local(path: Path, where: str) -> ModelSource:
-    source = _read_local(path, where)
     folder = path if path.is_dir() else path.parent if path.name in OUTPUT_MODELS else None
+    if folder is not None:  # the artifact chain first: nothing is read that changed since
+        chain.verify_folder(folder, CHAINED if path.is_dir() else (path.name, INT8_ONNX))
+    elif path.name in CHAINED:  # model.int8.onnx named directly
+        chain.verify_folder(path.parent, (path.name,))
+    source = _read_local(path, where)
     if folder is not None:
         int8 = folder / INT8_ONNX
         source.int8_bytes = int8.read_bytes() if int8.is_file() else None
         source.compressed = CompressReport.read(folder / REPORT)
+        if source.int8_bytes is not None:
+            source.files[INT8_ONNX] = hashlib.sha256(source.int8_bytes).hexdigest()
     return source
 
 
@@ -123,7 +150,8 @@ def _read_local(path: Path, where: str) -> ModelSource:
         if (path / checkpoint.META).is_file():
             model, meta = checkpoint.load_checkpoint(path)
             data = onnx_io.to_onnx_bytes(model, meta.input_shape, {META_KEY: meta.to_json()})
-            return ModelSource(data, "checkpoint", where, None, meta)
+            files = chain.bound_inputs(path, (checkpoint.WEIGHTS, checkpoint.META))["files"]
+            return ModelSource(data, "checkpoint", where, None, meta, files=files)
         raise InputError(f"{where!r} holds no model.onnx, model.sdc or {checkpoint.META}")
     if path.suffix == ".sdc":
         return _read_sdc(path, where)
@@ -133,7 +161,8 @@ def _read_local(path: Path, where: str) -> ModelSource:
 def _read_sdc(path: Path, where: str) -> ModelSource:
     model, meta = load_model(path)
     data = onnx_io.to_onnx_bytes(model, meta.input_shape, {META_KEY: meta.to_json()})
-    return ModelSource(data, "sdc", where, path.stat().st_size, meta)
+    files = {path.name: chain.sha256_file(path)}
+    return ModelSource(data, "sdc", where, path.stat().st_size, meta, files=files)
 
 
 def _read_onnx(path: Path, where: str) -> ModelSource:
@@ -144,7 +173,31 @@ def _read_onnx(path: Path, where: str) -> ModelSource:
         raise InputError(f"{where!r} is not an ONNX model: {exc}") from None
     if not proto.graph.node:
         raise InputError(f"{where!r} is not an ONNX model: its graph has no nodes")
-    return ModelSource(data, "onnx", where, None, _meta_of(proto, where))
+    files = {path.name: hashlib.sha256(data).hexdigest()}
+    if any(uses_external_data(init) for init in proto.graph.initializer):
+        data = _inline_external_data(proto, path, where, files)
+    return ModelSource(data, "onnx", where, None, _meta_of(proto, where), files=files)
+
+
+def _inline_external_data(
+    proto: onnx.ModelProto, path: Path, where: str, files: dict[str, str]
+) -> bytes:
+    """The model with the weights it keeps in files beside it (onnx's external data, as
+    `onnx.save_model(..., save_as_external_data=True)` writes them) read in; the digest of
+    each such file goes into `files`. onnx refuses a location outside the model's folder."""
+    locations = {entry.value for init in proto.graph.initializer
+                 for entry in init.external_data if entry.key == "location"}  # fmt: skip
+    try:
+        load_external_data_for_model(proto, str(path.parent))
+        data = proto.SerializeToString()
+    except Exception as exc:  # onnx's ValidationError, OSError; ValueError past 2 GiB
+        reason = " ".join(str(exc).split())[:200]
+        raise InputError(f"{where!r}: its external data {sorted(locations)!r} cannot be read "
+                         f"({reason}): expected the files beside the model, inside its "
+                         "folder, and under 2 GiB in all") from None  # fmt: skip
+    for name in sorted(locations):
+        files[name] = chain.sha256_file(path.parent / name)
+    return data
 
 
 def _meta_of(proto: onnx.ModelProto, where: str) -> ModelMeta | None:

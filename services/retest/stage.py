@@ -30,14 +30,14 @@ import numpy as np
 import onnx
 
 import targets
-from services.retest.accuracy import sharded_accuracy
+from services.retest.accuracy import check_pixel_model, sharded_accuracy
 from services.retest.gate import gate, parse_requirement, verdict_markdown
-from services.retest.graph import Graph, analyze
+from services.retest.graph import Graph, analyze, is_quantized
 from services.retest.measure import single_stream
 from services.retest.opcheck import check_operators
 from services.retest.predict import estimate_power, memory_use, predict_latency
-from services.retest.source import ModelSource, load_source
-from sigdl.core import __version__, atomic, numerics, onnx_io
+from services.retest.source import ModelSource, input_folders, load_source
+from sigdl.core import __version__, atomic, chain, numerics, onnx_io
 from sigdl.core.datasets import adapt, load_dataset
 from sigdl.core.errors import InputError
 from sigdl.core.events import EventFn, ProgressEvent
@@ -46,6 +46,7 @@ from sigdl.core.lineage import TAG_STAGE, TAG_TARGET, RunContext, open_lineage
 CALIBRATION_IMAGES = 256  # training images that calibrate int8 activation ranges
 HOST_MEASURE = {"min_queries": 30, "min_seconds": 1.0, "max_queries": 2000}
 FROM_COMPRESSION = "model.int8.onnx (from compression)"
+QUANTIZED_BY_EXPORTER = "the model as it is (quantized by its exporter)"
 
 
 def load_target(target: str) -> dict:
@@ -121,10 +122,15 @@ def run_retest(
     reqs = [parse_requirement(r) for r in requirements]
     if dataset is None and any(r.needs_dataset for r in reqs):
         raise InputError("requirements on accuracy need a data set (--dataset)")
-    out = atomic.check_writable_dir(out) if out is not None else None
+    # --out may be a folder inside the run it retests (deploy reads <run>/retest/report.json),
+    # never the run itself nor one that holds it: it is replaced in whole
+    inputs = input_folders(model)
+    out = atomic.check_out_dir(out, inputs, inside_ok=True) if out is not None else None
     data_dir = str(data_dir) if data_dir else None
     started = time.perf_counter()
     source = load_source(model)
+    if dataset:  # refuse a model the test set cannot be fed to before any work
+        check_pixel_model(source.onnx_bytes, load_dataset(dataset, data_dir))
     emit(ProgressEvent("load", 1, 1))
     deployable, how, calibration_note = _deployable(source, precision, dataset, data_dir)
     report = _predictions(source, deployable, profile, precision, threads)
@@ -145,9 +151,10 @@ def run_retest(
     report["lineage"] = lineage.to_json() if lineage else None
     report["mlflow"] = log_lineage(report, lineage)
     if out is not None:
-        with atomic.staged_dir(out) as stage:
-            atomic.write_json(stage / "report.json", report)
+        with atomic.staged_dir(out, inputs, inside_ok=True) as stage:
             atomic.write_bytes(stage / "verdict.md", verdict_markdown(report).encode())
+            report["files"] = chain.digests(stage)
+            atomic.write_json(stage / "report.json", report)
         report["artifacts"] = {"report": str(out / "report.json"),
                                "verdict": str(out / "verdict.md")}  # fmt: skip
     return report
@@ -164,6 +171,8 @@ def _deployable(
     if precision != "int8":
         how = "the fp32 model" if precision == "fp32" else f"converted to {precision} at retest"
         return numerics.convert(source.onnx_bytes, precision, None), how, None
+    if is_quantized(source.onnx_bytes):  # by its exporter (onnxruntime, NNCF): as it is
+        return source.onnx_bytes, QUANTIZED_BY_EXPORTER, None
     pixels, note = _calibration(source, dataset, data_dir)
     deployable = numerics.convert(source.onnx_bytes, precision, pixels)
     return deployable, f"re-quantized at retest (calibration {note})", note
@@ -243,6 +252,7 @@ def _predictions(
     return {
         "command": "retest", "sigdl_version": __version__, "model": source.name,
         "source": {"where": source.where, "kind": source.kind},
+        "inputs": {"model": {"where": source.where, "files": source.files}},
         "size_kb": size / 1024,
         "size_source": ".sdc on disk" if source.sdc_bytes is not None else f"{precision} onnx",
         **predict_on_target(graph, profile, precision, threads),

@@ -9,7 +9,7 @@ epoch as a progress event.
 
 from __future__ import annotations
 
-from services.grpc_common.jobservice import JobServicer, json_object, lineage_of
+from services.grpc_common.jobservice import JobServicer, dataset_field, json_object, lineage_of
 from services.protos.sigdl.v1 import training_pb2, training_pb2_grpc
 from sigdl.core import jobs, zoo
 from sigdl.core.errors import InputError
@@ -38,8 +38,7 @@ class TrainingServicer(JobServicer):
                "mlflow")  # fmt: skip
 
     def parse(self, request: training_pb2.TrainRequest) -> dict:
-        if not request.dataset:
-            raise jobs.FieldError("dataset", "required: a data-set name (sigdl data list)")
+        dataset_field(request.dataset, required=True)
         try:
             zoo.get_spec(request.model)
         except InputError as exc:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sigdl.core import __version__, atomic, checkpoint, lineage, onnx_io, settings, zoo
+from sigdl.core import __version__, atomic, chain, checkpoint, lineage, onnx_io, settings, zoo
 from sigdl.core.checkpoint import ModelMeta, PixelModel
 from sigdl.core.datasets import Dataset, adapt, load_dataset
 from sigdl.core.errors import InputError
@@ -125,7 +125,7 @@ def run_training(
     `lineage.parent_run_id` when given); return the report."""
     if nproc < 1:
         raise InputError(f"nproc={nproc}: expected an integer >= 1")
-    out = atomic.check_writable_dir(out)
+    out = atomic.check_out_dir(out)
     if settings.SIGDL_NUM_THREADS.get():
         torch.set_num_threads(settings.SIGDL_NUM_THREADS.get())
     data = load_dataset(cfg.dataset, data_dir)
@@ -166,10 +166,30 @@ def run_training(
                 "weights_sha256": digest,
                 "onnx": str(out / "model.onnx"),
             },
+            "inputs": {
+                "dataset": {
+                    "name": cfg.dataset,
+                    "source": data.source,
+                    "sha256": chain.data_digest(data),
+                }
+            },
         }
         report["mlflow"] = log_lineage(report, stage, lineage or RunContext())
+        report["files"] = chain.digests(stage)
+        report["chain"] = train_chain(report)
         atomic.write_json(stage / "report.json", report)
     return report
+
+
+def train_chain(report: dict) -> dict:
+    """Which file each accuracy was measured on, by digest (see sigdl/core/chain.py)."""
+    files, metrics = report["files"], report["metrics"]
+    return {
+        checkpoint.WEIGHTS: {"sha256": files[checkpoint.WEIGHTS], "from": "training",
+                             "test_accuracy": metrics["test_accuracy"]},
+        "model.onnx": {"sha256": files["model.onnx"], "from": checkpoint.WEIGHTS,
+                       "onnx_test_accuracy": metrics["onnx_test_accuracy"]},
+    }  # fmt: skip
 
 
 def _mean(values: list[float]) -> float:

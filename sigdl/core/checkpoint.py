@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,12 +20,20 @@ from safetensors.torch import load_file
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from sigdl.core import atomic, zoo
-from sigdl.core.errors import InputError
+from sigdl.core import atomic, chain, zoo
+from sigdl.core.errors import InputError, short
 
 FORMAT = "sigdl.core.checkpoint/v1"
 WEIGHTS = "model.safetensors"
 META = "model.json"
+# bounds on what a model.json may ask for, checked before anything is allocated
+MAX_INPUT_SIZE = 4096  # H = W
+MAX_CHANNELS = 64
+MAX_CLASSES = 100_000
+MAX_PIXELS = 1 << 26  # C x H x W of one input
+MAX_MODEL_PARAMS = 1 << 30  # 4 GiB of float32 weights (VGG-16 has 1.4e8)
+MAX_TEXT = 1000  # characters of a name, data set or class name
+ADAPT_MODES = ("resize", "pad")
 
 
 class PixelModel(nn.Module):
@@ -70,8 +79,11 @@ class ModelMeta:
 
     @classmethod
     def from_json(cls, data: dict, where: str = META) -> ModelMeta:
+        """A validated ModelMeta from `model.json`'s object; InputError naming the field."""
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT:
-            raise InputError(f"{where}: format {data.get('format')!r}, expected {FORMAT!r}")
+            raise InputError(f"{where}: format {short(data.get('format'))}, expected {FORMAT!r}")
         known = set(cls.__dataclass_fields__)
         missing = [
             k
@@ -80,7 +92,68 @@ class ModelMeta:
         ]
         if missing:
             raise InputError(f"{where}: missing field(s) {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        meta = cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            meta.validate()
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+        return meta
+
+    def validate(self) -> None:
+        """Every field's type and bounds, and the size of the model it builds (counted on
+        PyTorch's meta device, so a forged shape allocates nothing); InputError naming it."""
+        text = [("model", self.model, False), ("dataset", self.dataset, True),
+                ("adapt_mode", self.adapt_mode, False)]  # fmt: skip
+        for name, value, optional in text:
+            if not (value is None and optional) and not (
+                isinstance(value, str) and 0 < len(value) <= MAX_TEXT
+            ):
+                raise InputError(f"{name}={short(value)}: expected a string of 1..{MAX_TEXT} chars")
+        if self.adapt_mode not in ADAPT_MODES:
+            raise InputError(f"adapt_mode={short(self.adapt_mode)}: expected one of {ADAPT_MODES}")
+        for name, top in (("input_size", MAX_INPUT_SIZE), ("channels", MAX_CHANNELS),
+                          ("classes", MAX_CLASSES)):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+                raise InputError(f"{name}={short(value)}: expected an integer in 1..{top}")
+        if self.channels * self.input_size**2 > MAX_PIXELS:
+            raise InputError(f"input_shape={self.input_shape}: over {MAX_PIXELS} values")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, list)
+                or len(value) not in (1, self.channels)
+                or not all(_finite(v) for v in value)
+                or (name == "std" and not all(v > 0 for v in value))
+            ):
+                want = "positive " if name == "std" else ""
+                raise InputError(
+                    f"{name}={short(value)}: expected 1 or {self.channels} finite {want}numbers"
+                )
+        names = self.class_names
+        if (
+            not isinstance(names, list)
+            or len(names) > MAX_CLASSES
+            or not all(isinstance(n, str) and len(n) <= MAX_TEXT for n in names)
+        ):
+            raise InputError(f"class_names={short(names)}: expected a list of short strings")
+        if not isinstance(self.metrics, dict) or not all(
+            isinstance(k, str) and (v is None or _finite(v)) for k, v in self.metrics.items()
+        ):
+            raise InputError(f"metrics={short(self.metrics)}: expected names to numbers")
+        if not isinstance(self.train_config, dict):
+            raise InputError(f"train_config={short(self.train_config)}: expected an object")
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            params = zoo.count_parameters(build(self))
+        if params > MAX_MODEL_PARAMS:
+            raise InputError(
+                f"{self.model} at input_shape={self.input_shape}, classes={self.classes} has "
+                f"{params} parameters, over the {MAX_MODEL_PARAMS} limit"
+            )
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def build(meta: ModelMeta) -> PixelModel:
@@ -113,11 +186,18 @@ def read_meta(ckpt_dir: str | Path) -> ModelMeta:
 
 
 def load_checkpoint(ckpt_dir: str | Path) -> tuple[PixelModel, ModelMeta]:
-    """Rebuild the module named by `model.json` and load `model.safetensors` into it (strict)."""
+    """Rebuild the module named by `model.json` and load `model.safetensors` into it (strict),
+    after checking the files against the `sigdl train` report beside them (when there is one)
+    and the weights against the `weights_sha256` that model.json records: ChainError when a
+    file changed after training."""
+    chain.verify_folder(ckpt_dir, (WEIGHTS, META))  # first: a changed model.json is named so
     meta = read_meta(ckpt_dir)
     weights = Path(ckpt_dir) / WEIGHTS
     if not weights.is_file():
         raise InputError(f"{str(ckpt_dir)!r} has {META} but no {WEIGHTS}")
+    recorded = recorded_weights_digest(ckpt_dir)
+    if recorded is not None:
+        chain.check_digest(weights, recorded, f"{str(Path(ckpt_dir) / META)!r} weights_sha256")
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as exc:
@@ -130,6 +210,12 @@ def load_checkpoint(ckpt_dir: str | Path) -> tuple[PixelModel, ModelMeta]:
         raise InputError(f"{weights}: does not match model {meta.model!r}: {first}") from None
     model.eval()
     return model, meta
+
+
+def recorded_weights_digest(ckpt_dir: str | Path) -> object:
+    """The `weights_sha256` model.json records (None: a checkpoint not written by SigDL)."""
+    data = json.loads((Path(ckpt_dir) / META).read_bytes())  # read_meta has parsed it already
+    return data.get("weights_sha256") if isinstance(data, dict) else None
 
 
 @torch.no_grad()

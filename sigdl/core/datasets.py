@@ -17,6 +17,7 @@ import functools
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import struct
 import sys
@@ -34,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, short
 from sigdl.core.settings import SIGDL_DATA, SIGDL_DOWNLOAD_TIMEOUT_S, SIGDL_OFFLINE, SIGDL_PROGRESS
 
 
@@ -188,11 +189,36 @@ _IMAGEFOLDER = "imagefolder:"
 # --- IDX parsing ---------------------------------------------------------------------------------
 
 _IDX_UBYTE = 0x08
+MAX_IDX_BYTES = 1 << 30  # one IDX payload (MNIST's training images: 47 MB)
+MAX_IDX_SIDE = 4096  # an image's height or width
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it is gzip; a truncated or corrupt gzip raises."""
-    return _read_bytes_from(path.read_bytes(), str(path))
+def _read_idx_file(path: Path, ndim: int) -> np.ndarray:
+    """A uint8 IDX array from `path`, gzip or not. The header is read and bounded first, then
+    exactly the payload it promises (+1 byte, to see trailing data): a lying header or a gzip
+    bomb is refused without inflating more than the bound."""
+    where = str(path)
+    try:
+        with path.open("rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw) if gz else raw
+            head = stream.read(4 + 4 * ndim)
+            try:
+                dims = parse_idx_header(head, ndim, where)
+            except DatasetError:
+                if gz:  # a corrupt gzip says so first; draining is bounded, the bomb refused
+                    while stream.read(1 << 20) and stream.tell() < 64 << 20:
+                        pass
+                raise
+            body = stream.read(math.prod(dims) + 1)  # at EOF, GzipFile checks CRC and length
+    except EOFError:
+        raise DatasetError(f"{where!r} is a truncated gzip file") from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise DatasetError(f"{where!r} is a corrupt gzip file: {exc}") from None
+    except OSError as exc:
+        raise DatasetError(f"{where!r} cannot be read: {exc.strerror}") from None
+    return parse_idx(head + body, ndim, where)
 
 
 def _read_bytes_from(raw: bytes, where: str) -> bytes:
@@ -219,6 +245,11 @@ def parse_idx_header(head: bytes, ndim: int, where: str = "<bytes>") -> tuple[in
     dims = struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
     if 0 in dims:
         raise DatasetError(f"{where!r} has an empty dimension in {dims}")
+    if math.prod(dims) > MAX_IDX_BYTES or any(d > MAX_IDX_SIDE for d in dims[1:]):
+        raise DatasetError(
+            f"{where!r} has IDX dimensions {dims}: over {MAX_IDX_BYTES} bytes or a side over "
+            f"{MAX_IDX_SIDE}"
+        )
     return dims
 
 
@@ -226,7 +257,7 @@ def parse_idx(data: bytes, ndim: int, where: str = "<bytes>") -> np.ndarray:
     """A uint8 IDX array with `ndim` dimensions, checked against its header. Raises DatasetError."""
     dims = parse_idx_header(data, ndim, where)
     header = 4 + 4 * ndim
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # exact: int64 could wrap round to the payload's length
     payload = len(data) - header
     if payload != expected:
         what = "is truncated" if payload < expected else "has trailing bytes"
@@ -238,8 +269,8 @@ def parse_idx(data: bytes, ndim: int, where: str = "<bytes>") -> np.ndarray:
 
 
 def _read_idx_split(images: Path, labels: Path, num_classes: int) -> Split:
-    x = parse_idx(_read_bytes(images), 3, str(images))  # (N, H, W)
-    y = parse_idx(_read_bytes(labels), 1, str(labels))  # (N,)
+    x = _read_idx_file(images, 3)  # (N, H, W)
+    y = _read_idx_file(labels, 1)  # (N,)
     if x.shape[0] != y.shape[0]:
         raise DatasetError(
             f"{str(images)!r} holds {x.shape[0]} images but {str(labels)!r} holds "
@@ -581,6 +612,20 @@ def dataset_names() -> list[str]:
     return ["digits", *_IDX_SETS, f"{_IMAGEFOLDER}PATH"]
 
 
+def check_name(name: str) -> Path | None:
+    """Check a data-set name without loading anything: the folder an `imagefolder:PATH` name
+    reads (resolved), None for a registered name; DatasetError for any other name."""
+    key = _normalize(str(name))
+    if key.startswith(_IMAGEFOLDER):
+        try:
+            return Path(key[len(_IMAGEFOLDER) :]).expanduser().resolve()
+        except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop
+            raise DatasetError(f"image folder {short(key)} is not a usable path: {exc}") from None
+    if key == "digits" or key in _IDX_SETS:
+        return None
+    raise DatasetError(f"unknown data set {short(name)}; expected one of {dataset_names()}")
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     """Both splits of data set `name` in memory; see the module docstring for where it looks."""
     key = _normalize(name)
@@ -590,7 +635,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
         return _load_digits()
     if key in _IDX_SETS:
         return _load_idx(key, data_dir)
-    raise DatasetError(f"unknown data set {name!r}; expected one of {dataset_names()}")
+    raise DatasetError(f"unknown data set {short(name)}; expected one of {dataset_names()}")
 
 
 def _idx_sizes(files: dict[str, Path]) -> tuple[int, int, tuple[int, int, int]]:

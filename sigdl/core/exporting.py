@@ -2,7 +2,9 @@
 
 An untrained zoo model is exported behind the usual normalization for its input (ImageNet's
 mean and std for 3 channels, 0.5 / 0.5 otherwise), so its graph has the same contract as a
-trained one: pixels in [0, 1] in, logits out.
+trained one: pixels in [0, 1] in, logits out. A checkpoint is checked against its model.json's
+weights_sha256 and its `sigdl train` report (the artifact chain) as it is loaded, and the ONNX
+model is never written over a file such a report records.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sigdl.core import checkpoint, onnx_io, zoo
+from sigdl.core import chain, checkpoint, onnx_io, zoo
 from sigdl.core.checkpoint import ModelMeta, PixelModel
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -55,6 +57,7 @@ def export(
     classes: int | None = None,
 ) -> dict:
     """Export and check the ONNX model against PyTorch on random pixels; return a summary."""
+    chain.check_not_recorded(onnx_path, "--onnx")
     model, meta = load_for_export(name, input_size, channels, classes)
     path = onnx_io.export_onnx(
         model, onnx_path, meta.input_shape, {"sigdl.model_json": meta.to_json()}
@@ -66,6 +69,7 @@ def export(
         "model": meta.model,
         "onnx": str(path),
         "bytes": path.stat().st_size,
+        "sha256": chain.sha256_file(path),
         "input_shape": meta.input_shape,
         "parameters": zoo.count_parameters(model.net),
         "onnx_max_abs_diff": float(np.max(np.abs(expected - got))),

@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from sigdl.core import settings, store
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, one_line
 from sigdl.core.events import ProgressEvent
 
 EmitFn = Callable[[ProgressEvent], None]
@@ -214,7 +214,12 @@ class JobStore:
         return [r["id"] for r in rows]
 
     def transition(self, job_id: str, state: JobState, message: str, **fields: object) -> None:
-        """Set the job's state (and other columns) and record the change as an event."""
+        """Set the job's state (and other columns) and record the change as an event. An error
+        is kept to one short line: the record must stay readable under the gRPC message limit,
+        whatever a forged input put in the message."""
+        message = one_line(message)
+        if isinstance(fields.get("error"), str):
+            fields["error"] = one_line(fields["error"])
         now = time.time()
         if state == JobState.RUNNING:
             fields.setdefault("started_at", now)
@@ -359,9 +364,9 @@ def _worker_main(fn: JobFn, job_id: str, params: dict, out_uri: str, env: dict, 
         result = _run_job(fn, job_id, params, out_uri, emit)
         _send(conn, {"result": result})
     except (InputError, store.StoreError, FileNotFoundError, PermissionError) as exc:
-        _send(conn, {"error": str(exc)})
+        _send(conn, {"error": one_line(str(exc))})
     except Exception as exc:  # a bug in the stage: the job fails with its reason, not the server
-        _send(conn, {"error": f"{type(exc).__name__}: {exc}"})
+        _send(conn, {"error": one_line(f"{type(exc).__name__}: {exc}")})
     finally:
         conn.close()
 
@@ -371,7 +376,8 @@ def _run_job(fn: JobFn, job_id: str, params: dict, out_uri: str, emit: EmitFn) -
         scratch = Path(tmp)
         local_out = out_uri.lower().startswith("file:")
         out_dir = store.FileBackend.path_of(out_uri) if local_out else scratch / "out"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        if not local_out:  # a local out_dir is the stage's to create, when it succeeds
+            out_dir.mkdir(parents=True, exist_ok=True)
         out_dir = out_dir.resolve()
         report = fn(params, JobContext(job_id, out_dir, emit, scratch))
         report = relocate(report, str(out_dir), out_uri.rstrip("/"))
@@ -380,7 +386,7 @@ def _run_job(fn: JobFn, job_id: str, params: dict, out_uri: str, emit: EmitFn) -
             digests = {n: store.sha256((out_dir / n).as_uri()) for n in names
                        if (out_dir / n).is_file()}  # fmt: skip
         else:
-            digests = store.put_dir(out_uri, out_dir)
+            digests = store.replace_dir(out_uri, out_dir)  # only this run's files stay
     outputs = [{"uri": f"{out_uri.rstrip('/')}/{n}", "sha256": d} for n, d in digests.items()]
     return {"report": report, "outputs": outputs}
 

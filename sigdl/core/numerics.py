@@ -101,11 +101,12 @@ def to_fp16(model_bytes: bytes) -> bytes:
 class _PixelReader:
     """Feeds calibration pixels to ONNX Runtime's calibrator, one batch per call."""
 
-    def __init__(self, input_name: str, pixels: np.ndarray) -> None:
+    def __init__(self, input_name: str, pixels: np.ndarray, fixed_batch: int = 0) -> None:
         self.input_name = input_name
-        self.batches = [
-            pixels[i : i + CALIBRATION_BATCH] for i in range(0, len(pixels), CALIBRATION_BATCH)
-        ]
+        # a model exported with a fixed batch takes only whole batches of that size
+        size = fixed_batch or CALIBRATION_BATCH
+        stop = len(pixels) - len(pixels) % size if 0 < fixed_batch <= len(pixels) else len(pixels)
+        self.batches = [pixels[i : i + size] for i in range(0, stop, size)]
         self.position = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -165,6 +166,7 @@ def quantize_int8(
         "entropy": CalibrationMethod.Entropy,
     }[options.method]
     symmetric = options.activations == "symmetric"
+    fixed_batch = model.graph.input[0].type.tensor_type.shape.dim[0].dim_value  # 0: symbolic
     extra = {
         "ActivationSymmetric": symmetric,
         "WeightSymmetric": True,
@@ -178,7 +180,7 @@ def quantize_int8(
         quantize_static(
             str(prepared),
             str(target),
-            _PixelReader(model.graph.input[0].name, pixels),
+            _PixelReader(model.graph.input[0].name, pixels, fixed_batch),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,

@@ -83,6 +83,17 @@ def _mlflow(report: Mapping) -> Mapping:
     return block if isinstance(block, Mapping) else {}
 
 
+def _digests(report: Mapping) -> dict[str, str]:
+    """The report's `files` block (name -> sha256 of each file the stage wrote); {} in a
+    report written before SigDL recorded them."""
+    files = report.get("files") or {}
+    if not isinstance(files, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        raise TypeError(f"files is {type(files).__name__}, expected names to sha256 digests")
+    return dict(files)
+
+
 def _optional_str(value: object) -> str | None:
     return None if value in (None, "") else str(value)
 
@@ -108,6 +119,7 @@ class TrainResult(StageResult):
     registered_model: str | None
     model_version: str | None  # the registered model version
     report: dict = field(repr=False)  # the whole report.json
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256 of each file written
 
     @classmethod
     def _parse(cls, report: dict) -> TrainResult:
@@ -124,6 +136,7 @@ class TrainResult(StageResult):
             registered_model=mlflow["registered_model"] if mlflow else None,
             model_version=str(mlflow["version"]) if mlflow else None,
             report=report,
+            files=_digests(report),
         )
 
 
@@ -147,6 +160,7 @@ class CompressResult(StageResult):
     registered_model: str | None
     model_version: str | None
     report: dict = field(repr=False)
+    files: dict[str, str] = field(default_factory=dict)  # name -> sha256 of each file written
 
     @classmethod
     def _parse(cls, report: dict) -> CompressResult:
@@ -166,6 +180,7 @@ class CompressResult(StageResult):
             registered_model=_optional_str(_mlflow(report).get("registered_model")),
             model_version=_optional_str(_mlflow(report).get("version")),
             report=report,
+            files=_digests(report),
         )
 
 

@@ -16,10 +16,11 @@ from pathlib import PurePosixPath
 from urllib.parse import unquote
 
 from sigdl.core import settings, store
+from sigdl.core.errors import InputError
 from sigdl.core.jobs import FieldError
 
 
-class ArtifactAccessError(PermissionError):
+class ArtifactAccessError(InputError, PermissionError):
     """An artifact URI outside the configured roots, or one that climbs out with '..'."""
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import zlib
 from collections.abc import Mapping
@@ -38,13 +39,16 @@ import torch
 
 from sigdl.core import atomic, huffman, sparse
 from sigdl.core.checkpoint import ModelMeta, PixelModel, build, resize_to_state_dict
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, short
 
 MAGIC = b"SDC1"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sHIQ")  # magic, version, header length, data length
 _DIGEST = 32  # sha256
 MAX_PARAMS = 1 << 31  # per tensor (VGG-16's fc6 has 1e8): a forged shape must not exhaust memory
+MAX_HEADER_BYTES = 16 << 20  # the header inflated (a LeNet's is ~10 KiB): no zlib bomb
+MAX_TENSORS = 100_000  # entries in one header
+MAX_NDIM = 8  # dimensions of one tensor's shape
 # raw storage of the dtypes a state_dict holds; other float dtypes are stored as float32
 _RAW_DTYPES = {
     "float32": "<f4", "int64": "<i8", "int32": "<i4", "int16": "<i2",
@@ -444,7 +448,13 @@ def _open(blob: bytes, where: str) -> tuple[dict, bytes]:
 
 def _parse_header(text: bytes, where: str) -> dict:
     try:
-        header = json.loads(zlib.decompress(text).decode("utf-8"))
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(text, MAX_HEADER_BYTES)
+        if inflater.unconsumed_tail:  # inflates past the cap: refused before it is inflated
+            raise SdcError(f"{where}: header inflates to over {MAX_HEADER_BYTES} bytes")
+        if not inflater.eof:
+            raise zlib.error("incomplete deflate stream")
+        header = json.loads(raw.decode("utf-8"))
     except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SdcError(
             f"{where}: header is not deflated UTF-8 JSON ({type(exc).__name__})"
@@ -455,6 +465,8 @@ def _parse_header(text: bytes, where: str) -> dict:
     for key, kind in expected.items():
         if not isinstance(header.get(key), kind):
             raise SdcError(f"{where}: header field {key!r} missing or not a {kind.__name__}")
+    if len(header["tensors"]) > MAX_TENSORS:
+        raise SdcError(f"{where}: {len(header['tensors'])} tensors, expected <= {MAX_TENSORS}")
     names = set()
     for i, entry in enumerate(header["tensors"]):
         _check_entry(entry, f"{where}: tensors[{i}]")
@@ -466,19 +478,24 @@ def _parse_header(text: bytes, where: str) -> dict:
 
 def _check_entry(entry: object, where: str) -> None:
     """Types and ranges of one tensor entry, so that decoding meets no surprise."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
-        raise SdcError(f"{where}: not an object with a name")
-    where = f"{where} ({entry['name']!r})"
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str) or not 0 < len(name) <= 1000:
+        raise SdcError(f"{where}: not an object with a name of 1..1000 characters")
+    where = f"{where} ({short(name)})"
     shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise SdcError(f"{where}: shape must be a list of non-negative integers")
-    if int(np.prod(shape, dtype=object)) > MAX_PARAMS:
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_NDIM
+        or not all(_is_int(d) and d >= 0 for d in shape)
+    ):
+        raise SdcError(f"{where}: shape must be a list of at most {MAX_NDIM} integers >= 0")
+    if math.prod(shape) > MAX_PARAMS:
         raise SdcError(f"{where}: shape {shape} exceeds {MAX_PARAMS} parameters")
     encoding, dtype = entry.get("encoding"), entry.get("dtype")
     if not isinstance(encoding, str) or encoding not in _DECODERS:
-        raise SdcError(f"{where}: unknown encoding {encoding!r}")
+        raise SdcError(f"{where}: unknown encoding {short(encoding)}")
     if not isinstance(dtype, str) or dtype not in _RAW_DTYPES:
-        raise SdcError(f"{where}: unknown dtype {dtype!r}")
+        raise SdcError(f"{where}: unknown dtype {short(dtype)}")
     if encoding != "raw" and dtype != "float32":
         raise SdcError(f"{where}: dtype {dtype!r} invalid for {encoding}, expected float32")
     if not isinstance(entry.get("params"), dict):
@@ -609,7 +626,7 @@ def _section(sections: dict[str, bytes], key: str) -> bytes:
 def _param_int(params: dict, key: str, lo: int, hi: int) -> int:
     value = params.get(key)
     if not _is_int(value) or not lo <= value <= hi:
-        raise SdcError(f"params.{key} = {value!r}, expected an integer in {lo}..{hi}")
+        raise SdcError(f"params.{key} = {short(value)}, expected an integer in {lo}..{hi}")
     return value
 
 
@@ -617,7 +634,7 @@ def _param_choice(params: dict, key: str, choices: dict[str, object]) -> object:
     """What `choices` maps params[key] to; an unknown value raises SdcError naming the known."""
     value = params.get(key)
     if not isinstance(value, str) or value not in choices:
-        raise SdcError(f"params.{key} = {value!r}, expected one of {', '.join(choices)}")
+        raise SdcError(f"params.{key} = {short(value)}, expected one of {', '.join(choices)}")
     return choices[value]
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from sigdl.core.errors import InputError, short
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -28,7 +30,14 @@ def _parse_bool(raw: str) -> bool:
 
 
 def _parse_path(raw: str) -> Path:
+    # Path("") is ".": an empty SIGDL_HOME would write into whatever folder a command runs in
+    if not raw.strip():
+        raise ValueError("expected a path, got an empty value (unset it to use the default)")
     return Path(raw).expanduser()
+
+
+class SettingError(InputError):
+    """An environment variable set to a value its setting cannot take."""
 
 
 _PARSERS: dict[type, Callable[[str], object]] = {
@@ -49,6 +58,7 @@ class Setting(Generic[T]):
     default: T | None  # used when the variable is unset (None: no value)
     doc: str  # one line for `python -m sigdl.core.settings` and the README
     aliases: tuple[str, ...] = field(default=())  # other names read when `name` is unset
+    non_empty: bool = False  # set to '' is an error, not the same as unset (tokens)
 
     def raw(self) -> str | None:
         for key in (self.name, *self.aliases):
@@ -63,18 +73,29 @@ class Setting(Generic[T]):
         raw = self.raw()
         if raw is None:
             return self.default
+        if self.non_empty and not raw.strip():
+            raise SettingError(f"setting {self.name} is set but empty: expected a value, or unset")
         try:
             return _PARSERS[self.type](raw)  # type: ignore[return-value]
         except ValueError as exc:
             kind = self.type.__name__
-            raise ValueError(f"setting {self.name}={raw!r} is not a valid {kind}: {exc}") from None
+            raise SettingError(
+                f"setting {self.name}={short(raw)} is not a valid {kind}: {exc}"
+            ) from None
 
 
 REGISTRY: list[Setting] = []
 
 
-def _declare(name: str, type_: type, default: object, doc: str, aliases: tuple[str, ...] = ()):
-    setting = Setting(name=name, type=type_, default=default, doc=doc, aliases=aliases)
+def _declare(
+    name: str,
+    type_: type,
+    default: object,
+    doc: str,
+    aliases: tuple[str, ...] = (),
+    non_empty: bool = False,
+):
+    setting = Setting(name, type_, default, doc, aliases, non_empty)
     REGISTRY.append(setting)
     return setting
 
@@ -201,7 +222,8 @@ SIGDL_TOKEN: Setting[str] = _declare(
     "SIGDL_TOKEN",
     str,
     None,
-    "Bearer token the services require and the clients send.",
+    "Bearer token the services require and the clients send (set but empty: refused).",
+    non_empty=True,
 )
 SIGDL_WORKERS: Setting[int] = _declare(
     "SIGDL_WORKERS",
@@ -268,6 +290,13 @@ def mlflow_tracking_uri() -> str | None:
     if uri.strip().lower() in {"off", "none", "false", "0"}:
         return None
     return uri
+
+
+def validate() -> None:
+    """Parse every setting that is set: SettingError for the first that cannot be used (an
+    empty SIGDL_HOME, an empty SIGDL_TOKEN), before a command does anything."""
+    for setting in REGISTRY:
+        setting.get()
 
 
 def environment() -> dict[str, str]:

@@ -45,8 +45,10 @@ ByteSource = IO[bytes] | Iterable[bytes]  # a readable binary stream or an itera
 
 
 # --- errors ------------------------------------------------------------------------------------
-class StoreError(Exception):
-    """Base of every artifact-store error. Messages are one line and never hold a secret."""
+class StoreError(InputError):
+    """Base of every artifact-store error. Messages are one line and never hold a secret.
+    An InputError, so that the CLI answers exit 2 with the line; the services map each kind
+    to its own status (services/grpc_common/jobservice.py)."""
 
 
 class ArtifactNotFoundError(StoreError, FileNotFoundError):
@@ -596,6 +598,27 @@ def put_file(uri: str, local_path: str | os.PathLike[str]) -> str:
 def put_dir(uri_prefix: str, local_dir: str | os.PathLike[str]) -> dict[str, str]:
     """Upload every file under `local_dir` below `uri_prefix`; return {relative name: sha256}."""
     return backend_for(uri_prefix).put_dir(uri_prefix, local_dir)
+
+
+def replace_dir(
+    uri_prefix: str, local_dir: str | os.PathLike[str], last: str = "report.json"
+) -> dict[str, str]:
+    """Make `uri_prefix` hold exactly the files of `local_dir` (a job's whole-folder output on
+    S3): upload every file, `last` (the report whose digests bind the others) after the rest,
+    then delete the objects of an earlier run that this one did not write; return
+    {relative name: sha256}. An object store has no multi-object swap: while this runs, or if
+    it fails halfway, a reader sees new files beside the old report or old files beside the
+    new one, which the artifact chain (sigdl/core/chain.py) refuses rather than trusts."""
+    backend = backend_for(uri_prefix)
+    root = Path(local_dir)
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    before = set(backend.list_uris(uri_prefix))
+    digests = {}
+    for name in sorted(names, key=lambda n: n == last):  # stable: `last` moves to the end
+        digests[name] = backend.put_file(backend._join(uri_prefix, name), root / name)
+    for stale in before - {backend._join(uri_prefix, n) for n in names}:
+        backend.delete(stale)
+    return digests
 
 
 def get_bytes(uri: str) -> bytes:

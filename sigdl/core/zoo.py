@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, short
 
 
 class UnknownModelError(InputError, KeyError):
@@ -476,7 +476,7 @@ def get_spec(name: str) -> ModelSpec:
     spec = _BY_NAME.get(name.strip().lower()) if isinstance(name, str) else None
     if spec is None:
         available = ", ".join(spec.name for spec in list_models())
-        raise UnknownModelError(f"unknown model {name!r}; available: {available}")
+        raise UnknownModelError(f"unknown model {short(name)}; available: {available}")
     return spec
 
 
