@@ -234,9 +234,12 @@ def run_remote(
     report = json.loads(job.report_json)
     if out is None:
         return report
-    out = atomic.check_writable_dir(out)
-    store.get_dir(job.out_uri, out)
-    report = jobs.relocate(report, job.out_uri.rstrip("/"), str(out))
-    if (out / "report.json").is_file():
-        atomic.write_json(out / "report.json", report)
+    # fetched into a staging folder and swapped in whole, as a local run's outputs are: a
+    # failed download leaves `out` as it was, and no file of an earlier run survives in it
+    out = atomic.check_out_dir(out)
+    with atomic.staged_dir(out) as stage:
+        store.get_dir(job.out_uri, stage)
+        report = jobs.relocate(report, job.out_uri.rstrip("/"), str(out))
+        if (stage / "report.json").is_file():
+            atomic.write_json(stage / "report.json", report)
     return report

@@ -251,3 +251,18 @@ def test_remote_errors_keep_the_status_name(address):
         client.get("x")
     assert caught.value.code == "UNAUTHENTICATED"
     assert "\n" not in str(caught.value)
+
+
+def test_remote_outputs_replace_a_used_out_in_whole(address, tmp_path, monkeypatch):
+    """`--remote` fetches the job's outputs into a staging folder and swaps it in whole, as a
+    local run does: a stale file of an earlier run does not survive in --out."""
+    monkeypatch.setenv("SIGDL_TOKEN", TOKEN)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.int8.onnx").write_bytes(b"an earlier run's int8 model")
+    assert main(_train_args(address, out)) == 0
+    assert not (out / "model.int8.onnx").exists()
+    assert {"model.safetensors", "model.json", "model.onnx", "report.json"} <= {
+        p.name for p in out.iterdir()
+    }
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging left
