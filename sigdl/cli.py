@@ -244,6 +244,10 @@ def compress(
     as_json: JsonOpt = False,
 ) -> None:
     """Compress a checkpoint with a recipe; write model.sdc, model.onnx, report.json."""
+    if Path(recipe).is_file():  # a malformed file fails in milliseconds, before torch loads
+        from sigdl.core.yamlio import load_yaml_file
+
+        load_yaml_file(recipe, where=recipe)
     from services.compression.stage import run_compression
 
     if remote:
