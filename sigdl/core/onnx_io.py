@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from sigdl.core import atomic
-from sigdl.core.errors import InputError
+from sigdl.core.errors import InputError, one_line
 
 OPSET = 17
 INPUT = "pixels"
@@ -84,7 +85,7 @@ def session(path: str | Path, threads: int | None = None) -> ort.InferenceSessio
             str(path), _options(threads), providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # ORT raises its own untyped errors for malformed models
-        raise InputError(f"{str(path)!r} is not a loadable ONNX model: {exc}") from None
+        raise InputError(f"{str(path)!r} is not a loadable ONNX model: {_ort_reason(exc)}") from None
 
 
 def session_from_bytes(
@@ -96,7 +97,18 @@ def session_from_bytes(
     try:
         return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own untyped errors for malformed models
-        raise InputError(f"not a loadable ONNX model: {exc}") from None
+        raise InputError(
+            f"not a loadable ONNX model (ONNX Runtime: {_ort_reason(exc)}); "
+            "expected a model ONNX Runtime's CPU provider loads"
+        ) from None
+
+
+def _ort_reason(exc: Exception) -> str:
+    """ONNX Runtime's reason without its status prefix and C++ source location, cut short."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc) or type(exc).__name__)
+    if text.startswith("/"):  # "/onnxruntime_src/...h:46 void f(...) the reason"
+        text = text.split(") ", 1)[-1]
+    return one_line(text, 240)
 
 
 def input_shape(sess: ort.InferenceSession) -> tuple[int, int, int]:
