@@ -85,7 +85,8 @@ def session(path: str | Path, threads: int | None = None) -> ort.InferenceSessio
             str(path), _options(threads), providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # ORT raises its own untyped errors for malformed models
-        raise InputError(f"{str(path)!r} is not a loadable ONNX model: {_ort_reason(exc)}") from None
+        reason = _ort_reason(exc)
+        raise InputError(f"{str(path)!r} is not a loadable ONNX model: {reason}") from None
 
 
 def session_from_bytes(
