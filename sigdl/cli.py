@@ -614,12 +614,86 @@ def serve(
     raise typer.Exit(serve_stage(stage, host, port))
 
 
+keys_app = typer.Typer(help="Signing keys of edge packages.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+fleet_app = typer.Typer(help="Fleets of edge devices: status and rollback.", no_args_is_help=True)
+app.add_typer(fleet_app, name="fleet")
+StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="Store root (default: $SIGDL_HOME/artifacts).")
+]
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path, typer.Option(help="Folder for signing.key and signing.pub.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Make an Ed25519 key pair: SIGDL_SIGNING_KEY=signing.key for deploy, SIGDL_VERIFY_KEY=
+    signing.pub for edge agents. Keep the private key out of packages and images."""
+    from sigdl.core import signing
+
+    private, public = signing.generate_keys(out)
+    key_id = signing.key_id(signing.load_public_key(public))
+    result = {"private_key": str(private), "public_key": str(public), "key_id": key_id}
+    emit(result, as_json, f"wrote {private} (private, mode 0600) and {public} (key {key_id})")
+
+
+@fleet_app.command("status")
+def fleet_status(
+    name: Annotated[str, typer.Argument(help="Fleet name.")],
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Versions per target, which is current, and what each edge agent reports."""
+    from services.deploy.stage import fleet_status as status_of
+    from services.deploy.stage import status_summary
+
+    status = status_of(name, store)
+    emit(status, as_json, status_summary(status))
+
+
+@fleet_app.command("rollback")
+def fleet_rollback(
+    name: Annotated[str, typer.Argument(help="Fleet name.")],
+    target: Annotated[str, typer.Option(help="Target profile name.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Version (default: the one current before).")
+    ] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Point the fleet's `current` back at an earlier, verified version."""
+    from services.deploy.stage import rollback, summary
+
+    result = rollback(name, target, store_root=store, to_version=to)
+    emit(result, as_json, summary(result))
+
+
+@app.command("edge-agent")
+def edge_agent(
+    fleet: Annotated[str, typer.Option(help="Fleet to follow.")],
+    target: Annotated[str, typer.Option(help="This device's target profile.")],
+    store: Annotated[str, typer.Option("--store", help="Store root the fleet is published in.")],
+    port: Annotated[
+        int, typer.Option(help="Port of EdgeInferenceService (0: a free one).")
+    ] = 50060,
+    host: Annotated[str, typer.Option(help="Interface (0.0.0.0 in a container).")] = "127.0.0.1",
+) -> None:
+    """Serve the fleet's current verified package (ONNX Runtime) until SIGTERM; refuse any
+    package whose digests or signature (SIGDL_VERIFY_KEY) do not match."""
+    from services.edge.server import serve as serve_edge
+
+    raise typer.Exit(serve_edge(fleet, target, store, host, port))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps bad input to exit 2 with one line, never a traceback."""
     try:
         from sigdl.core import settings
 
-        settings.validate()  # SIGDL_HOME="" would write into the current folder
+        args = sys.argv[1:] if argv is None else argv
+        if not {"--help", "-h", "--version"} & set(args) and args:  # help works whatever is set
+            settings.validate()  # SIGDL_HOME="" would write into the current folder
         # click returns a command's typer.Exit code (e.g. 1: a gate failed) when not standalone
         code = app(args=argv, standalone_mode=False, prog_name="sigdl")
     except typer.Exit as exc:
