@@ -111,6 +111,31 @@ def test_importing_the_package_does_not_initialize_cuda():
     assert out.strip() == "False"
 
 
+def test_kernels_import_without_cupy_and_never_touch_cuda():
+    """`import kernels` (every module) works where CuPy cannot be imported, imports no CuPy
+    where it can, and runs its CPU paths without initializing CUDA."""
+    block = (
+        "import sys\n"
+        "class NoCupy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'cupy':\n"
+        "            raise ImportError('cupy blocked by the test')\n"
+        "sys.meta_path.insert(0, NoCupy())\n"
+    )
+    probe = (
+        "import sys, numpy, torch, kernels, services.retest.compressed\n"
+        "from kernels import sparse_linear\n"
+        "x, csr, b = sparse_linear.example(2, (8, 9), 0.5, 5)\n"
+        "sparse_linear.sparse_linear(x, csr, b)\n"
+        "print('cupy' in sys.modules, torch.cuda.is_initialized())\n"
+    )
+    for prefix in (block, ""):
+        out = subprocess.run(
+            [sys.executable, "-c", prefix + probe], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.split() == ["False", "False"]
+
+
 def test_skaffold_yaml_matches_its_schema():
     schema_path = SCHEMAS / "skaffold-v4beta14.json"
     if not schema_path.exists():
