@@ -109,6 +109,8 @@ def undeclared_imports(roots: Sequence[Path], pyproject: Path) -> list[str]:
                         continue
                     where = f"{where_file}:{node.lineno} {module}"
                     dists = sorted({normalize(d) for d in providers.get(module, [])})
+                    if not dists and not eager and _named_in_an_extra(module, in_extras):
+                        continue  # a lazy import behind an extra not installed here (cupy)
                     if not dists:
                         problems.append(
                             f"{where} -> (not installed in this venv: no distribution provides "
@@ -129,6 +131,13 @@ def undeclared_imports(roots: Sequence[Path], pyproject: Path) -> list[str]:
                         fix = f"add {dists[0]!r} to [project].dependencies"
                     problems.append(f"{where} -> {shown} ({fix})")
     return problems
+
+
+def _named_in_an_extra(module: str, in_extras: dict[str, str]) -> bool:
+    """An extra declares the distribution of `module` by its name: `cupy` is provided by
+    `cupy-cuda12x` (the `gpu` extra), which cannot be installed where there is no CUDA."""
+    name = normalize(module)
+    return any(dist == name or dist.startswith(f"{name}-") for dist in in_extras)
 
 
 def test_every_third_party_import_in_product_code_is_a_declared_dependency():
@@ -180,6 +189,18 @@ def test_scanner_reports_an_eager_extra_import_and_a_module_not_installed(fake_p
     assert len(problems) == 2, problems
     assert problems[0].startswith("fakepkg/tool.py:1 pytest -> pytest (it is only in the 'dev'")
     assert problems[1].startswith("fakepkg/tool.py:5 surely_not_installed_anywhere -> (not inst")
+
+
+def test_scanner_accepts_a_lazy_import_of_an_extra_that_is_not_installed(fake_project):
+    """`cupy` comes from the gpu extra's cupy-cuda12x, which cannot be installed without CUDA:
+    a lazy import of it is fine, an eager one is not."""
+    pyproject = fake_project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + 'gpu = ["cupy-cuda12x>=13"]\n')
+    _write(fake_project / "fakepkg" / "gpu.py", "def run():\n    import cupy\n")
+    assert undeclared_imports([fake_project / "fakepkg"], pyproject) == []
+    _write(fake_project / "fakepkg" / "gpu.py", "import cupy\n")
+    (problem,) = undeclared_imports([fake_project / "fakepkg"], pyproject)
+    assert problem.startswith("fakepkg/gpu.py:1 cupy -> (not installed")
 
 
 def _run(args: Sequence[str | Path], cwd: Path, timeout_s: float) -> str:
