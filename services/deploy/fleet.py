@@ -2,9 +2,10 @@
 
 Layout under a store root (a ``file://`` folder or an ``s3://bucket/prefix``)::
 
-    fleets/<fleet>/<target>/v1/model.onnx, model.sdc, manifest.json
+    fleets/<fleet>/<target>/v1/model.onnx, model.sdc, manifest.json, signature
     fleets/<fleet>/<target>/v2/...
     fleets/<fleet>/<target>/current     {"version": "v2", "manifest_sha256": ..., "history": [...]}
+    fleets/<fleet>/_agents/<target>/<agent-id>.json    what each edge agent last reported
 
 A version folder is immutable once published. `current` is one small JSON object written in a
 single atomic put (a rename on disk, one PUT on S3), and only after every file of its version
@@ -29,12 +30,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import targets
-from sigdl.core import store
+from sigdl.core import signing, store
 from sigdl.core.errors import InputError, short
 from sigdl.core.events import EventFn, ProgressEvent
 
 POINTER = "current"
 MANIFEST = "manifest.json"
+SIGNATURE = signing.SIGNATURE  # beside the manifest in a signed version folder
+# where edge agents report their status (services/edge/agent.py): beside the targets of a
+# fleet, under a name no target can have ('_' is not allowed in one)
+AGENTS = "_agents"
 # a DNS label: fleet and target names may become Kubernetes labels and hostnames on the edge
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 VERSION_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -163,13 +168,15 @@ class FleetTarget:
         files: dict[str, Path],
         manifest_bytes: bytes,
         on_event: Callable[[dict], None] | None = None,
+        signature: bytes | None = None,
     ) -> str:
-        """Upload the files and then the manifest, verify each, return the manifest's sha256.
+        """Upload the files, then the manifest, then its `signature` (when signed), verify
+        each, return the manifest's sha256.
 
         On any failure the files uploaded so far are removed: a version folder either holds a
         verified package or nothing (short of a crash, which `current` never points at)."""
         uploaded: list[str] = []
-        total = len(files) + 1
+        total = len(files) + 1 + (signature is not None)
         try:
             for name, path in sorted(files.items()):
                 expected = store.put_file(self.uri(version, name), path)
@@ -179,7 +186,12 @@ class FleetTarget:
             digest = store.put_bytes(self.uri(version, MANIFEST), manifest_bytes)
             uploaded.append(self.uri(version, MANIFEST))
             self._verify(uploaded[-1], digest)
-            emit(on_event, ProgressEvent.of("upload", total, total, file=MANIFEST))
+            emit(on_event, ProgressEvent.of("upload", len(uploaded), total, file=MANIFEST))
+            if signature is not None:
+                expected = store.put_bytes(self.uri(version, SIGNATURE), signature)
+                uploaded.append(self.uri(version, SIGNATURE))
+                self._verify(uploaded[-1], expected)
+                emit(on_event, ProgressEvent.of("upload", total, total, file=SIGNATURE))
         except BaseException:
             for uri in uploaded:
                 with contextlib.suppress(Exception):

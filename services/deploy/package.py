@@ -14,7 +14,9 @@ measured other bytes than the files shipped under the same names.
 
 The manifest names every file with its sha256 and size, the target, the metrics the stages
 measured (accuracy, size, ratio, and latency/fps/power when a retest report is there) and the
-lineage ids (MLflow run, registered model version) that tie the package to its training.
+lineage ids (MLflow run, registered model version) that tie the package to its training, and
+the oldest edge agent that runs it (`min_agent_version`). Publishing signs the manifest's exact
+bytes (sigdl/core/signing.py); the `signature` file travels beside it in the store.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from sigdl.core.errors import InputError, short
 
 PACKAGE_FORMAT = "sigdl-edge-package"  # `format` of every manifest
 FORMAT_VERSION = 1  # bumped when a reader of older manifests would misread a new one
+# the oldest `sigdl edge-agent` that runs a package of this format (it checks the signature and
+# picks the model file by the target's precision); an older agent refuses the package
+MIN_AGENT_VERSION = "0.1.0"
 MANIFEST = "manifest.json"
 # what a package ships: model.onnx is required; model.int8.onnx (QDQ, from a recipe with a
 # quantize step) is what an int8 target runs; model.sdc is the compressed weights
@@ -248,6 +253,7 @@ def build_manifest(src: Source, *, fleet: str, target: str, version: str) -> dic
         "version": version,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "sigdl_version": __version__,
+        "min_agent_version": MIN_AGENT_VERSION,
         **_drop_none(described),
         "files": files,
         "content_sha256": content_digest(files, target),
@@ -316,6 +322,7 @@ def report_lineage(report: dict, source_uri: str) -> dict:
             "mlflow_run_id": ml.get("run_id"),
             "registered_model": ml.get("registered_model"),
             "model_version": ml.get("version"),
+            "pipeline_run_id": ml.get("parent_run_id"),  # set when a pipeline run nested it
             "recipe_digest": report.get("recipe_digest"),
         }
     )

@@ -13,6 +13,8 @@ only then moves the `current` pointer to the new version (services/deploy/fleet.
 Decisions where the design was silent:
 - Publishing content identical to the current version (same files, same target) is a no-op
   that returns the current version with ``published: False``; anything else gets a new version.
+  The no-op holds only when the current version still verifies (digests, and its signature
+  when a key is set); a tampered current version is replaced by a new one.
   Identical to an older version is still a new version: the history stays a plain log.
 - Versions are immutable: an explicit `version` that exists already is refused (unless it is
   the current one with the same content: the no-op above). Roll back to reach an old one.
@@ -22,6 +24,10 @@ Decisions where the design was silent:
   made for the same target; another target's report is refused. A failed retest verdict is
   recorded (`metrics.retest_passed`), not enforced: the gate before deploy decides.
 - Rollback without a version returns to the pointer's `previous` (what was current before).
+- With SIGDL_SIGNING_KEY set, the manifest is signed (Ed25519, sigdl/core/signing.py) and the
+  `signature` is uploaded after it, before `current` moves; unset, the package is published
+  unsigned (`signed_by: None`), which edge agents refuse. With a key set, a rollback to a
+  version not signed by that key is refused: its agents would refuse it too.
 - When the package names a registered MLflow version in the tracking store in force, the alias
   `deployed_<fleet>_<target>` follows `current` (publish and rollback); an MLflow failure is
   reported in the result's `mlflow`, not raised, since the package is already live.
@@ -33,10 +39,22 @@ Decisions where the design was silent:
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
-from services.deploy.fleet import MANIFEST, POINTER, FleetTarget, check_version, emit
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.deploy.fleet import (
+    AGENTS,
+    MANIFEST,
+    POINTER,
+    SIGNATURE,
+    FleetTarget,
+    check_name,
+    check_version,
+    emit,
+)
 from services.deploy.package import build_manifest, open_source
-from sigdl.core import __version__, lineage
+from sigdl.core import __version__, lineage, settings, signing, store
 from sigdl.core.errors import InputError
 from sigdl.core.events import EventFn, ProgressEvent
 
@@ -56,6 +74,7 @@ def run_deploy(
     ft = FleetTarget.at(store_root, fleet, target)
     if version is not None:
         check_version(version)
+    key = signing_key()  # a bad key fails before anything is read or written
     with open_source(str(source), retest_report) as src, ft.lock():
         if src.manifest is not None and src.manifest.get("target") != target:
             raise InputError(
@@ -76,21 +95,40 @@ def run_deploy(
                 "are immutable; publish under another version or roll back to it"
             )
         data = (json.dumps(manifest, indent=2) + "\n").encode()
-        digest = ft.upload_version(chosen, src.files, data, on_event)
+        signature = signing.sign(data, key) if key is not None else None
+        digest = ft.upload_version(chosen, src.files, data, on_event, signature)
         new_pointer = ft.swap_pointer(pointer, chosen, digest, "publish")
     emit(on_event, ProgressEvent.of("current", version=chosen, manifest_sha256=digest))
     result = _result(ft, manifest, new_pointer, "publish")
+    result["signed_by"] = signing.key_id(key.public_key()) if key is not None else None
     result["mlflow"] = mark_deployed(manifest["lineage"], fleet, target)
     return result
 
 
+def signing_key() -> Ed25519PrivateKey | None:
+    """The key SIGDL_SIGNING_KEY names, or None: an unsigned package, which edge agents refuse
+    (a local `sigdl run` needs no key; a fleet does)."""
+    path = settings.SIGDL_SIGNING_KEY.get()
+    return signing.load_private_key(path) if path is not None else None
+
+
 def _unchanged(ft: FleetTarget, pointer: dict | None, content: str, version: str | None):
     """The current manifest when it already holds this content (and no other version was
-    asked for), else None."""
+    asked for), else None. The current version is checked first (every file's sha256, and its
+    signature when a key is set): a damaged or tampered one is replaced, not kept."""
     if pointer is None or version not in (None, pointer["version"]):
         return None
     current, _ = ft.read_manifest(pointer["version"])
-    return current if current.get("content_sha256") == content else None
+    if current.get("content_sha256") != content:
+        return None
+    try:
+        ft.verify_version(pointer["version"])
+        check_signed(ft, pointer["version"])
+    except InputError:  # StoreError is one too: a file changed or missing in the store
+        if version is not None:
+            raise
+        return None
+    return current
 
 
 def rollback(
@@ -107,10 +145,31 @@ def rollback(
         if to_version == pointer["version"]:
             raise InputError(f"version {to_version!r} is already current for {fleet}/{target}")
         manifest, digest = ft.verify_version(to_version)
+        check_signed(ft, to_version)
         new_pointer = ft.swap_pointer(pointer, to_version, digest, "rollback")
     result = _result(ft, manifest, new_pointer, "rollback")
     result["mlflow"] = mark_deployed(manifest.get("lineage", {}), fleet, target)
     return result
+
+
+def check_signed(ft: FleetTarget, version: str) -> None:
+    """With a signing key set, refuse to make current a version its agents would refuse: one
+    unsigned, or signed by another key than this deploy's."""
+    key = signing_key()
+    if key is None:
+        return
+    manifest = store.get_bytes(ft.uri(version, MANIFEST))
+    try:
+        doc = store.get_bytes(ft.uri(version, SIGNATURE))
+    except store.ArtifactNotFoundError:
+        raise InputError(
+            f"version {version!r} of {ft.fleet}/{ft.target} is unsigned: its agents would refuse "
+            "it; publish it again (signed) instead"
+        ) from None
+    try:
+        signing.verify(manifest, doc, key.public_key())
+    except signing.SignatureError as exc:
+        raise InputError(f"version {version!r} of {ft.fleet}/{ft.target}: {exc}") from None
 
 
 def deployed_alias(fleet: str, target: str) -> str:
@@ -144,7 +203,8 @@ def list_versions(fleet: str, target: str, store_root: str | None = None) -> lis
     pointer = ft.read_pointer() or {}
     rows = []
     for version, names in ft.version_folders().items():
-        row: dict = {"version": version, "current": version == pointer.get("version")}
+        row: dict = {"version": version, "current": version == pointer.get("version"),
+                     "signed": SIGNATURE in names}  # fmt: skip
         if MANIFEST in names:
             manifest, digest = ft.read_manifest(version)
             row.update(complete=True, created=manifest.get("created"), manifest_sha256=digest,
@@ -154,6 +214,74 @@ def list_versions(fleet: str, target: str, store_root: str | None = None) -> lis
             row["complete"] = False
         rows.append(row)
     return sorted(rows, key=lambda r: (r.get("created") or "", _number(r["version"])))
+
+
+def fleet_status(fleet: str, store_root: str | None = None) -> dict:
+    """Every target of `fleet`: its versions, which is current, and what each edge agent last
+    reported (`<store>/fleets/<fleet>/_agents/<target>/<agent-id>.json`, services/edge/)."""
+    root = (store.as_uri(store_root) if store_root else store.local_artifact_root()).rstrip("/")
+    base = f"{root}/fleets/{check_name(fleet, 'fleet')}"
+    found: dict[str, list[str]] = {}
+    for uri in store.list_uris(base):
+        first, _, rest = uri[len(base) + 1 :].partition("/")
+        if first == AGENTS:
+            target, _, name = rest.partition("/")
+            if name.endswith(".json") and "/" not in name:
+                found.setdefault(target, []).append(uri)
+        else:
+            found.setdefault(first, [])
+    if not found:
+        raise InputError(f"fleet {fleet!r} has nothing published in {root}")
+    targets_out = []
+    for target in sorted(found):
+        ft = FleetTarget.at(root, fleet, target)
+        pointer = ft.read_pointer() or {}
+        agents = [_agent_row(uri, pointer.get("version")) for uri in sorted(found[target])]
+        targets_out.append({"target": target, "current": pointer.get("version"),
+                            "versions": list_versions(fleet, target, root),
+                            "agents": agents})  # fmt: skip
+    return {"command": "fleet status", "fleet": fleet, "store_root": root,
+            "targets": targets_out}  # fmt: skip
+
+
+def _agent_row(uri: str, current: str | None) -> dict:
+    """An agent's own report, with how old it is and whether it serves `current`."""
+    try:
+        report = json.loads(store.get_bytes(uri))
+    except (json.JSONDecodeError, UnicodeDecodeError, store.StoreError) as exc:
+        return {"agent_id": uri.rsplit("/", 1)[-1][: -len(".json")], "error": str(exc)[:200]}
+    if not isinstance(report, dict):
+        return {"agent_id": uri.rsplit("/", 1)[-1][: -len(".json")], "error": "not an object"}
+    try:
+        age = (datetime.now(UTC) - datetime.fromisoformat(report["updated"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        age = None
+    return {**report, "age_s": None if age is None else round(age, 1),
+            "on_current": report.get("version") == current}  # fmt: skip
+
+
+def status_summary(status: dict) -> str:
+    """What `sigdl fleet status` prints without --json."""
+    lines = [f"fleet {status['fleet']} in {status['store_root']}"]
+    for t in status["targets"]:
+        versions = ", ".join(
+            f"{v['version']}{'*' if v['current'] else ''}{'' if v.get('signed') else ' (unsigned)'}"
+            for v in t["versions"]
+        )
+        lines.append(f"  {t['target']}: current {t['current'] or 'none'}; versions {versions}")
+        for a in t["agents"]:
+            if "error" in a:
+                lines.append(f"    agent {a['agent_id']}: unreadable status ({a['error']})")
+                continue
+            lat = a.get("latency_ms") or {}
+            line = (f"    agent {a['agent_id']}: {a.get('health')} {a.get('version') or '-'}"
+                    f" p50 {lat.get('p50')} ms p99 {lat.get('p99')} ms, {a.get('requests')} "
+                    f"requests, reported {a.get('age_s')} s ago")  # fmt: skip
+            refusal = a.get("last_refusal")
+            if refusal:
+                line += f"; refused {refusal.get('version')}: {refusal.get('reason')}"
+            lines.append(line)
+    return "\n".join(lines)
 
 
 def _number(version: str) -> int:
@@ -181,6 +309,7 @@ def _result(ft: FleetTarget, manifest: dict, pointer: dict, action: str) -> dict
         "files": manifest["files"],
         "metrics": manifest.get("metrics", {}),
         "lineage": manifest.get("lineage", {}),
+        "signed_by": None,  # on a publish: the id of the key that signed the manifest
         "mlflow": None,  # set by mark_deployed when an alias moved
     }
 
@@ -193,6 +322,10 @@ def summary(result: dict) -> str:
         "unchanged": f"unchanged: {where} already holds this package at {result['package_uri']}",
         "rollback": f"rolled back {where} at {result['package_uri']}",
     }[result["action"]]
+    if result["action"] == "publish":
+        signed = result.get("signed_by")
+        unsigned = "unsigned (SIGDL_SIGNING_KEY is not set): edge agents will refuse it"
+        head += f"\nsigned by key {signed}" if signed else f"\n{unsigned}"
     return (
         f"{head}\nmanifest sha256 {result['manifest_sha256']}\n"
         f"current: {result['version']} (previous: {result['previous_version'] or 'none'}) "

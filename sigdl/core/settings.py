@@ -262,6 +262,32 @@ SIGDL_UPLOAD_URI: Setting[str] = _declare(
     "Where `--remote` commands upload local inputs (default: $SIGDL_HOME/artifacts/uploads).",
 )
 
+# --- edge packages and the edge agent ----------------------------------------------------------
+SIGDL_SIGNING_KEY: Setting[Path] = _declare(
+    "SIGDL_SIGNING_KEY",
+    Path,
+    None,
+    "Ed25519 private key (PEM) deploy signs package manifests with (unset: unsigned packages).",
+)
+SIGDL_VERIFY_KEY: Setting[Path] = _declare(
+    "SIGDL_VERIFY_KEY",
+    Path,
+    None,
+    "Ed25519 public key (PEM) the edge agent checks package signatures with (required there).",
+)
+SIGDL_AGENT_ID: Setting[str] = _declare(
+    "SIGDL_AGENT_ID",
+    str,
+    None,
+    "Name the edge agent reports its status under (default: <hostname>-<port>).",
+)
+SIGDL_AGENT_POLL_S: Setting[float] = _declare(
+    "SIGDL_AGENT_POLL_S",
+    float,
+    5.0,
+    "Seconds between the edge agent's reads of its fleet's `current` pointer.",
+)
+
 # --- compute -----------------------------------------------------------------------------------
 SIGDL_NUM_THREADS: Setting[int] = _declare(
     "SIGDL_NUM_THREADS",

@@ -1,0 +1,210 @@
+"""Signed packages end to end on loopback: a real S3 server (SeaweedFS, the `s3_server`
+fixture), `run_deploy` signing with a key from SIGDL_SIGNING_KEY, and two `sigdl edge-agent`
+processes (each with only the public key) serving EdgeInferenceService on free ports.
+
+v1 is deployed and answered by both agents; then a version whose model file was changed in the
+store (v2) and one whose signature was changed (v3) are made current, as someone with write
+access to the bucket could; both agents refuse each, keep answering with v1 and report why;
+then a good v4 is deployed and reaches both."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.deploy.stage import fleet_status, run_deploy
+from services.edge.server import to_tensor
+from services.protos.sigdl.v1 import edge_pb2, edge_pb2_grpc
+from services.training.stage import run_training
+from sigdl.core import signing, store
+from sigdl.core.training import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+TARGET = "arm-cortex-a53"
+BUCKET = "edge-e2e"
+AGENT_START_S = 60.0  # a cold Python importing onnxruntime and grpc on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIGDL_MLFLOW_TRACKING_URI", "off")
+        mp.setenv("SIGDL_PROGRESS", "0")
+        for seed in (0, 1):
+            cfg = TrainConfig(model="lenet-300-100", dataset="digits", epochs=1, seed=seed)
+            run_training(cfg, root / f"seed{seed}")
+    return {"a": root / "seed0", "b": root / "seed1"}
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path) -> str:
+    monkeypatch.setenv("SIGDL_S3_ENDPOINT", s3_server.endpoint)
+    monkeypatch.setenv("SIGDL_S3_ACCESS_KEY", s3_server.access_key)
+    monkeypatch.setenv("SIGDL_S3_SECRET_KEY", s3_server.secret_key)
+    client = store.S3Config(s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
+    client = client.make_client()
+    if not client.bucket_exists(BUCKET):
+        client.make_bucket(BUCKET)
+    return f"s3://{BUCKET}/{tmp_path.name}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)
+
+
+class Agent:
+    """One `sigdl edge-agent` process and a channel to it."""
+
+    def __init__(self, name: str, root: str, public_key: Path, home: Path) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if k != "SIGDL_SIGNING_KEY"}  # public only
+        env.update(SIGDL_VERIFY_KEY=str(public_key), SIGDL_AGENT_ID=name,
+                   SIGDL_AGENT_POLL_S="0.3", SIGDL_HOME=str(home))  # fmt: skip
+        self.log = home.with_suffix(".log")
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sigdl.cli", "edge-agent", "--fleet", "lab", "--target",
+                 TARGET, "--store", root, "--port", str(self.port)],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = edge_pb2_grpc.EdgeInferenceServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    def serving(self) -> bool:
+        if self.process.poll() is not None:
+            pytest.fail(f"agent exited {self.process.returncode}: {self.log.read_text()[-3000:]}")
+        try:
+            reply = self.health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def status(self) -> dict:
+        return json.loads(self.stub.Status(edge_pb2.AgentStatusRequest(), timeout=5).status_json)
+
+    def predict(self, pixels: np.ndarray) -> edge_pb2.PredictResponse:
+        request = edge_pb2.PredictRequest(pixels=to_tensor(pixels))
+        return self.stub.Predict(request, timeout=10)
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def keys(tmp_path, monkeypatch) -> Path:
+    private, public = signing.generate_keys(tmp_path / "keys")
+    monkeypatch.setenv("SIGDL_SIGNING_KEY", str(private))
+    return public
+
+
+@pytest.fixture
+def agents(s3_env, keys, tmp_path) -> Iterator[list[Agent]]:
+    started = [Agent(f"edge-{i}", f"{s3_env}/live", keys, tmp_path / f"agent{i}") for i in (1, 2)]
+    try:
+        yield started
+    finally:
+        for agent in started:
+            agent.stop()
+
+
+def make_current_by_hand(staging: str, live: str, version: str, tamper: str) -> None:
+    """Copy `version` from the staging store into the live one with one file changed, and
+    point `current` at it: what someone with write access to the bucket could do."""
+    src, dst = f"{staging}/fleets/lab/{TARGET}/{version}", f"{live}/fleets/lab/{TARGET}"
+    for uri in store.list_uris(src):
+        name = uri.rsplit("/", 1)[1]
+        data = store.get_bytes(uri)
+        if name == tamper == "model.onnx":
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        if name == tamper == "signature":
+            doc = json.loads(data)
+            raw = bytearray(base64.b64decode(doc["signature"]))
+            raw[0] ^= 0x01
+            doc["signature"] = base64.b64encode(bytes(raw)).decode()
+            data = json.dumps(doc).encode()
+        store.put_bytes(f"{dst}/{version}/{name}", data)
+    pointer = json.loads(store.get_bytes(f"{dst}/current"))
+    manifest_sha256 = store.sha256(f"{dst}/{version}/manifest.json")
+    pointer.update(
+        version=version, manifest=f"{version}/manifest.json", previous=pointer["version"],
+        manifest_sha256=manifest_sha256,
+    )  # fmt: skip
+    store.put_bytes(f"{dst}/current", json.dumps(pointer).encode())
+
+
+def refused(agent: Agent, version: str) -> bool:
+    return (agent.status()["last_refusal"] or {}).get("version") == version
+
+
+def test_two_agents_refuse_tampered_packages_and_take_a_good_one(runs, s3_env, agents):
+    live, staging = f"{s3_env}/live", f"{s3_env}/staging"
+    run_deploy(str(runs["a"]), TARGET, "lab", store_root=live)  # v1
+    for agent in agents:
+        wait_until(f"agent on {agent.port} serving", agent.serving, AGENT_START_S)
+    pixels = np.random.default_rng(0).random((1, 1, 28, 28), np.float32)
+    first = [agent.predict(pixels) for agent in agents]
+    assert [r.model_version for r in first] == ["v1", "v1"]
+    np.testing.assert_allclose(  # the same model on both agents
+        np.frombuffer(first[0].logits.data, "<f4"), np.frombuffer(first[1].logits.data, "<f4")
+    )
+    batch = agents[0].predict(np.concatenate([pixels] * 4))
+    assert list(batch.logits.shape) == [4, 10] and batch.top1[0] == first[0].top1[0]
+
+    for version, tamper, reason in [("v2", "model.onnx", "model.onnx has sha256"),
+                                    ("v3", "signature", "signature does not match")]:  # fmt: skip
+        run_deploy(str(runs["b"]), TARGET, "lab", store_root=staging, version=version)
+        make_current_by_hand(staging, live, version, tamper)
+        for agent in agents:
+            wait_until(f"{agent.port} refusing {version}", lambda a=agent, v=version: refused(a, v))
+            status = agent.status()
+            assert reason in status["last_refusal"]["reason"]
+            assert (status["version"], status["health"]) == ("v1", "SERVING")
+            assert agent.predict(pixels).model_version == "v1"
+
+    reported = fleet_status("lab", live)["targets"][0]["agents"]
+    assert [(a["agent_id"], a["version"]) for a in reported] == [("edge-1", "v1"), ("edge-2", "v1")]
+    assert all(a["last_refusal"]["version"] == "v3" for a in reported)
+
+    result = run_deploy(str(runs["b"]), TARGET, "lab", store_root=live)
+    assert result["version"] == "v4"
+    for agent in agents:
+        wait_until(f"{agent.port} serving v4", lambda a=agent: a.status()["version"] == "v4")
+        assert agent.predict(pixels).model_version == "v4"
+        assert agent.status()["failed_requests"] == 0
+    wait_until(
+        "the store reporting v4 for both",
+        lambda: (
+            [a["version"] for a in fleet_status("lab", live)["targets"][0]["agents"]]
+            == ["v4", "v4"]
+        ),
+    )
