@@ -172,9 +172,10 @@ def test_unknown_job_is_not_found(address):
     assert caught.value.code() == CODE.NOT_FOUND
 
 
-def test_alias_bomb_recipe_fails_the_job_fast_and_the_job_stays_readable(address):
-    """Through the service: the job fails on the recipe with one short line, and Get, Watch
-    and the job list still answer (a 351 MB error once made the job unreadable)."""
+def test_alias_bomb_recipe_is_refused_at_submit_and_the_service_stays_readable(address):
+    """Through the service: Submit reads the recipe artifact with the bounded loader and answers
+    INVALID_ARGUMENT with one short line; no job is made, earlier outputs are untouched, and the
+    service keeps answering (a 351 MB error once made the job unreadable)."""
     recipe = _home() / "artifacts" / "bomb.yaml"
     recipe.parent.mkdir(parents=True, exist_ok=True)
     recipe.write_text(BOMB)
@@ -184,13 +185,15 @@ def test_alias_bomb_recipe_fails_the_job_fast_and_the_job_stays_readable(address
     before = tree_digest(out)
     _, request = _compress(recipe=_uri(recipe), out_uri=_uri(out))
     with CompressionClient(address, token=TOKEN) as client:
-        job = client.wait(client.submit(request).id)
-        events = list(client.watch(job.id))
-    assert job.state == common_pb2.FAILED, job.error
-    assert "anchors and aliases" in job.error
-    assert "\n" not in job.error and len(job.error) < LIMIT_CHARS, job.error
-    assert job.finished_at - job.started_at < 5.0  # includes loading the checkpoint
-    assert events and events[-1].state == common_pb2.FAILED
+        with pytest.raises(grpc.RpcError) as refused:
+            client.submit(request)
+        with pytest.raises(grpc.RpcError) as unknown:  # the service still answers
+            client.get("no-such-job")
+    assert refused.value.code() == CODE.INVALID_ARGUMENT
+    details = refused.value.details()
+    assert details.startswith("recipe: bomb.yaml: anchors and aliases are not accepted"), details
+    assert "\n" not in details and len(details) < LIMIT_CHARS, details
+    assert unknown.value.code() == CODE.NOT_FOUND
     assert tree_digest(out) == before
 
 
