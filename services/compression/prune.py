@@ -133,6 +133,38 @@ class MaskKeeper:
             apply_mask(weight, mask)
 
 
+def prune_channels(
+    net: nn.Module,
+    fractions: dict[str, float],
+    norm: str = "l1",
+    multiple: int = 1,
+    required: set[str] | frozenset[str] = frozenset(),
+) -> tuple[dict, dict, list[str]]:
+    """Remove `fractions[name]` of each named layer's output channels (lowest norm first),
+    resizing what they feed. Layers whose channels cannot be removed alone (e.g. feeding a
+    residual add) are skipped, or refused when `required` names them.
+    Returns ({name: {kept, of}}, {skipped name: why}, names of every module resized)."""
+    groups, refused = channel_groups(net)
+    modules = dict(net.named_modules())
+    channels, skipped, changed = {}, {}, []
+    for name, fraction in fractions.items():
+        group = groups.get(name)
+        if group is None:
+            why = refused.get(name, "is not prunable by channel")
+            if name in required:
+                raise InputError(f"layer {name!r} {why}")
+            skipped[name] = why
+            continue
+        weight = modules[name].weight
+        before = weight.shape[0]
+        keep = channels_to_keep(channel_scores(weight, norm), fraction, multiple)
+        remove_channels(net, group, keep)
+        channels[name] = {"kept": len(keep), "of": before}
+        touched = [group.producer, *group.followers, *(n for n, _ in group.consumers)]
+        changed.extend(n for n in touched if n not in changed)
+    return channels, skipped, changed
+
+
 # ---------------------------------------------------------------------------------------------
 # Sensitivity analysis
 # ---------------------------------------------------------------------------------------------

@@ -17,16 +17,19 @@ does not cover are left alone. The engine rejects names and globs that match no 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
+import importlib
 import json
+import pkgutil
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from sigdl.core.errors import InputError, short
 from sigdl.core.numerics import ACTIVATION_SCHEMES, CALIBRATION_METHODS
-from sigdl.core.training import OPTIMIZERS, SCHEDULES
+from sigdl.core.training import OPTIMIZERS, SCHEDULES, TrainConfig
 from sigdl.core.yamlio import load_yaml_file
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -68,7 +71,7 @@ def value_for(value: LayerValue, name: str, kind: str) -> float | int | None:
     return value.get("*")
 
 
-def _check_layer_value(
+def check_layer_value(
     value: Any, name: str, number: type, ok: Any, expected: str
 ) -> float | int | dict:
     """Validate a number-or-mapping per-layer value; return it normalized (floats as float)."""
@@ -93,7 +96,7 @@ def _check_layer_value(
     return one(value, name)
 
 
-def _check_patterns(value: Any, name: str) -> list[str]:
+def check_patterns(value: Any, name: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
@@ -103,7 +106,7 @@ def _check_patterns(value: Any, name: str) -> list[str]:
     return list(value)
 
 
-def _fail(checks: list[tuple[bool, str, Any, str]]) -> None:
+def check_all(checks: list[tuple[bool, str, Any, str]]) -> None:
     for ok, name, value, expected in checks:
         if not ok:
             raise InputError(f"{name}={short(value)}: expected {expected}")
@@ -128,23 +131,27 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RetrainConfig:
-    """Retraining after a prune round or a share step, with `sigdl.core.training.fit`."""
+# The trainer's options a recipe may set for retraining, with retraining's own defaults: a short
+# fine-tune at a lower rate. Every other trainer field (seed, adapt_mode, ...) comes from the
+# recipe and the checkpoint when `train_config` builds the TrainConfig.
+RETRAIN_FIELDS = {
+    "epochs": 1,  # 0: no retraining
+    "lr": 0.01,  # peak learning rate
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+    "batch_size": 64,
+    "schedule": "cosine",
+    "target_accuracy": None,  # stop once test accuracy reaches this (0..1]
+    "max_train_samples": None,  # retrain on the first N samples only (smoke runs)
+}
 
-    epochs: int = 1  # 0: no retraining
-    lr: float = 0.01  # peak learning rate
-    optimizer: str = "sgd"  # sgd (momentum, Nesterov) | adam
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 1e-4
-    batch_size: int = 64
-    schedule: str = "cosine"  # cosine | step | constant, as the trainer's
-    target_accuracy: float | None = None  # stop once test accuracy reaches this (0..1]
-    target_drop: float | None = None  # or: once within this of the dense accuracy (0..1)
-    max_train_samples: int | None = None  # retrain on the first N samples only (smoke runs)
+
+class _Retrain:
+    """Validation and conversion of `RetrainConfig`, whose fields are the trainer's own."""
 
     def __post_init__(self) -> None:
-        _fail([
+        check_all([
             (isinstance(self.epochs, int) and self.epochs >= 0, "epochs", self.epochs,
              "an integer >= 0"),
             (_number(self.lr) and self.lr > 0, "lr", self.lr, "a number > 0"),
@@ -173,12 +180,34 @@ class RetrainConfig:
         self.lr, self.momentum = float(self.lr), float(self.momentum)
         self.weight_decay = float(self.weight_decay)
 
+    def train_config(self, **rest: Any) -> TrainConfig:
+        """The trainer's config: these fields, the rest (model, dataset, seed, ...) from `rest`
+        (which may override `target_accuracy`, once `target_drop` is resolved)."""
+        own = {name: getattr(self, name) for name in RETRAIN_FIELDS}
+        return TrainConfig(**{**own, **rest})
+
+
+def _retrain_fields() -> list[tuple[str, Any, Any]]:
+    trainer = {f.name: f for f in fields(TrainConfig)}
+    out = [(n, trainer[n].type, field(default=d)) for n, d in RETRAIN_FIELDS.items()]
+    # retraining's own option: stop once within this of the dense accuracy (0..1)
+    return [*out, ("target_drop", "float | None", field(default=None))]
+
+
+RetrainConfig = make_dataclass("RetrainConfig", _retrain_fields(), bases=(_Retrain,))
+RetrainConfig.__doc__ = (
+    "Retraining after a prune round or a share step, with `sigdl.core.training.fit`: the "
+    "trainer's own fields (RETRAIN_FIELDS, TrainConfig's meaning and checks) with retraining's "
+    "defaults, plus `target_drop` (stop once within this of the dense accuracy)."
+)
+RetrainConfig.__module__ = __name__
+
 
 def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _retrain(value: Any) -> RetrainConfig:
+def retrain_config(value: Any) -> RetrainConfig:
     if isinstance(value, RetrainConfig):
         return value
     try:
@@ -199,12 +228,24 @@ class StepConfig:
 
 
 STEP_TYPES: dict[str, type[StepConfig]] = {}
+STEPS_PACKAGE = "services.compression.steps"  # one module per step: its handler (and config)
 
 
 def register_step(cls: type[StepConfig]) -> type[StepConfig]:
-    """Register a step config class under its `type` (a handler is registered by the engine)."""
+    """Register a step config class under its `type` (its handler is registered beside it,
+    in `steps/`, with `engine.register_handler`)."""
     STEP_TYPES[cls.type] = cls
     return cls
+
+
+@functools.cache
+def discover_steps() -> dict[str, type[StepConfig]]:
+    """Every step type: import each module of `steps/` once, so that a new step is one new
+    file there (its config registers with `register_step`, its handler with the engine)."""
+    package = importlib.import_module(STEPS_PACKAGE)
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{STEPS_PACKAGE}.{module.name}")
+    return STEP_TYPES
 
 
 @register_step
@@ -228,27 +269,27 @@ class PruneConfig(StepConfig):
     retrain: RetrainConfig = field(default_factory=RetrainConfig)  # after every round
 
     def __post_init__(self) -> None:
-        self.layers = _check_patterns(self.layers, "layers")
+        self.layers = check_patterns(self.layers, "layers")
         if (self.quality is None) == (self.sparsity is None):
             raise InputError(
                 f"quality={self.quality!r}, sparsity={self.sparsity!r}: expected exactly one "
                 "of quality (threshold = q * std) and sparsity (fraction pruned)"
             )
         if self.quality is not None:
-            self.quality = _check_layer_value(
+            self.quality = check_layer_value(
                 self.quality, "quality", float, lambda v: v > 0, "a number > 0"
             )
         if self.sparsity is not None:
-            self.sparsity = _check_layer_value(
+            self.sparsity = check_layer_value(
                 self.sparsity, "sparsity", float, lambda v: 0 <= v < 1, "a fraction in [0, 1)"
             )
-        _fail([
+        check_all([
             (isinstance(self.rounds, int) and not isinstance(self.rounds, bool)
              and self.rounds >= 1, "rounds", self.rounds, "an integer >= 1"),
             (self.schedule in PRUNE_SCHEDULES, "schedule", self.schedule,
              f"one of {', '.join(PRUNE_SCHEDULES)}"),
         ])  # fmt: skip
-        self.retrain = _retrain(self.retrain)
+        self.retrain = retrain_config(self.retrain)
 
 
 @register_step
@@ -268,19 +309,19 @@ class StructuredConfig(StepConfig):
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def __post_init__(self) -> None:
-        self.layers = _check_patterns(self.layers, "layers")
+        self.layers = check_patterns(self.layers, "layers")
         if self.fraction is None:
             raise InputError("fraction=None: expected the fraction of channels to remove")
-        self.fraction = _check_layer_value(
+        self.fraction = check_layer_value(
             self.fraction, "fraction", float, lambda v: 0 <= v < 1, "a fraction in [0, 1)"
         )
-        _fail([
+        check_all([
             (self.norm in STRUCTURED_NORMS, "norm", self.norm,
              f"one of {', '.join(STRUCTURED_NORMS)}"),
             (isinstance(self.multiple, int) and self.multiple >= 1, "multiple", self.multiple,
              "an integer >= 1"),
         ])  # fmt: skip
-        self.retrain = _retrain(self.retrain)
+        self.retrain = retrain_config(self.retrain)
 
 
 @register_step
@@ -304,11 +345,11 @@ class ShareConfig(StepConfig):
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def __post_init__(self) -> None:
-        self.layers = _check_patterns(self.layers, "layers")
-        self.bits = _check_layer_value(
+        self.layers = check_patterns(self.layers, "layers")
+        self.bits = check_layer_value(
             self.bits, "bits", int, lambda v: 1 <= v <= 16, "an integer in 1..16"
         )
-        _fail([
+        check_all([
             (self.init in SHARE_INITS, "init", self.init, f"one of {', '.join(SHARE_INITS)}"),
             (isinstance(self.iterations, int) and self.iterations >= 0, "iterations",
              self.iterations, "an integer >= 0"),
@@ -317,7 +358,7 @@ class ShareConfig(StepConfig):
             (self.codebook in CODEBOOK_DTYPES, "codebook", self.codebook,
              f"one of {', '.join(CODEBOOK_DTYPES)}"),
         ])  # fmt: skip
-        self.retrain = _retrain(self.retrain)
+        self.retrain = retrain_config(self.retrain)
 
 
 @register_step
@@ -334,10 +375,10 @@ class HuffmanConfig(StepConfig):
     raw_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        self.index_bits = _check_layer_value(
+        self.index_bits = check_layer_value(
             self.index_bits, "index_bits", int, lambda v: 1 <= v <= 16, "an integer in 1..16"
         )
-        _fail([(self.raw_dtype in ("float32", "float16"), "raw_dtype", self.raw_dtype,
+        check_all([(self.raw_dtype in ("float32", "float16"), "raw_dtype", self.raw_dtype,
                 "float32 or float16")])  # fmt: skip
 
 
@@ -360,11 +401,11 @@ class QuantizeConfig(StepConfig):
     retrain: RetrainConfig = field(default_factory=lambda: RetrainConfig(epochs=0))
 
     def __post_init__(self) -> None:
-        self.layers = _check_patterns(self.layers, "layers")
-        self.weight_bits = _check_layer_value(
+        self.layers = check_patterns(self.layers, "layers")
+        self.weight_bits = check_layer_value(
             self.weight_bits, "weight_bits", int, lambda v: 2 <= v <= 8, "an integer in 2..8"
         )
-        _fail([
+        check_all([
             (self.activations in ACTIVATION_SCHEMES, "activations", self.activations,
              f"one of {', '.join(ACTIVATION_SCHEMES)}"),
             (self.method in CALIBRATION_METHODS, "method", self.method,
@@ -372,7 +413,7 @@ class QuantizeConfig(StepConfig):
             (isinstance(self.calibration_samples, int) and self.calibration_samples >= 1,
              "calibration_samples", self.calibration_samples, "an integer >= 1"),
         ])  # fmt: skip
-        self.retrain = _retrain(self.retrain)
+        self.retrain = retrain_config(self.retrain)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,15 +427,16 @@ def step_from_dict(data: Any, where: str = "step") -> StepConfig:
         ((kind, options),) = data.items()
         data = {"type": kind, **(options or {})} if isinstance(options, Mapping | None) else data
     if not isinstance(data, Mapping) or "type" not in data:
-        raise InputError(f"{where}: expected a mapping with a 'type' ({', '.join(STEP_TYPES)})")
-    kind = data["type"]
-    if kind not in STEP_TYPES:
+        types = ", ".join(discover_steps())
+        raise InputError(f"{where}: expected a mapping with a 'type' ({types})")
+    kind, types = data["type"], discover_steps()
+    if not isinstance(kind, str) or kind not in types:
         raise InputError(
-            f"{where}: unknown step type {short(kind)}; registered: {', '.join(sorted(STEP_TYPES))}"
+            f"{where}: unknown step type {short(kind)}; registered: {', '.join(sorted(types))}"
         )
     options = {k: v for k, v in data.items() if k != "type"}
     try:
-        return _from_dict(STEP_TYPES[kind], options, f"{where} ({kind})")
+        return _from_dict(types[kind], options, f"{where} ({kind})")
     except InputError as exc:
         text = str(exc)
         raise InputError(text if text.startswith(where) else f"{where} ({kind}): {text}") from None

@@ -16,8 +16,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from services.compression.engine import CompressionResult, calibration_pixels, compress
+from services.compression.engine import CompressionResult, compress
 from services.compression.recipe import load_recipe
+from services.compression.steps.quantize import calibration_pixels
 from sigdl.core import (
     __version__,
     atomic,
@@ -32,26 +33,7 @@ from sigdl.core.datasets import load_dataset
 from sigdl.core.evaluation import score_onnx
 from sigdl.core.events import EventFn
 from sigdl.core.lineage import TAG_RECIPE, TAG_STAGE, RunContext
-from sigdl.core.sdc import Int8Tensor, SdcSummary, SharedTensor, load_model, write_sdc
-
-
-def sdc_tensors(result: CompressionResult) -> dict[str, object]:
-    """What the .sdc writer stores per state-dict entry: shared layers as codebook +
-    assignments, everything else (biases, buffers, unshared weights) as raw tensors."""
-    tensors: dict[str, object] = {}
-    for key, value in result.model.state_dict().items():
-        if key in result.shared:
-            codebook, assignments = result.shared[key]
-            tensors[key] = SharedTensor(
-                codebook, assignments, result.index_bits[key],
-                fp16_codebook=key in result.fp16_codebooks,
-            )  # fmt: skip
-        elif key in result.quantized:
-            scale, q, _ = result.quantized[key]
-            tensors[key] = Int8Tensor(scale, q)
-        else:
-            tensors[key] = value.detach().cpu()
-    return tensors
+from sigdl.core.sdc import SdcSummary, load_model, write_sdc
 
 
 def header_model(meta: checkpoint.ModelMeta) -> dict:
@@ -82,7 +64,7 @@ def run_compression(
     result = compress(model, recipe_obj, data, meta, on_event=on_event)
     with atomic.staged_dir(out, [ckpt_dir]) as stage:
         summary = write_sdc(
-            stage / "model.sdc", sdc_tensors(result), header_model(meta),
+            stage / "model.sdc", result.tensors, header_model(meta),
             # the digest names the recipe; its text is in report.json and MLflow, not in every
             # file (it would be over 1% of a LeNet's .sdc)
             recipe=None, recipe_digest=recipe_obj.digest(),

@@ -99,6 +99,7 @@ class Int8Tensor:
 
     scale: np.ndarray  # (C,) float32
     q: np.ndarray  # (C, ...) int8; the value is scale[c] * q[c, ...], zero point 0
+    bits: int = 8  # the grid's bits (levels within +-(2**(bits-1) - 1)); stored as int8 anyway
 
     def __post_init__(self) -> None:
         self.scale = np.asarray(self.scale, dtype=np.float32).reshape(-1)

@@ -1,0 +1,81 @@
+"""The `prune` step: magnitude pruning in prune→retrain rounds (Han et al., NeurIPS 2015)."""
+
+from __future__ import annotations
+
+import torch
+
+from services.compression.engine import (
+    CompressionState,
+    PlanContext,
+    StepHandler,
+    StepResult,
+    Targets,
+    register_handler,
+    retrain,
+)
+from services.compression.prune import (
+    agp_sparsity,
+    apply_mask,
+    linear_sparsity,
+    magnitude_mask,
+    magnitude_threshold,
+    sparsity_at_threshold,
+    sparsity_mask,
+)
+from services.compression.recipe import PruneConfig
+from sigdl.core.events import ProgressEvent
+
+
+@register_handler
+class PruneHandler(StepHandler):
+    config = PruneConfig
+
+    def plan(self, cfg: PruneConfig, index: int, ctx: PlanContext, where: str) -> Targets:
+        value = cfg.quality if cfg.quality is not None else cfg.sparsity
+        targets = ctx.resolve(cfg.layers, value, where)
+        ctx.refuse_fixed(targets, where, "prunes")
+        return targets
+
+    def run(
+        self, state: CompressionState, cfg: PruneConfig, index: int, targets: Targets
+    ) -> StepResult:
+        weights = {k: state.layers[k].weight for k in targets}
+        start = {k: float((w == 0).float().mean()) for k, w in weights.items()}
+        quality = cfg.quality is not None
+        threshold = (
+            {k: magnitude_threshold(w, targets[k]) for k, w in weights.items()} if quality else {}
+        )
+        final = (
+            {k: sparsity_at_threshold(w, threshold[k]) for k, w in weights.items()}
+            if quality
+            else {k: float(v) for k, v in targets.items()}
+        )
+        ramp = agp_sparsity if cfg.schedule == "agp" else linear_sparsity
+        rounds = []
+        for r in range(1, cfg.rounds + 1):
+            with torch.no_grad():
+                for key, w in weights.items():
+                    if quality and cfg.schedule == "linear":
+                        keep = magnitude_mask(w, threshold[key] * r / cfg.rounds)
+                    else:
+                        keep = sparsity_mask(w, max(ramp(start[key], final[key], r, cfg.rounds), 0))
+                    old = state.masks.get(key)
+                    state.masks[key] = keep if old is None else keep & old
+                    apply_mask(w, state.masks[key])
+            before = state.score().accuracy
+            history = retrain(state, cfg.retrain, index, r)
+            rounds.append({
+                "round": r,
+                "sparsity": {state.layers[k].name: 1 - float(m.float().mean())
+                             for k, m in state.masks.items() if k in weights},
+                "accuracy_before_retrain": before,
+                "accuracy": state.score().accuracy if history else before,
+                "epochs": len(history),
+            })  # fmt: skip
+            state.emit(
+                ProgressEvent.of("round", r, cfg.rounds, index=index, type=cfg.type, **rounds[-1])
+            )
+        report: dict = {"rounds": rounds}
+        if threshold:
+            report["threshold"] = {state.layers[k].name: t for k, t in threshold.items()}
+        return StepResult(report)
