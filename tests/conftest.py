@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,6 +126,44 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="session")
+def postgres_uri() -> Iterator[str]:
+    """A real PostgreSQL 15 server on 127.0.0.1 for this test session.
+
+    Debian's binaries (/usr/lib/postgresql/*/bin) refuse to run as root, so as the `postgres`
+    user, in a /tmp folder it owns: ``initdb -D TMP/data -A trust -U postgres``, then
+    ``pg_ctl -D TMP/data -o "-p PORT -k TMP -c listen_addresses=127.0.0.1" start -w`` on a
+    free port; stopped (fast) and removed at the end.
+    Skipped where PostgreSQL is not installed or there is no `postgres` user to run it as.
+    """
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins or shutil.which("runuser") is None:
+        pytest.skip("PostgreSQL (Debian's postgresql package) is not installed here")
+    try:
+        import pwd
+
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no `postgres` user to run PostgreSQL as")
+    bindir = bins[-1].parent
+    # not under pytest's temporary root: that is private to this user, and postgres must reach it
+    workdir = Path(tempfile.mkdtemp(prefix="sigdl-postgres-"))
+    shutil.chown(workdir, "postgres")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data, (port,) = workdir / "data", _free_ports(1)
+    subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-A", "trust",
+                    "-U", "postgres"], check=True, capture_output=True, timeout=120)  # fmt: skip
+    options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1"
+    ctl = [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data)]
+    subprocess.run([*ctl, "-o", options, "-l", str(workdir / "log"), "start", "-w"],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*ctl, "stop", "-m", "fast"], capture_output=True, timeout=60)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --- the environment every test runs in ---------------------------------------------------------

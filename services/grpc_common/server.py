@@ -112,7 +112,7 @@ class StageServer:
         for stage in stages:
             cls = servicer_class(stage)
             pool = jobs.WorkerPool(
-                jobs.JobStore(home / "jobs" / f"{cls.service}.db"), cls.service, cls.job_fn,
+                jobs.open_store(cls.service, home), cls.service, cls.job_fn,
                 workers=config.workers, queue_size=config.queue_size,
                 preload=worker_preload(),
             )  # fmt: skip

@@ -75,6 +75,10 @@ def train_model(
     on_event: EventFn | None,
 ) -> list[dict]:
     """Train in this process (nproc 1) or with torchrun DDP; return per-epoch rows."""
+    from services.training import trainjob
+
+    if trainjob.uses_trainjob():  # SIGDL_TRAINING_BACKEND=trainjob: nproc on each cluster node
+        return trainjob.train_on_cluster(model, meta, cfg, nproc, data_dir, on_event)
     if nproc > 1:
         from sigdl.core import distributed
 

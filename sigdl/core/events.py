@@ -8,6 +8,7 @@ client reads it back with `ProgressEvent.from_json`; the CLI, the API and the pi
 | kind | stage | done / total | figures |
 | --- | --- | --- | --- |
 | epoch | train, compress (retraining) | epoch / epochs | loss, train_accuracy, images_per_s |
+| trainjob | train on a cluster | progress % / 100 | trainjob, phase, active, ready, succeeded |
 | step, round, ladder | compress | recipe step / steps | type, accuracy, sparsity, bytes |
 | load, predict, measure, accuracy | retest | items / items | label |
 | upload, current, unchanged | deploy | files / files | file, version, manifest_sha256 |

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -133,14 +133,18 @@ CREATE TABLE IF NOT EXISTS events (
     state TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job_id, idx));
 """
 _JSON_COLUMNS = {"params", "outputs", "report"}
+_RECORD_FIELDS = {f.name for f in fields(JobRecord)}
 
 
 class JobStore:
     """Job records and events in one SQLite file, shared by the threads of one server.
 
     Every write is a transaction, so a server killed at any moment leaves whole records; events
-    wake the threads that wait for them (`events(...)` follows a job until it ends).
+    wake the threads that wait for them (`events(...)` follows a job until it ends). One server
+    owns the file (WorkerPool takes a lock); a cluster shares `PostgresJobStore` instead.
     """
+
+    shared = False  # several servers (replicas) use the store at once
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -183,13 +187,23 @@ class JobStore:
                         "with other parameters: expected a new request id"
                     )
                 return existing, False
-            values = _columns(record)
+            values = self._insert_values(record)
             db.execute(
                 f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
                 tuple(values.values()),
             )
             self._append(db, record.id, "state", JobState.QUEUED, "queued", {})
         return self.get(record.id), True
+
+    def _insert_values(self, record: JobRecord) -> dict[str, object]:
+        return _columns(record)
+
+    def request_cancel(self, job_id: str) -> None:
+        """Ask whichever server runs the job to stop it (a shared store); one server: nothing
+        to ask, its pool holds every job."""
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return False
 
     def get(self, job_id: str) -> JobRecord:
         with self._cond:
@@ -296,7 +310,8 @@ def _columns_subset(values: dict[str, object]) -> dict[str, object]:
 
 
 def _record(row: sqlite3.Row) -> JobRecord:
-    values = {k: row[k] for k in row.keys()}  # noqa: SIM118 (sqlite3.Row has no __iter__ keys)
+    # a shared store keeps more columns (replica, cancel_requested) than a JobRecord has
+    values = {k: row[k] for k in row.keys() if k in _RECORD_FIELDS}  # noqa: SIM118
     for key in _JSON_COLUMNS:
         values[key] = None if values[key] is None else json.loads(values[key])
     values["state"] = JobState(values["state"])
@@ -457,6 +472,9 @@ class WorkerPool:
     def _own_store(self) -> None:
         # Recovery fails every RUNNING job: a second server on the same store would fail the
         # first one's jobs. The kernel drops the lock when its holder dies, even by SIGKILL.
+        # A shared store recovers only the jobs of replicas that stopped (PostgresJobStore).
+        if self.store.shared:
+            return
         self._store_lock = open(self.store.path.with_suffix(".lock"), "w")  # noqa: SIM115
         try:
             fcntl.flock(self._store_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -519,6 +537,8 @@ class WorkerPool:
             if running is not None and not running.cancelled_at:
                 running.cancelled_at = time.monotonic()
                 _signal_group(running.process, signal.SIGTERM)
+            elif running is None:
+                self.store.request_cancel(job_id)  # another replica holds it
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and not self.store.get(job_id).state.terminal:
             time.sleep(0.05)
@@ -533,6 +553,8 @@ class WorkerPool:
                     return
                 job_id = self._waiting.pop(0)
                 job = self.store.get(job_id)
+                if job.state != JobState.QUEUED:  # cancelled through another replica
+                    continue
                 parent_conn, child_conn = self._ctx.Pipe(duplex=False)
                 process = self._ctx.Process(
                     target=_worker_main,
@@ -575,6 +597,9 @@ class WorkerPool:
                     outcome = message
             elif not running.process.is_alive():
                 break
+            elif not running.cancelled_at and self.store.cancel_requested(job_id):
+                running.cancelled_at = time.monotonic()
+                _signal_group(running.process, signal.SIGTERM)
             elif running.cancelled_at and time.monotonic() - running.cancelled_at > KILL_AFTER_S:
                 _signal_group(running.process, signal.SIGKILL)
         running.process.join()
@@ -634,3 +659,14 @@ def _signal_group(process: multiprocessing.process.BaseProcess, sig: int) -> Non
         os.killpg(process.pid, sig)  # type: ignore[arg-type]
     with contextlib.suppress(ProcessLookupError, TypeError):
         os.kill(process.pid, sig)  # type: ignore[arg-type]  (before it made its group)
+
+
+def open_store(service: str, home: Path) -> JobStore:
+    """The job store of `service`: SQLite under `home`/jobs, or the PostgreSQL database that
+    SIGDL_JOB_STORE names, shared by every replica (sigdl/core/jobs_postgres.py)."""
+    uri = settings.SIGDL_JOB_STORE.get()
+    if not uri:
+        return JobStore(home / "jobs" / f"{service}.db")
+    from sigdl.core.jobs_postgres import PostgresJobStore
+
+    return PostgresJobStore(uri, service)

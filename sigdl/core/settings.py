@@ -225,6 +225,26 @@ SIGDL_TOKEN: Setting[str] = _declare(
     "Bearer token the services require and the clients send (set but empty: refused).",
     non_empty=True,
 )
+SIGDL_JOB_STORE: Setting[str] = _declare(
+    "SIGDL_JOB_STORE",
+    str,
+    None,
+    "Where services keep job records: unset, SQLite under SIGDL_HOME/jobs (one server per "
+    "service); a postgresql:// URI, one database shared by every replica (cluster mode).",
+    non_empty=True,
+)
+SIGDL_REPLICA_ID: Setting[str] = _declare(
+    "SIGDL_REPLICA_ID",
+    str,
+    None,
+    "Name of this service replica in a shared job store (default: <hostname>-<pid>).",
+)
+SIGDL_REPLICA_STALE_S: Setting[float] = _declare(
+    "SIGDL_REPLICA_STALE_S",
+    float,
+    30.0,
+    "A replica silent this long in a shared job store has stopped: its jobs end FAILED.",
+)
 SIGDL_WORKERS: Setting[int] = _declare(
     "SIGDL_WORKERS",
     int,
@@ -260,6 +280,74 @@ SIGDL_UPLOAD_URI: Setting[str] = _declare(
     str,
     None,
     "Where `--remote` commands upload local inputs (default: $SIGDL_HOME/artifacts/uploads).",
+)
+
+# --- multi-node training as a Kubeflow Trainer TrainJob (services/training/trainjob.py) -------
+SIGDL_TRAINING_BACKEND: Setting[str] = _declare(
+    "SIGDL_TRAINING_BACKEND",
+    str,
+    "local",
+    "Where training runs: local (this process, or torchrun here) | trainjob (a Kubeflow TrainJob).",
+)
+SIGDL_TRAINJOB_IMAGE: Setting[str] = _declare(
+    "SIGDL_TRAINJOB_IMAGE",
+    str,
+    None,
+    "Image the TrainJob's nodes run (the SigDL image); required by the trainjob backend.",
+)
+SIGDL_TRAINJOB_URI: Setting[str] = _declare(
+    "SIGDL_TRAINJOB_URI",
+    str,
+    None,
+    "s3:// prefix that every node reaches, holding one folder per TrainJob (inputs, weights).",
+)
+SIGDL_TRAINJOB_NAMESPACE: Setting[str] = _declare(
+    "SIGDL_TRAINJOB_NAMESPACE",
+    str,
+    None,
+    "Namespace of the TrainJobs (default: the service pod's, else the kubeconfig context's).",
+)
+SIGDL_TRAINJOB_RUNTIME: Setting[str] = _declare(
+    "SIGDL_TRAINJOB_RUNTIME",
+    str,
+    "torch-distributed",
+    "ClusterTrainingRuntime the TrainJobs refer to.",
+)
+SIGDL_TRAINJOB_NODES: Setting[int] = _declare(
+    "SIGDL_TRAINJOB_NODES",
+    int,
+    2,
+    "Nodes of a TrainJob (numNodes); each runs the job's nproc processes.",
+)
+SIGDL_TRAINJOB_GPUS_PER_NODE: Setting[int] = _declare(
+    "SIGDL_TRAINJOB_GPUS_PER_NODE",
+    int,
+    0,
+    "GPUs each TrainJob node requests (nvidia.com/gpu); 0: CPU nodes.",
+)
+SIGDL_TRAINJOB_CPU: Setting[str] = _declare(
+    "SIGDL_TRAINJOB_CPU",
+    str,
+    "2",
+    "CPU each TrainJob node requests (a Kubernetes quantity).",
+)
+SIGDL_TRAINJOB_MEMORY: Setting[str] = _declare(
+    "SIGDL_TRAINJOB_MEMORY",
+    str,
+    "4Gi",
+    "Memory each TrainJob node requests and is limited to (a Kubernetes quantity).",
+)
+SIGDL_TRAINJOB_S3_SECRET: Setting[str] = _declare(
+    "SIGDL_TRAINJOB_S3_SECRET",
+    str,
+    None,
+    "Secret (keys accessKey, secretKey, as the chart's) the nodes read their S3 keys from.",
+)
+SIGDL_TRAINJOB_POLL_S: Setting[float] = _declare(
+    "SIGDL_TRAINJOB_POLL_S",
+    float,
+    5.0,
+    "Seconds between reads of a TrainJob's status while the training service follows it.",
 )
 
 # --- edge packages and the edge agent ----------------------------------------------------------

@@ -177,3 +177,16 @@ def test_skaffold_profiles_name_the_chart_profiles():
         assert all((REPO / f).is_file() for f in files)
     (gpu_arg,) = [p for p in profiles["gpu"] if "buildArgs" in p["path"]]
     assert gpu_arg["value"] == "cuda"
+
+
+def test_a_shared_job_store_lets_replicas_scale(helm):
+    """With jobStore.existingSecret, every replica reads the PostgreSQL URI from the Secret and
+    names itself after its pod (SIGDL_REPLICA_ID), so retest can run two replicas."""
+    objects = render_files(helm, "cloud", sets=("jobStore.existingSecret=sigdl-jobs",))
+    validate_all(objects)
+    retest = by_kind(objects, "Deployment")["sigdl-retest"]
+    assert retest["spec"]["replicas"] == 2
+    env = {e["name"]: e for e in retest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SIGDL_JOB_STORE"]["valueFrom"]["secretKeyRef"] == {"name": "sigdl-jobs",
+                                                                   "key": "uri"}  # fmt: skip
+    assert env["SIGDL_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

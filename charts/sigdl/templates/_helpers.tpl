@@ -109,6 +109,14 @@ grpc:
 {{- end }}
 - name: SIGDL_MLFLOW_EXPERIMENT
   value: {{ $v.mlflow.experiment | quote }}
+{{- with $v.jobStore.existingSecret }}
+- name: SIGDL_JOB_STORE
+  valueFrom:
+    secretKeyRef: {name: {{ . | quote }}, key: {{ $v.jobStore.uriKey | quote }}}
+- name: SIGDL_REPLICA_ID
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+{{- end }}
 {{- with $v.auth.existingSecret }}
 - name: SIGDL_TOKEN
   valueFrom:

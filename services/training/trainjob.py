@@ -1,0 +1,469 @@
+"""Multi-node training as a Kubeflow Trainer `TrainJob` (trainer.kubeflow.org/v1alpha1).
+
+With `SIGDL_TRAINING_BACKEND=trainjob` the training stage still builds the model, evaluates,
+exports and logs lineage in its own process, but the data-parallel `fit` runs on the cluster:
+
+1. the job's inputs (`job.json`, `init.safetensors`, as `sigdl.core.distributed.write_job` lays
+   them out) go to `$SIGDL_TRAINJOB_URI/<job name>/`, an s3:// prefix every node reaches, since
+   the nodes share no disk;
+2. `render_trainjob` (pure) turns the config and a `TrainJobSpec` into the manifest: runtime
+   `torch-distributed`, `numNodes`, `numProcPerNode`, `resourcesPerNode` with GPUs, and the
+   trainer command `torchrun -m sigdl.core.distributed <job URI>`; torchrun reads PET_NNODES,
+   PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT, which the runtime
+   injects into every node; the S3 keys come from a Secret by reference, never by value;
+3. `TrainJobRunner` creates it through the Kubernetes API, follows its status conditions to
+   Complete or Failed (a `trainjob` progress event at every change), then loads the weights and
+   history that rank 0 wrote back under the job URI.
+
+    SIGDL_TRAINING_BACKEND=trainjob SIGDL_TRAINJOB_IMAGE=registry/sigdl:1.0 \\
+    SIGDL_TRAINJOB_URI=s3://sigdl/trainjobs SIGDL_TRAINJOB_S3_SECRET=sigdl-minio \\
+    SIGDL_TRAINJOB_NODES=2 SIGDL_TRAINJOB_GPUS_PER_NODE=1 sigdl serve training
+
+The Kubernetes client comes from the `cluster` extra (`pip install 'sigdl[cluster]'`) and is
+imported only inside the functions that talk to a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sigdl.core import distributed, settings, store
+from sigdl.core.checkpoint import ModelMeta, PixelModel
+from sigdl.core.errors import InputError
+from sigdl.core.events import EventFn, ProgressEvent, epoch_event, log
+from sigdl.core.training import TrainConfig
+
+GROUP = "trainer.kubeflow.org"
+VERSION = "v1alpha1"
+PLURAL = "trainjobs"
+KIND = "TrainJob"
+BACKENDS = ("local", "trainjob")
+GPU_RESOURCE = "nvidia.com/gpu"
+# the chart's S3 Secret keys (charts/sigdl/values.yaml: s3.accessKeyKey, s3.secretKeyKey)
+SECRET_KEYS = {"SIGDL_S3_ACCESS_KEY": "accessKey", "SIGDL_S3_SECRET_KEY": "secretKey"}
+SECRET_ALIASES = settings.SIGDL_S3_ACCESS_KEY.aliases  # AWS_ACCESS_KEY_ID
+# settings a node needs, passed by value; secrets are never among them
+FORWARDED = (
+    settings.SIGDL_S3_ENDPOINT,
+    settings.SIGDL_S3_SECURE,
+    settings.SIGDL_S3_REGION,
+    settings.SIGDL_DATA,
+    settings.SIGDL_OFFLINE,
+    settings.SIGDL_DOWNLOAD_TIMEOUT_S,
+    settings.SIGDL_PROGRESS,
+)
+# a Kubernetes resource quantity, as the CRD's schema has it
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def uses_trainjob() -> bool:
+    """Whether SIGDL_TRAINING_BACKEND sends training to the cluster (InputError if unknown)."""
+    backend = settings.SIGDL_TRAINING_BACKEND.get().strip().lower()
+    if backend not in BACKENDS:
+        raise InputError(
+            f"SIGDL_TRAINING_BACKEND={backend!r}: expected one of {', '.join(BACKENDS)}"
+        )
+    return backend == "trainjob"
+
+
+@dataclass(frozen=True)
+class TrainJobSpec:
+    """Where and on what a TrainJob runs; `from_settings()` reads SIGDL_TRAINJOB_*."""
+
+    image: str  # the SigDL image every node runs
+    namespace: str  # of the TrainJob
+    nodes: int = 2  # numNodes
+    nproc_per_node: int = 1  # numProcPerNode: torchrun processes (DDP ranks) per node
+    gpus_per_node: int = 0  # nvidia.com/gpu per node; 0: CPU nodes
+    cpu: str = "2"  # requested per node (a Kubernetes quantity)
+    memory: str = "4Gi"  # requested and limited per node
+    runtime: str = "torch-distributed"  # the ClusterTrainingRuntime referred to
+    s3_secret: str | None = None  # Secret holding SECRET_KEYS (None: anonymous S3)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (bool(self.image.strip()), "image", "an image reference (set SIGDL_TRAINJOB_IMAGE)"),
+            (bool(_DNS_LABEL.match(self.namespace)), "namespace", "a DNS label"),
+            (self.nodes >= 1, "nodes", "an integer >= 1"),
+            (self.nproc_per_node >= 1, "nproc_per_node", "an integer >= 1"),
+            (self.gpus_per_node >= 0, "gpus_per_node", "an integer >= 0"),
+            (
+                not self.gpus_per_node or self.nproc_per_node <= self.gpus_per_node,
+                "nproc_per_node",
+                f"at most gpus_per_node={self.gpus_per_node} (one GPU per process)",
+            ),
+            (bool(_QUANTITY.match(self.cpu)), "cpu", "a Kubernetes quantity such as 2 or 500m"),
+            (bool(_QUANTITY.match(self.memory)), "memory", "a Kubernetes quantity such as 4Gi"),
+            (bool(self.runtime.strip()), "runtime", "a ClusterTrainingRuntime name"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise InputError(f"TrainJob {name}={getattr(self, name)!r}: expected {expected}")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.nproc_per_node
+
+    @classmethod
+    def from_settings(cls, nproc_per_node: int) -> TrainJobSpec:
+        image = settings.SIGDL_TRAINJOB_IMAGE.get()
+        if not image:
+            raise InputError("SIGDL_TRAINJOB_IMAGE is unset: the trainjob backend needs an image")
+        return cls(
+            image=image,
+            namespace=settings.SIGDL_TRAINJOB_NAMESPACE.get() or current_namespace(),
+            nodes=settings.SIGDL_TRAINJOB_NODES.get(),
+            nproc_per_node=nproc_per_node,
+            gpus_per_node=settings.SIGDL_TRAINJOB_GPUS_PER_NODE.get(),
+            cpu=settings.SIGDL_TRAINJOB_CPU.get(),
+            memory=settings.SIGDL_TRAINJOB_MEMORY.get(),
+            runtime=settings.SIGDL_TRAINJOB_RUNTIME.get(),
+            s3_secret=settings.SIGDL_TRAINJOB_S3_SECRET.get(),
+        )
+
+
+def job_name(cfg: TrainConfig) -> str:
+    """A fresh TrainJob name: an RFC 1035 label naming the model (`sigdl-lenet-5-1a2b3c4d`)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", cfg.model.lower()).strip("-")[:24].strip("-")
+    return f"sigdl-{slug}-{secrets.token_hex(4)}" if slug else f"sigdl-{secrets.token_hex(4)}"
+
+
+def node_command(job_uri: str) -> list[str]:
+    """What every node runs: torchrun takes the node layout from the injected PET_* variables."""
+    return ["torchrun", "-m", "sigdl.core.distributed", job_uri]
+
+
+def node_env(spec: TrainJobSpec, environment: Mapping[str, str]) -> list[dict]:
+    """The trainer's env: FORWARDED settings by value, the S3 keys from spec.s3_secret by
+    reference. A service holding S3 keys but naming no Secret is refused: its nodes would
+    reach the job's URI without them."""
+    forwarded = [s.name for s in FORWARDED if s.name in environment]
+    env: list[dict] = [{"name": name, "value": environment[name]} for name in forwarded]
+    if spec.s3_secret:
+        env += [
+            {"name": name, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key}}}
+            for name, key in SECRET_KEYS.items()
+        ]
+    elif set(environment) & {settings.SIGDL_S3_ACCESS_KEY.name, *SECRET_ALIASES}:
+        raise InputError(
+            "SIGDL_S3_ACCESS_KEY is set but SIGDL_TRAINJOB_S3_SECRET names no Secret: the "
+            "TrainJob's nodes need the S3 keys from a Secret (keys accessKey, secretKey)"
+        )
+    return env
+
+
+def render_trainjob(
+    cfg: TrainConfig,
+    spec: TrainJobSpec,
+    *,
+    name: str,
+    job_uri: str,
+    environment: Mapping[str, str],
+) -> dict[str, Any]:
+    """The TrainJob manifest that trains `cfg` with `spec`'s nodes on the job at `job_uri`.
+
+    `environment` is the settings' environment (`settings.environment()`); only FORWARDED
+    settings are copied from it, and no secret value ever is."""
+    if not _DNS_LABEL.match(name) or len(name) > 63:
+        raise InputError(f"TrainJob name {name!r}: expected an RFC 1035 label of <= 63 chars")
+    store.as_uri(job_uri)  # a URI with a registered scheme, or InvalidURIError
+    if cfg.batch_size % spec.world_size:
+        raise InputError(
+            f"batch_size={cfg.batch_size} must be divisible by the TrainJob's {spec.world_size} "
+            f"processes ({spec.nodes} nodes x {spec.nproc_per_node})"
+        )
+    requests: dict[str, str | int] = {"cpu": spec.cpu, "memory": spec.memory}
+    limits: dict[str, str | int] = {"memory": spec.memory}
+    if spec.gpus_per_node:
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = spec.gpus_per_node
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {
+            "name": name,
+            "namespace": spec.namespace,
+            "labels": {
+                "app.kubernetes.io/part-of": "sigdl",
+                "app.kubernetes.io/component": "training",
+            },
+            "annotations": {
+                "sigdl.io/job-uri": job_uri,
+                "sigdl.io/train-config": json.dumps(cfg.to_dict(), sort_keys=True),
+            },
+        },
+        "spec": {
+            "runtimeRef": {"name": spec.runtime},
+            "trainer": {
+                "image": spec.image,
+                "command": node_command(job_uri),
+                "numNodes": spec.nodes,
+                "numProcPerNode": spec.nproc_per_node,
+                "resourcesPerNode": {"requests": requests, "limits": limits},
+                "env": node_env(spec, environment),
+            },
+        },
+    }
+
+
+# --- following a TrainJob ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainJobStatus:
+    """What the controller says of a TrainJob, read from its `status`."""
+
+    phase: str  # Complete | Failed | Suspended | Running | Pending
+    reason: str  # of the deciding condition ('' if none)
+    message: str
+    active: int  # pods running, summed over the TrainJob's jobs
+    ready: int
+    succeeded: int
+    failed: int
+    progress: int | None  # trainerStatus.progressPercentage, where the runtime reports it
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> TrainJobStatus:
+        status = obj.get("status") or {}
+        true = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        jobs = status.get("jobsStatus") or []
+        pods = ("active", "ready", "succeeded", "failed")
+        counts = {k: sum(int(j.get(k) or 0) for j in jobs) for k in pods}
+        decided = next((true[t] for t in ("Failed", "Complete", "Suspended") if t in true), None)
+        if decided is not None:
+            phase = decided["type"]
+        else:
+            phase = "Running" if counts["active"] else "Pending"
+        progress = (status.get("trainerStatus") or {}).get("progressPercentage")
+        return cls(
+            phase,
+            (decided or {}).get("reason", ""),
+            (decided or {}).get("message", ""),
+            progress=progress if isinstance(progress, int) else None,
+            **counts,
+        )
+
+    def event(self, name: str) -> ProgressEvent:
+        total = 100 if self.progress is not None else None
+        pods = {
+            "active": self.active,
+            "ready": self.ready,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+        }
+        return ProgressEvent.of(
+            "trainjob", self.progress, total, trainjob=name, phase=self.phase, **pods
+        )
+
+
+class TrainJobError(RuntimeError):
+    """The TrainJob ended Failed (or was suspended): its reason and message, on one line."""
+
+
+class TrainJobRunner:
+    """Creates TrainJobs through the Kubernetes API and follows them to the end.
+
+    `api` is a `kubernetes.client.CustomObjectsApi` (made from the in-cluster service account
+    or the kubeconfig when not given); anything with its three custom-object calls will do."""
+
+    def __init__(self, spec: TrainJobSpec, api: Any = None, poll_s: float | None = None) -> None:
+        self.spec = spec
+        self._api = api
+        self.poll_s = settings.SIGDL_TRAINJOB_POLL_S.get() if poll_s is None else poll_s
+
+    @property
+    def api(self) -> Any:
+        if self._api is None:
+            load_kube_config()  # an InputError naming the extra when the client is missing
+            from kubernetes import client
+
+            self._api = client.CustomObjectsApi()
+        return self._api
+
+    def create(self, manifest: Mapping[str, Any]) -> str:
+        name = manifest["metadata"]["name"]
+        with _api_errors(f"creating TrainJob {name!r} in namespace {self.spec.namespace!r}"):
+            self.api.create_namespaced_custom_object(
+                GROUP, VERSION, self.spec.namespace, PLURAL, dict(manifest)
+            )
+        return name
+
+    def status(self, name: str) -> TrainJobStatus:
+        with _api_errors(f"reading TrainJob {name!r} in namespace {self.spec.namespace!r}"):
+            obj = self.api.get_namespaced_custom_object(
+                GROUP, VERSION, self.spec.namespace, PLURAL, name
+            )
+        return TrainJobStatus.of(obj)
+
+    def delete(self, name: str) -> None:
+        with _api_errors(f"deleting TrainJob {name!r} in namespace {self.spec.namespace!r}"):
+            self.api.delete_namespaced_custom_object(
+                GROUP, VERSION, self.spec.namespace, PLURAL, name
+            )
+
+    def follow(self, name: str, on_event: EventFn | None = None) -> TrainJobStatus:
+        """Poll until Complete (returned) or Failed/Suspended (TrainJobError); an event at
+        every change of phase, pod counts or progress."""
+        last = None
+        while True:
+            current = self.status(name)
+            if current != last and on_event:
+                on_event(current.event(name))
+            last = current
+            if current.phase == "Complete":
+                return current
+            if current.phase in ("Failed", "Suspended"):
+                why = f" ({current.reason})" if current.reason else ""
+                detail = " ".join(current.message.split())[:300]
+                raise TrainJobError(
+                    f"TrainJob {name!r} in namespace {self.spec.namespace!r} "
+                    f"{current.phase.lower()}{why}: {detail or 'no message'}"
+                )
+            time.sleep(self.poll_s)
+
+    def train(
+        self,
+        model: PixelModel,
+        cfg: TrainConfig,
+        channels: int,
+        size: int,
+        root_uri: str,
+        on_event: EventFn | None = None,
+    ) -> list[dict]:
+        """Train `model` in place on the cluster under `root_uri`; return the per-epoch rows.
+        A failure or a cancel (SIGTERM) on the way deletes the TrainJob."""
+        name = job_name(cfg)
+        job_uri = distributed.job_file_uri(root_uri, name)
+        manifest = render_trainjob(
+            cfg, self.spec, name=name, job_uri=job_uri, environment=settings.environment()
+        )
+        with tempfile.TemporaryDirectory(prefix="sigdl-trainjob-") as tmp:
+            distributed.write_job(model, cfg, channels, size, Path(tmp))
+            for file in distributed.INPUTS:
+                store.put_file(distributed.job_file_uri(job_uri, file), Path(tmp) / file)
+        self.create(manifest)
+        shape = f"{self.spec.nodes} nodes x {self.spec.nproc_per_node} processes"
+        if on_event:
+            on_event(log(f"TrainJob {self.spec.namespace}/{name}: {shape}, job at {job_uri}"))
+        try:
+            with _sigterm_raises():
+                self.follow(name, on_event)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.delete(name)
+            raise
+        with tempfile.TemporaryDirectory(prefix="sigdl-trainjob-") as tmp:
+            for file in distributed.OUTPUTS:
+                store.get_file(distributed.job_file_uri(job_uri, file), Path(tmp) / file)
+            history = distributed.read_result(model, Path(tmp))
+        for row in history:
+            if on_event:
+                on_event(epoch_event(row, cfg.epochs))
+        return history
+
+
+def train_on_cluster(
+    model: PixelModel,
+    meta: ModelMeta,
+    cfg: TrainConfig,
+    nproc: int,
+    data_dir: str | None,
+    on_event: EventFn | None,
+) -> list[dict]:
+    """The training stage's `train_model` when SIGDL_TRAINING_BACKEND=trainjob: `nproc`
+    processes on each of SIGDL_TRAINJOB_NODES nodes."""
+    if data_dir is not None:
+        raise InputError(
+            f"data_dir={data_dir!r} is a folder here, which a TrainJob's nodes cannot read: "
+            "give the nodes the data set through SIGDL_DATA or its download"
+        )
+    root = settings.SIGDL_TRAINJOB_URI.get()
+    if not root or not root.startswith("s3://"):
+        raise InputError(
+            f"SIGDL_TRAINJOB_URI={root!r}: expected an s3:// prefix, which every node reaches"
+        )
+    runner = TrainJobRunner(TrainJobSpec.from_settings(nproc))
+    return runner.train(model, cfg, meta.channels, meta.input_size, root, on_event)
+
+
+# --- the Kubernetes client (the `cluster` extra) -----------------------------------------------
+def load_kube_config() -> None:
+    """Configure the client from the pod's service account, else the kubeconfig."""
+    try:
+        from kubernetes import config
+    except ImportError:
+        raise InputError(
+            "the trainjob backend needs the Kubernetes client: pip install 'sigdl[cluster]'"
+        ) from None
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, FileNotFoundError, TypeError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise InputError(
+                f"no Kubernetes configuration (in-cluster or kubeconfig): {reason}"
+            ) from None
+
+
+def current_namespace() -> str:
+    """The service pod's namespace, else the kubeconfig context's, else `default`."""
+    if _SA_NAMESPACE.is_file():
+        return _SA_NAMESPACE.read_text().strip()
+    try:
+        from kubernetes import config
+
+        _, active = config.list_kube_config_contexts()
+        return (active or {}).get("context", {}).get("namespace") or "default"
+    except Exception:  # no client, no kubeconfig: the API calls will say so
+        return "default"
+
+
+@contextlib.contextmanager
+def _api_errors(what: str) -> Iterator[None]:
+    """Kubernetes API failures as one line that says what was being done and how to fix it."""
+    try:
+        from kubernetes.client import exceptions
+    except ImportError:  # a stand-in API without the client: its errors pass through
+        yield
+        return
+    try:
+        yield
+    except exceptions.ApiException as exc:
+        hint = {
+            403: "the service account may not; grant it trainjobs in trainer.kubeflow.org",
+            404: f"not found (is Kubeflow Trainer, {GROUP}/{VERSION}, installed?)",
+            409: "a TrainJob of that name exists",
+        }.get(exc.status, " ".join(str(exc.reason).split()))
+        raise TrainJobError(f"{what}: HTTP {exc.status}: {hint}") from None
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """A job Cancel sends SIGTERM: raise SystemExit so the TrainJob is deleted on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,460 @@
+"""Multi-node training as a Kubeflow Trainer TrainJob (services/training/trainjob.py).
+
+Without a cluster: rendered manifests validate against the TrainJob CRD's OpenAPI v3 schema
+(`../shared/schemas/`), no secret value reaches a manifest, the runner follows status conditions
+(through a stand-in API), and the node entry point under torchrun with the PET_* environment
+the torch-distributed runtime injects gives the same weights as `launch(..., nproc=2)`.
+
+    SIGDL_DATA=../shared/datasets .venv/bin/python -m pytest -q tests/services/test_trainjob.py
+
+The one live test (`-m cluster`) needs a kubeconfig, Kubeflow Trainer with the
+`torch-distributed` ClusterTrainingRuntime, the SigDL image and an s3:// prefix the nodes reach:
+
+    SIGDL_TRAINJOB_IMAGE=registry/sigdl:TAG SIGDL_TRAINJOB_URI=s3://sigdl/trainjobs \\
+    SIGDL_TRAINJOB_S3_SECRET=sigdl-minio SIGDL_S3_ENDPOINT=minio.sigdl:9000 \\
+    SIGDL_TRAINJOB_NAMESPACE=sigdl .venv/bin/python -m pytest -q -m cluster \\
+        tests/services/test_trainjob.py
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import torch
+import yaml
+
+from services.training import trainjob
+from services.training.stage import build_model, train_model
+from services.training.trainjob import TrainJobError, TrainJobRunner, TrainJobSpec
+from sigdl.core import distributed, settings
+from sigdl.core.datasets import load_dataset
+from sigdl.core.errors import InputError
+from sigdl.core.training import TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO.parent / "shared" / "schemas" / "trainer.kubeflow.org_trainjobs.yaml"
+CFG = TrainConfig(model="lenet-300-100", dataset="digits", epochs=1, batch_size=64, seed=3)
+SECRETS = {  # sentinel values that must never appear in a manifest
+    "SIGDL_S3_ACCESS_KEY": "access-sentinel-7f3a",
+    "SIGDL_S3_SECRET_KEY": "secret-sentinel-9c1e",
+    "AWS_ACCESS_KEY_ID": "aws-access-sentinel-2b8d",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-sentinel-5e0f",
+    "SIGDL_TOKEN": "token-sentinel-4a6c",
+}
+ENVIRONMENT = {
+    **SECRETS,
+    "SIGDL_S3_ENDPOINT": "minio.sigdl.svc.cluster.local:9000",
+    "SIGDL_S3_REGION": "us-east-1",
+    "SIGDL_HOME": "/home/sigdl/.sigdl",  # the service's own: not for the nodes
+}
+
+
+# --- the CRD's schema, made strict --------------------------------------------------------------
+def _strict(schema: Any) -> Any:
+    """The API server prunes unknown fields of a structural schema silently; a manifest should
+    have none, so refuse them (kubectl --validate=strict): every object schema that lists its
+    properties gets additionalProperties false, unless it preserves unknown fields."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def crd_schema() -> dict:
+    if not CRD.is_file():
+        pytest.skip(f"the TrainJob CRD is not at {CRD}")
+    crd = yaml.safe_load(CRD.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == trainjob.VERSION]
+    assert crd["spec"]["group"] == trainjob.GROUP and crd["spec"]["names"]["kind"] == trainjob.KIND
+    return version["schema"]["openAPIV3Schema"]
+
+
+# CEL rules (x-kubernetes-validations) jsonschema cannot run: each one a manifest can meet on
+# create, as Python. `self == oldSelf` (immutability) only constrains updates.
+CEL_RULES = {
+    "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')": lambda v: bool(
+        re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", v["metadata"]["name"])
+    ),
+    "size(self.metadata.name) <= 63": lambda v: len(v["metadata"]["name"]) <= 63,
+    "self >= 1": lambda v: v >= 1,
+    "self == oldSelf": lambda v: True,
+}
+
+
+def _cel_rules(schema: dict, value: Any) -> list[tuple[str, Any]]:
+    """(rule, value) for every CEL rule on a schema node that `value` has."""
+    found = [(r["rule"], value) for r in schema.get("x-kubernetes-validations", [])]
+    if isinstance(value, dict):
+        for key, child in value.items():
+            sub = schema.get("properties", {}).get(key) or schema.get("additionalProperties")
+            if isinstance(sub, dict):
+                found += _cel_rules(sub, child)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for child in value:
+            found += _cel_rules(schema["items"], child)
+    return found
+
+
+def validate(manifest: dict, schema: dict) -> None:
+    jsonschema.Draft7Validator(_strict(schema)).validate(manifest)
+    for rule, value in _cel_rules(schema, manifest):
+        assert rule in CEL_RULES, f"a CEL rule this test cannot check yet: {rule}"
+        assert CEL_RULES[rule](value), f"CEL rule {rule} fails on {value!r}"
+
+
+def _spec(**fields: Any) -> TrainJobSpec:
+    return TrainJobSpec(
+        **{
+            "image": "registry.example/sigdl:1.0",
+            "namespace": "sigdl",
+            "s3_secret": "sigdl-minio",
+            **fields,
+        }
+    )
+
+
+def _render(spec: TrainJobSpec, cfg: TrainConfig = CFG, env: dict | None = None) -> dict:
+    return trainjob.render_trainjob(
+        cfg,
+        spec,
+        name=trainjob.job_name(cfg),
+        job_uri="s3://sigdl/trainjobs/run-1",
+        environment=ENVIRONMENT if env is None else env,
+    )
+
+
+# --- rendering ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("nodes", "nproc", "gpus"), [(1, 1, 0), (2, 1, 0), (2, 2, 0), (2, 1, 1), (4, 8, 8)]
+)
+def test_manifest_is_valid_against_the_trainjob_crd(crd_schema, nodes, nproc, gpus):
+    manifest = _render(_spec(nodes=nodes, nproc_per_node=nproc, gpus_per_node=gpus))
+    validate(manifest, crd_schema)
+    trainer = manifest["spec"]["trainer"]
+    assert manifest["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert manifest["spec"]["runtimeRef"] == {"name": "torch-distributed"}
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (nodes, nproc)
+    assert trainer["command"] == [
+        "torchrun",
+        "-m",
+        "sigdl.core.distributed",
+        "s3://sigdl/trainjobs/run-1",
+    ]
+    resources = trainer["resourcesPerNode"]
+    assert resources["requests"].get("nvidia.com/gpu", 0) == gpus
+    assert resources["limits"].get("nvidia.com/gpu", 0) == gpus
+    assert json.loads(manifest["metadata"]["annotations"]["sigdl.io/train-config"]) == CFG.to_dict()
+
+
+def test_the_strict_schema_refuses_what_the_cluster_would_not_run(crd_schema):
+    manifest = _render(_spec())
+    for path, bad in [
+        (("spec", "trainer", "numNode"), 2),  # a typo the API server would prune silently
+        (("spec", "trainer", "numNodes"), -1),
+        (("spec", "trainer", "resourcesPerNode", "requests", "memory"), "lots"),
+        (("spec", "trainer", "numProcPerNode"), 0),  # a CEL rule
+        (("metadata", "name"), "Sigdl_Train"),  # a CEL rule
+    ]:
+        broken = copy.deepcopy(manifest)
+        node = broken
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = bad
+        with pytest.raises((jsonschema.ValidationError, AssertionError)):
+            validate(broken, crd_schema)
+
+
+def test_no_secret_value_reaches_the_manifest():
+    manifest = _render(_spec())
+    text = json.dumps(manifest)
+    leaked = [name for name, value in SECRETS.items() if value in text]
+    assert leaked == []
+    env = {e["name"]: e for e in manifest["spec"]["trainer"]["env"]}
+    assert env["SIGDL_S3_ACCESS_KEY"] == {
+        "name": "SIGDL_S3_ACCESS_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "sigdl-minio", "key": "accessKey"}},
+    }
+    assert env["SIGDL_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "secretKey"
+    assert env["SIGDL_S3_ENDPOINT"]["value"] == ENVIRONMENT["SIGDL_S3_ENDPOINT"]
+    # the nodes get what they need to reach the job; the service's own settings stay home
+    assert set(env) == {"SIGDL_S3_ENDPOINT", "SIGDL_S3_REGION", *trainjob.SECRET_KEYS}
+
+
+def test_s3_keys_without_a_secret_to_give_the_nodes_are_refused():
+    with pytest.raises(InputError, match="SIGDL_TRAINJOB_S3_SECRET names no Secret"):
+        _render(_spec(s3_secret=None))
+    anonymous = _render(_spec(s3_secret=None), env={"SIGDL_S3_ENDPOINT": "minio:9000"})
+    assert [e["name"] for e in anonymous["spec"]["trainer"]["env"]] == ["SIGDL_S3_ENDPOINT"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"nodes": 0}, "TrainJob nodes=0: expected an integer >= 1"),
+        ({"nproc_per_node": 2, "gpus_per_node": 1}, "TrainJob nproc_per_node=2: expected at most"),
+        ({"memory": "4 GB"}, "TrainJob memory='4 GB': expected a Kubernetes quantity"),
+        ({"namespace": "My_NS"}, "TrainJob namespace='My_NS': expected a DNS label"),
+        ({"image": " "}, "TrainJob image=' ': expected an image reference"),
+    ],
+)
+def test_a_bad_spec_is_one_line_naming_the_field(fields, message):
+    with pytest.raises(InputError) as caught:
+        _spec(**fields)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_a_batch_the_ranks_cannot_share_is_refused_before_submitting():
+    with pytest.raises(InputError, match="batch_size=64 must be divisible by the TrainJob's 3"):
+        _render(_spec(nodes=3))
+
+
+def test_job_names_are_fresh_dns_labels():
+    names = {trainjob.job_name(TrainConfig(model="MobileNet_V2" * 5, dataset="x")) for _ in "ab"}
+    assert len(names) == 2
+    assert all(re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", n) and len(n) <= 63 for n in names)
+
+
+# --- the training stage's switch ----------------------------------------------------------------
+def test_the_backend_setting_is_checked_and_the_stage_sends_training_to_the_cluster(monkeypatch):
+    monkeypatch.setenv("SIGDL_TRAINING_BACKEND", "kubernetes")
+    with pytest.raises(InputError, match="SIGDL_TRAINING_BACKEND='kubernetes': expected one of"):
+        trainjob.uses_trainjob()
+    monkeypatch.setenv("SIGDL_TRAINING_BACKEND", "trainjob")
+    monkeypatch.setenv("SIGDL_TRAINJOB_URI", "file:///tmp/trainjobs")
+    data = load_dataset("digits")
+    model, meta = build_model(CFG, data)
+    with pytest.raises(InputError, match="SIGDL_TRAINJOB_URI='file:///tmp/trainjobs': expected"):
+        train_model(model, meta, CFG, data, nproc=1, data_dir=None, on_event=None)
+
+
+# --- following a TrainJob (a stand-in for the Kubernetes API) -----------------------------------
+def _status(*conditions: tuple[str, str], active: int = 0, progress: int | None = None) -> dict:
+    status: dict[str, Any] = {
+        "conditions": [
+            {
+                "type": t,
+                "status": "True",
+                "reason": r,
+                "message": f"{t} because {r}",
+                "lastTransitionTime": "2026-08-01T00:00:00Z",
+            }
+            for t, r in conditions
+        ],
+        "jobsStatus": [
+            {
+                "name": "node",
+                "active": active,
+                "ready": active,
+                "succeeded": 0,
+                "failed": 0,
+                "suspended": 0,
+            }
+        ],
+    }
+    if progress is not None:
+        status["trainerStatus"] = {"progressPercentage": progress, "lastUpdatedTime": "x"}
+    return {"status": status}
+
+
+class FakeApi:
+    """CustomObjectsApi's three calls over a scripted sequence of TrainJob statuses."""
+
+    def __init__(self, statuses: list[dict]) -> None:
+        self.statuses = statuses
+        self.calls: list[tuple] = []
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        self.calls.append(("create", group, version, namespace, plural, body["metadata"]["name"]))
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.calls.append(("get", name))
+        return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
+        self.calls.append(("delete", name))
+
+
+def test_the_runner_follows_conditions_to_complete_with_an_event_per_change():
+    api = FakeApi(
+        [
+            {},
+            {},  # unchanged: no second event
+            _status(("Created", "JobsCreated"), active=2),
+            _status(("Created", "JobsCreated"), active=2, progress=50),
+            _status(("Created", "JobsCreated"), ("Complete", "JobsCompleted")),
+        ]
+    )
+    events = []
+    runner = TrainJobRunner(_spec(), api=api, poll_s=0)
+    final = runner.follow("sigdl-x", events.append)
+    assert final.phase == "Complete"
+    assert [e["phase"] for e in events] == ["Pending", "Running", "Running", "Complete"]
+    assert events[2].done == 50 and events[2].total == 100
+    assert events[1].line() == (
+        "trainjob: trainjob sigdl-x phase Running active 2 ready 2 succeeded 0 failed 0"
+    )
+
+
+def test_a_failed_trainjob_is_one_line_with_its_reason():
+    api = FakeApi([_status(("Created", "JobsCreated"), ("Failed", "JobsFailed"))])
+    with pytest.raises(TrainJobError) as caught:
+        TrainJobRunner(_spec(), api=api, poll_s=0).follow("sigdl-x")
+    assert str(caught.value) == (
+        "TrainJob 'sigdl-x' in namespace 'sigdl' failed (JobsFailed): Failed because JobsFailed"
+    )
+
+
+# --- the same training code under torchrun with the PET_* environment ----------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_pet_environment_for_two_local_ranks_gives_the_weights_of_nproc_2(tmp_path):
+    """What a one-node TrainJob with numProcPerNode 2 runs, on loopback: torchrun without
+    --standalone, its layout only from PET_*, on the manifest's command and a job URI (file://
+    here, s3:// on a cluster) laid out as the runner lays it out."""
+    data = load_dataset("digits")
+    reference, meta = build_model(CFG, data)
+    under_pet, _ = build_model(CFG, data)
+    distributed.launch(reference, CFG, meta.channels, meta.input_size, 2, tmp_path / "launch")
+
+    job_dir = tmp_path / "trainjob" / "sigdl-pet"
+    distributed.write_job(under_pet, CFG, meta.channels, meta.input_size, job_dir)
+    manifest = trainjob.render_trainjob(
+        CFG,
+        _spec(nodes=1, nproc_per_node=2),
+        name="sigdl-pet",
+        job_uri=job_dir.as_uri(),
+        environment={},
+    )
+    command = manifest["spec"]["trainer"]["command"]
+    assert command[0] == "torchrun"
+    pet = {
+        "PET_NNODES": "1",
+        "PET_NPROC_PER_NODE": "2",
+        "PET_NODE_RANK": "0",
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(_free_port()),
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", *command[1:]],
+        env={**env, **pet},
+        check=True,
+        timeout=300,
+    )
+    # rank 0 wrote the outputs back to the job URI beside the inputs
+    assert sorted(p.name for p in job_dir.iterdir()) == sorted(
+        [*distributed.INPUTS, *distributed.OUTPUTS]
+    )
+    history = distributed.read_result(under_pet, job_dir)
+    assert len(history) == 1
+    for (name, a), b in zip(
+        reference.state_dict().items(), under_pet.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    fresh, _ = build_model(CFG, data)
+    assert not torch.equal(fresh.net.fc1.weight, under_pet.net.fc1.weight)
+
+
+class LoopbackCluster(FakeApi):
+    """A stand-in API that runs each created TrainJob's command on this machine, one node, with
+    the PET_* environment its runtime would inject, and reports it Complete or Failed."""
+
+    def __init__(self) -> None:
+        super().__init__([{}])
+        self.manifests: list[dict] = []
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        super().create_namespaced_custom_object(group, version, namespace, plural, body)
+        self.manifests.append(body)
+        trainer = body["spec"]["trainer"]
+        pet = {
+            "PET_NNODES": "1",
+            "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]),
+            "PET_NODE_RANK": "0",
+            "PET_MASTER_ADDR": "127.0.0.1",
+            "PET_MASTER_PORT": str(_free_port()),
+        }
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+        command = [sys.executable, "-m", "torch.distributed.run", *trainer["command"][1:]]
+        done = subprocess.run(command, env={**env, **pet}, timeout=300, check=False)
+        ending = ("Complete", "JobsCompleted") if done.returncode == 0 else ("Failed", "JobsFailed")
+        self.statuses = [_status(("Created", "JobsCreated"), active=1), _status(ending)]
+
+
+def test_the_runner_trains_through_the_job_uri_and_streams_events(tmp_path):
+    data = load_dataset("digits")
+    model, meta = build_model(CFG, data)
+    fresh, _ = build_model(CFG, data)
+    api, events = LoopbackCluster(), []
+    runner = TrainJobRunner(_spec(nodes=1, s3_secret=None), api=api, poll_s=0)
+    root = (tmp_path / "trainjobs").as_uri()
+    history = runner.train(model, CFG, meta.channels, meta.input_size, root, events.append)
+    assert len(history) == 1 and [c[0] for c in api.calls if c[0] != "get"] == ["create"]
+    assert [e.kind for e in events] == ["log", "trainjob", "trainjob", "epoch"]
+    assert [e["phase"] for e in events if e.kind == "trainjob"] == ["Running", "Complete"]
+    name = api.manifests[0]["metadata"]["name"]
+    assert sorted(p.name for p in (tmp_path / "trainjobs" / name).iterdir()) == sorted(
+        [*distributed.INPUTS, *distributed.OUTPUTS]
+    )
+    assert not torch.equal(fresh.net.fc1.weight, model.net.fc1.weight)
+
+
+def test_a_trainjob_that_fails_is_deleted_and_its_reason_raised(tmp_path):
+    data = load_dataset("digits")
+    model, meta = build_model(CFG, data)
+    api = FakeApi([_status(("Failed", "JobsFailed"))])
+    runner = TrainJobRunner(_spec(nodes=1, s3_secret=None), api=api, poll_s=0)
+    with pytest.raises(TrainJobError, match=r"failed \(JobsFailed\)"):
+        runner.train(model, CFG, meta.channels, meta.input_size, tmp_path.as_uri())
+    assert [c[0] for c in api.calls] == ["create", "get", "delete"]
+
+
+# --- a live cluster -----------------------------------------------------------------------------
+def _kubeconfig() -> Path | None:
+    path = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
+    return path if path.is_file() else None
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(
+    _kubeconfig() is None
+    or not (settings.SIGDL_TRAINJOB_IMAGE.get() and settings.SIGDL_TRAINJOB_URI.get()),
+    reason="needs a kubeconfig (KUBECONFIG or ~/.kube/config), Kubeflow Trainer, and "
+    "SIGDL_TRAINJOB_IMAGE, SIGDL_TRAINJOB_URI=s3://... (see this file's docstring) with -m cluster",
+)
+def test_a_two_node_trainjob_trains_on_a_real_cluster():
+    data = load_dataset("digits")
+    model, meta = build_model(CFG, data)
+    fresh, _ = build_model(CFG, data)
+    events = []
+    runner = TrainJobRunner(TrainJobSpec.from_settings(nproc_per_node=1))
+    history = runner.train(
+        model, CFG, meta.channels, meta.input_size, settings.SIGDL_TRAINJOB_URI.get(), events.append
+    )
+    assert len(history) == 1
+    assert [e["phase"] for e in events if e.kind == "trainjob"][-1] == "Complete"
+    assert [e.kind for e in events][-1] == "epoch"
+    assert not torch.equal(fresh.net.fc1.weight, model.net.fc1.weight)
