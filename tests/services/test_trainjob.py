@@ -1,9 +1,10 @@
 """Multi-node training as a Kubeflow Trainer TrainJob (services/training/trainjob.py).
 
 Without a cluster: rendered manifests validate against the TrainJob CRD's OpenAPI v3 schema
-(`../shared/schemas/`), no secret value reaches a manifest, the runner follows status conditions
-(through a stand-in API), and the node entry point under torchrun with the PET_* environment
-the torch-distributed runtime injects gives the same weights as `launch(..., nproc=2)`.
+(`../shared/schemas/`), no secret value reaches a manifest, and the node entry point under
+torchrun with the PET_* environment the torch-distributed runtime injects gives the same weights
+as `launch(..., nproc=2)`. Following a TrainJob (TrainJobRunner) needs a real Kubernetes API:
+there is no stand-in for it here, only the live test below.
 
     SIGDL_DATA=../shared/datasets .venv/bin/python -m pytest -q tests/services/test_trainjob.py
 
@@ -35,7 +36,7 @@ import yaml
 
 from services.training import trainjob
 from services.training.stage import build_model, train_model
-from services.training.trainjob import TrainJobError, TrainJobRunner, TrainJobSpec
+from services.training.trainjob import TrainJobRunner, TrainJobSpec
 from sigdl.core import distributed, settings
 from sigdl.core.datasets import load_dataset
 from sigdl.core.errors import InputError
@@ -246,84 +247,6 @@ def test_the_backend_setting_is_checked_and_the_stage_sends_training_to_the_clus
         train_model(model, meta, CFG, data, nproc=1, data_dir=None, on_event=None)
 
 
-# --- following a TrainJob (a stand-in for the Kubernetes API) -----------------------------------
-def _status(*conditions: tuple[str, str], active: int = 0, progress: int | None = None) -> dict:
-    status: dict[str, Any] = {
-        "conditions": [
-            {
-                "type": t,
-                "status": "True",
-                "reason": r,
-                "message": f"{t} because {r}",
-                "lastTransitionTime": "2026-08-01T00:00:00Z",
-            }
-            for t, r in conditions
-        ],
-        "jobsStatus": [
-            {
-                "name": "node",
-                "active": active,
-                "ready": active,
-                "succeeded": 0,
-                "failed": 0,
-                "suspended": 0,
-            }
-        ],
-    }
-    if progress is not None:
-        status["trainerStatus"] = {"progressPercentage": progress, "lastUpdatedTime": "x"}
-    return {"status": status}
-
-
-class FakeApi:
-    """CustomObjectsApi's three calls over a scripted sequence of TrainJob statuses."""
-
-    def __init__(self, statuses: list[dict]) -> None:
-        self.statuses = statuses
-        self.calls: list[tuple] = []
-
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
-        self.calls.append(("create", group, version, namespace, plural, body["metadata"]["name"]))
-
-    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
-        self.calls.append(("get", name))
-        return self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-
-    def delete_namespaced_custom_object(self, group, version, namespace, plural, name):
-        self.calls.append(("delete", name))
-
-
-def test_the_runner_follows_conditions_to_complete_with_an_event_per_change():
-    api = FakeApi(
-        [
-            {},
-            {},  # unchanged: no second event
-            _status(("Created", "JobsCreated"), active=2),
-            _status(("Created", "JobsCreated"), active=2, progress=50),
-            _status(("Created", "JobsCreated"), ("Complete", "JobsCompleted")),
-        ]
-    )
-    events = []
-    runner = TrainJobRunner(_spec(), api=api, poll_s=0)
-    final = runner.follow("sigdl-x", events.append)
-    assert final.phase == "Complete"
-    assert [e["phase"] for e in events] == ["Pending", "Running", "Running", "Complete"]
-    assert events[2].done == 50 and events[2].total == 100
-    assert events[1].line() == (
-        "trainjob: trainjob sigdl-x phase Running active 2 ready 2 succeeded 0 failed 0"
-    )
-
-
-def test_a_failed_trainjob_is_one_line_with_its_reason():
-    api = FakeApi([_status(("Created", "JobsCreated"), ("Failed", "JobsFailed"))])
-    with pytest.raises(TrainJobError) as caught:
-        TrainJobRunner(_spec(), api=api, poll_s=0).follow("sigdl-x")
-    assert str(caught.value) == (
-        "TrainJob 'sigdl-x' in namespace 'sigdl' failed (JobsFailed): Failed because JobsFailed"
-    )
-
-
-# --- the same training code under torchrun with the PET_* environment ----------------------------
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -378,61 +301,6 @@ def test_pet_environment_for_two_local_ranks_gives_the_weights_of_nproc_2(tmp_pa
     assert not torch.equal(fresh.net.fc1.weight, under_pet.net.fc1.weight)
 
 
-class LoopbackCluster(FakeApi):
-    """A stand-in API that runs each created TrainJob's command on this machine, one node, with
-    the PET_* environment its runtime would inject, and reports it Complete or Failed."""
-
-    def __init__(self) -> None:
-        super().__init__([{}])
-        self.manifests: list[dict] = []
-
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
-        super().create_namespaced_custom_object(group, version, namespace, plural, body)
-        self.manifests.append(body)
-        trainer = body["spec"]["trainer"]
-        pet = {
-            "PET_NNODES": "1",
-            "PET_NPROC_PER_NODE": str(trainer["numProcPerNode"]),
-            "PET_NODE_RANK": "0",
-            "PET_MASTER_ADDR": "127.0.0.1",
-            "PET_MASTER_PORT": str(_free_port()),
-        }
-        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
-        command = [sys.executable, "-m", "torch.distributed.run", *trainer["command"][1:]]
-        done = subprocess.run(command, env={**env, **pet}, timeout=300, check=False)
-        ending = ("Complete", "JobsCompleted") if done.returncode == 0 else ("Failed", "JobsFailed")
-        self.statuses = [_status(("Created", "JobsCreated"), active=1), _status(ending)]
-
-
-def test_the_runner_trains_through_the_job_uri_and_streams_events(tmp_path):
-    data = load_dataset("digits")
-    model, meta = build_model(CFG, data)
-    fresh, _ = build_model(CFG, data)
-    api, events = LoopbackCluster(), []
-    runner = TrainJobRunner(_spec(nodes=1, s3_secret=None), api=api, poll_s=0)
-    root = (tmp_path / "trainjobs").as_uri()
-    history = runner.train(model, CFG, meta.channels, meta.input_size, root, events.append)
-    assert len(history) == 1 and [c[0] for c in api.calls if c[0] != "get"] == ["create"]
-    assert [e.kind for e in events] == ["log", "trainjob", "trainjob", "epoch"]
-    assert [e["phase"] for e in events if e.kind == "trainjob"] == ["Running", "Complete"]
-    name = api.manifests[0]["metadata"]["name"]
-    assert sorted(p.name for p in (tmp_path / "trainjobs" / name).iterdir()) == sorted(
-        [*distributed.INPUTS, *distributed.OUTPUTS]
-    )
-    assert not torch.equal(fresh.net.fc1.weight, model.net.fc1.weight)
-
-
-def test_a_trainjob_that_fails_is_deleted_and_its_reason_raised(tmp_path):
-    data = load_dataset("digits")
-    model, meta = build_model(CFG, data)
-    api = FakeApi([_status(("Failed", "JobsFailed"))])
-    runner = TrainJobRunner(_spec(nodes=1, s3_secret=None), api=api, poll_s=0)
-    with pytest.raises(TrainJobError, match=r"failed \(JobsFailed\)"):
-        runner.train(model, CFG, meta.channels, meta.input_size, tmp_path.as_uri())
-    assert [c[0] for c in api.calls] == ["create", "get", "delete"]
-
-
-# --- a live cluster -----------------------------------------------------------------------------
 def _kubeconfig() -> Path | None:
     path = Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser()
     return path if path.is_file() else None
