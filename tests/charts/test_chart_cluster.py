@@ -190,3 +190,23 @@ def test_a_shared_job_store_lets_replicas_scale(helm):
     assert env["SIGDL_JOB_STORE"]["valueFrom"]["secretKeyRef"] == {"name": "sigdl-jobs",
                                                                    "key": "uri"}  # fmt: skip
     assert env["SIGDL_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_training_as_trainjobs_gets_its_settings_and_a_role_on_trainjobs(helm):
+    sets = ("training.trainJob.enabled=true", "training.trainJob.uri=s3://sigdl/trainjobs",
+            "training.trainJob.gpusPerNode=1")  # fmt: skip
+    objects = render_files(helm, "cloud", sets=sets)
+    validate_all(objects)
+    pod = by_kind(objects, "Deployment")["sigdl-training"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["SIGDL_TRAINING_BACKEND"] == "trainjob"
+    assert env["SIGDL_TRAINJOB_URI"] == "s3://sigdl/trainjobs"
+    assert env["SIGDL_TRAINJOB_GPUS_PER_NODE"] == "1"
+    assert env["SIGDL_TRAINJOB_S3_SECRET"] == "sigdl-minio"
+    assert pod["serviceAccountName"] == "sigdl-training" and pod["automountServiceAccountToken"]
+    role = by_kind(objects, "Role")["sigdl-training-trainjobs"]
+    assert role["rules"][0] == {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"],
+                                "verbs": ["get", "list", "watch", "create", "delete"]}  # fmt: skip
+    without_uri = ("--set", "training.trainJob.enabled=true")
+    done = helm_run(helm, "template", "sigdl", str(CHART), *without_uri)
+    assert done.returncode != 0 and "training.trainJob.uri" in done.stderr

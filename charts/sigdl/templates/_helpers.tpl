@@ -136,6 +136,33 @@ grpc:
 - name: SIGDL_DATA
   value: {{ $v.data.mountPath | quote }}
 {{- end }}
+{{- if and (eq .stage "training") .svc.trainJob.enabled }}
+{{- if not .svc.trainJob.uri }}
+{{- fail "training.trainJob.enabled needs training.trainJob.uri (an s3:// prefix every node reaches)" }}
+{{- end }}
+- name: SIGDL_TRAINING_BACKEND
+  value: trainjob
+- name: SIGDL_TRAINJOB_IMAGE
+  value: {{ include "sigdl.image" .root | quote }}
+- name: SIGDL_TRAINJOB_URI
+  value: {{ .svc.trainJob.uri | quote }}
+- name: SIGDL_TRAINJOB_NAMESPACE
+  value: {{ .root.Release.Namespace | quote }}
+- name: SIGDL_TRAINJOB_NODES
+  value: {{ .svc.trainJob.nodes | quote }}
+- name: SIGDL_TRAINJOB_GPUS_PER_NODE
+  value: {{ .svc.trainJob.gpusPerNode | quote }}
+- name: SIGDL_TRAINJOB_CPU
+  value: {{ .svc.trainJob.cpu | quote }}
+- name: SIGDL_TRAINJOB_MEMORY
+  value: {{ .svc.trainJob.memory | quote }}
+- name: SIGDL_TRAINJOB_RUNTIME
+  value: {{ .svc.trainJob.runtime | quote }}
+{{- with include "sigdl.s3Secret" .root }}
+- name: SIGDL_TRAINJOB_S3_SECRET
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
 {{- range $name, $value := .svc.env }}
 - name: {{ $name }}
   value: {{ $value | quote }}
@@ -172,8 +199,8 @@ spec:
       labels:
         {{- include "sigdl.labels" $ctx | nindent 8 }}
     spec:
-      {{- if and (eq .stage "deploy") $v.deploy.rbac.create }}
-      # rollout to an edge cluster: the deploy service's own account, bound to rbac.yaml's Role
+      {{- if or (and (eq .stage "deploy") $v.deploy.rbac.create) (and (eq .stage "training") $v.training.trainJob.enabled) }}
+      # its own account, bound to rbac.yaml's Role (deploy: rollout; training: TrainJobs)
       serviceAccountName: {{ $name }}
       automountServiceAccountToken: true
       {{- else }}
