@@ -281,7 +281,22 @@ def status_summary(status: dict) -> str:
             if refusal:
                 line += f"; refused {refusal.get('version')}: {refusal.get('reason')}"
             lines.append(line)
+            if a.get("data"):
+                lines.append(f"      data: {data_summary(a['data'])}")
     return "\n".join(lines)
+
+
+def data_summary(data: dict) -> str:
+    """An agent's acquired samples (services/edge/samples.py), as `sigdl fleet status` shows."""
+    line = (f"kept {data.get('kept')} ({data.get('hard')} hard, {data.get('labelled')} labelled),"
+            f" uploaded to edge {data.get('uploaded_edge')}, synced to cloud "
+            f"{data.get('synced_cloud')}, pending {data.get('pending')} "
+            f"({data.get('pending_bytes')} bytes), rejected {data.get('rejected')}, dropped "
+            f"{data.get('dropped')}")  # fmt: skip
+    error = data.get("last_upload_error")
+    if error:
+        line += f"; upload to {error.get('destination')} failing: {error.get('reason')}"
+    return line
 
 
 def _number(version: str) -> int:

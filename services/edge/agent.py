@@ -24,6 +24,10 @@ model being served untouched, and is not tried again until `current` changes (a 
 cannot be reached is tried again at the next poll). The agent's status (version, health,
 latency p50/p99, its last refusal) goes to `<store>/fleets/<fleet>/_agents/<target>/<id>.json`
 after every poll, where `sigdl fleet status` reads it.
+
+Every prediction the model was unsure of is kept as a hard example, and `label` keeps an
+operator's labelled sample; both go to the edge site's store and, unless private, the cloud
+store (services/edge/samples.py); the status gains their counts under `data`.
 """
 
 from __future__ import annotations
@@ -47,11 +51,12 @@ import numpy as np
 import onnxruntime as ort
 
 import targets
+from services.edge.samples import DataConfig, KeptSample, SampleStore
 from sigdl.core import __version__, onnx_io, settings, signing, store
 from sigdl.core.errors import InputError, one_line, short
 
 AGENT_VERSION = __version__
-STATUS_SCHEMA_VERSION = 1
+STATUS_SCHEMA_VERSION = 2  # 2: `data`, the samples acquired and where they are
 # the store layout services/deploy/fleet.py writes (the contract between deploy and the edge)
 POINTER = "current"
 MANIFEST = "manifest.json"
@@ -215,6 +220,7 @@ class AgentStatus:
     updated: str
     schema_version: int = STATUS_SCHEMA_VERSION
     swaps: list[dict] = field(default_factory=list)  # the last few swaps and their duration
+    data: dict | None = None  # samples kept, uploaded, synced, pending, rejected (samples.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -223,8 +229,14 @@ class AgentStatus:
 class EdgeAgent:
     """Follows one fleet/target in one store and serves its current verified model."""
 
-    def __init__(self, config: AgentConfig, address: str | None = None) -> None:
+    def __init__(
+        self, config: AgentConfig, address: str | None = None, data: DataConfig | None = None
+    ) -> None:
         self.config = config
+        data = data or DataConfig.from_settings(
+            config.fleet, config.target, config.agent_id, config.cache_dir / "samples"
+        )
+        self.samples = SampleStore(data)
         self.address = address
         self.public_key = signing.load_public_key(config.verify_key)
         profile = targets.load_profile(config.target)
@@ -402,8 +414,9 @@ class EdgeAgent:
             stop.wait(self.config.poll_s)
 
     # --- serving ------------------------------------------------------------------------------
-    def predict(self, pixels: np.ndarray) -> Prediction:
-        """Logits, top-1 and its probability for (N, C, H, W) or (C, H, W) pixels."""
+    def predict(self, pixels: np.ndarray, private: bool | None = None) -> Prediction:
+        """Logits, top-1 and its probability for (N, C, H, W) or (C, H, W) pixels. Inputs the
+        model is unsure of are kept as hard examples (`private` None: the agent's default)."""
         started = time.perf_counter()
         model = self._model  # one read: this request runs on this model, whatever swaps
         if model is None:
@@ -417,10 +430,30 @@ class EdgeAgent:
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
         top1 = probabilities.argmax(axis=1)
+        with contextlib.suppress(OSError):  # a failing disk costs the sample, not the answer
+            self.samples.keep_hard(
+                batch, probabilities, model.version, model.manifest_sha256, private
+            )
         self.latency.add((time.perf_counter() - started) * 1e3)
         return Prediction(logits.astype(np.float32), top1.astype(np.int64),
                           probabilities[np.arange(len(top1)), top1].astype(np.float32),
                           model.version, model.manifest_sha256)  # fmt: skip
+
+    def label(self, pixels: np.ndarray, label: int, private: bool | None = None) -> KeptSample:
+        """Keep an operator's labelled sample, checked against the served model's input."""
+        model = self._model
+        if model is None:
+            raise NotReadyError("no verified model is loaded yet: samples are checked against it")
+        classes = model.session.get_outputs()[0].shape[-1]
+        return self.samples.label(
+            pixels,
+            label,
+            private,
+            model.version,
+            model.manifest_sha256,
+            model.input_shape,
+            classes if isinstance(classes, int) else None,
+        )
 
     # --- reporting ----------------------------------------------------------------------------
     def status(self) -> AgentStatus:
@@ -434,7 +467,7 @@ class EdgeAgent:
             loaded_at=model and model.loaded_at, requests=self.latency.requests,
             failed_requests=self.latency.failed, latency_ms=self.latency.summary(),
             last_refusal=self._last_refusal, last_error=self._last_error, address=self.address,
-            updated=now(), swaps=list(self._swaps),
+            updated=now(), swaps=list(self._swaps), data=self.samples.status(),
         )  # fmt: skip
 
     def write_status(self) -> None:

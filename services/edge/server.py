@@ -2,10 +2,11 @@
 
     sigdl edge-agent --fleet lab --target arm-cortex-a53 --store s3://artifacts --port 50060
 
-Serves Predict (one image or a batch) and Status with the model services/edge/agent.py keeps
-verified and current, plus grpc.health.v1 (NOT_SERVING until a verified model is loaded) and
-reflection; TLS and the bearer token come from the same settings as the stage services. The
-agent polls `current` in a background thread. In tests:
+Serves Predict (one image or a batch), Label (an operator's labelled sample) and Status with
+the model services/edge/agent.py keeps verified and current, plus grpc.health.v1 (NOT_SERVING
+until a verified model is loaded) and reflection; TLS and the bearer token come from the same
+settings as the stage services. The agent polls `current` in a background thread, and another
+uploads the samples it keeps (services/edge/samples.py). In tests:
 
     server = EdgeServer(agent, port=0); port = server.start()
 """
@@ -23,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.edge.agent import AgentConfig, EdgeAgent, LoadedModel, NotReadyError
+from services.edge.samples import StorageFullError, Uploader
 from services.grpc_common.security import TlsFiles, TokenInterceptor
 from services.protos.sigdl.v1 import edge_pb2, edge_pb2_grpc
 from sigdl.core import settings
@@ -58,7 +60,8 @@ class EdgeServicer(edge_pb2_grpc.EdgeInferenceServiceServicer):
     def Predict(self, request, context):  # noqa: N802 (the RPC's name)
         try:
             pixels = to_array(request.pixels, "pixels")
-            result = self.agent.predict(pixels)
+            private = request.private if request.HasField("private") else None
+            result = self.agent.predict(pixels, private)
         except InputError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, one_line(str(exc), 500))
         except NotReadyError as exc:
@@ -68,6 +71,24 @@ class EdgeServicer(edge_pb2_grpc.EdgeInferenceServiceServicer):
             top1_probability=result.top1_probability.tolist(),
             model_version=result.version, manifest_sha256=result.manifest_sha256,
         )  # fmt: skip
+
+    def Label(self, request, context):  # noqa: N802
+        try:
+            try:
+                pixels = to_array(request.pixels, "pixels")
+            except InputError as exc:
+                self.agent.samples.reject(str(exc))  # a corrupt sample counts as rejected
+                raise
+            private = request.private if request.HasField("private") else None
+            kept = self.agent.label(pixels, request.label, private)
+        except StorageFullError as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, one_line(str(exc), 500))
+        except InputError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, one_line(str(exc), 500))
+        except NotReadyError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return edge_pb2.LabelResponse(sha256=kept.sha256, key=kept.key, private=kept.private,
+                                      duplicate=kept.duplicate)  # fmt: skip
 
     def Status(self, request, context):  # noqa: N802
         return edge_pb2.AgentStatus(status_json=self.agent.status().to_json())
@@ -101,6 +122,10 @@ class EdgeServer:
         self._poller = threading.Thread(
             target=agent.poll_forever, args=(self._stop,), name="sigdl-edge-poll", daemon=True
         )
+        self._uploader = threading.Thread(
+            target=Uploader(agent.samples).run_forever, args=(self._stop,),
+            name="sigdl-edge-upload", daemon=True,
+        )  # fmt: skip
 
     def _serving(self, _model: LoadedModel) -> None:
         for name in ("", SERVICE):
@@ -118,6 +143,7 @@ class EdgeServer:
         self.grpc_server.start()
         self.agent.address = f"{self.host}:{port}"
         self._poller.start()
+        self._uploader.start()
         return port
 
     def stop(self, grace_s: float = 2.0) -> None:
@@ -125,6 +151,8 @@ class EdgeServer:
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace=grace_s).wait()
         self._poller.join(timeout=grace_s)
+        self.agent.samples.wake.set()  # an idle uploader sees the stop at once
+        self._uploader.join(timeout=grace_s)
         self.agent.stopped = True
         self.agent.write_status()  # the last report says it stopped
 

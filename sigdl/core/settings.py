@@ -376,6 +376,56 @@ SIGDL_AGENT_POLL_S: Setting[float] = _declare(
     "Seconds between the edge agent's reads of its fleet's `current` pointer.",
 )
 
+# --- data the edge agent acquires (services/edge/samples.py) --------------------------------
+SIGDL_EDGE_HARD_TOP1: Setting[float] = _declare(
+    "SIGDL_EDGE_HARD_TOP1",
+    float,
+    0.5,
+    "An input whose top-1 softmax probability is below this is a hard example the agent keeps.",
+)
+SIGDL_EDGE_HARD_MARGIN: Setting[float] = _declare(
+    "SIGDL_EDGE_HARD_MARGIN",
+    float,
+    0.1,
+    "An input whose top-1 minus top-2 probability is below this is a hard example too.",
+)
+SIGDL_EDGE_PRIVATE_DEFAULT: Setting[bool] = _declare(
+    "SIGDL_EDGE_PRIVATE_DEFAULT",
+    bool,
+    True,
+    "Whether a sample its sender did not mark is private (kept at the edge site, never synced).",
+)
+SIGDL_EDGE_SAMPLES_MAX_BYTES: Setting[int] = _declare(
+    "SIGDL_EDGE_SAMPLES_MAX_BYTES",
+    int,
+    256 << 20,
+    "Local edge storage for samples not yet uploaded; when full, hard examples are dropped.",
+)
+SIGDL_EDGE_SAMPLE_MAX_BYTES: Setting[int] = _declare(
+    "SIGDL_EDGE_SAMPLE_MAX_BYTES",
+    int,
+    2 << 20,
+    "Largest single sample (its pixels as float32) the agent keeps; a larger one is rejected.",
+)
+SIGDL_EDGE_UPLOAD_BYTES_PER_S: Setting[int] = _declare(
+    "SIGDL_EDGE_UPLOAD_BYTES_PER_S",
+    int,
+    1 << 20,
+    "Upload bandwidth the agent's samples may use, edge site and cloud together (0: no limit).",
+)
+SIGDL_EDGE_STORE: Setting[str] = _declare(
+    "SIGDL_EDGE_STORE",
+    str,
+    None,
+    "URI prefix in the edge site's object store samples upload to (unset: kept on the device).",
+)
+SIGDL_CLOUD_STORE: Setting[str] = _declare(
+    "SIGDL_CLOUD_STORE",
+    str,
+    None,
+    "URI prefix in the cloud store non-private samples sync to (unset: none leave the site).",
+)
+
 # --- compute -----------------------------------------------------------------------------------
 SIGDL_NUM_THREADS: Setting[int] = _declare(
     "SIGDL_NUM_THREADS",

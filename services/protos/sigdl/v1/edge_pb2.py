@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#services/protos/sigdl/v1/edge.proto\x12\x08sigdl.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"2\n\x0ePredictRequest\x12 \n\x06pixels\x18\x01 \x01(\x0b\x32\x10.sigdl.v1.Tensor\"\x8b\x01\n\x0fPredictResponse\x12 \n\x06logits\x18\x01 \x01(\x0b\x32\x10.sigdl.v1.Tensor\x12\x0c\n\x04top1\x18\x02 \x03(\x03\x12\x18\n\x10top1_probability\x18\x03 \x03(\x02\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x05 \x01(\t\"\x14\n\x12\x41gentStatusRequest\"\"\n\x0b\x41gentStatus\x12\x13\n\x0bstatus_json\x18\x01 \x01(\t2\x95\x01\n\x14\x45\x64geInferenceService\x12>\n\x07Predict\x12\x18.sigdl.v1.PredictRequest\x1a\x19.sigdl.v1.PredictResponse\x12=\n\x06Status\x12\x1c.sigdl.v1.AgentStatusRequest\x1a\x15.sigdl.v1.AgentStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#services/protos/sigdl/v1/edge.proto\x12\x08sigdl.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"T\n\x0ePredictRequest\x12 \n\x06pixels\x18\x01 \x01(\x0b\x32\x10.sigdl.v1.Tensor\x12\x14\n\x07private\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\n\n\x08_private\"\x8b\x01\n\x0fPredictResponse\x12 \n\x06logits\x18\x01 \x01(\x0b\x32\x10.sigdl.v1.Tensor\x12\x0c\n\x04top1\x18\x02 \x03(\x03\x12\x18\n\x10top1_probability\x18\x03 \x03(\x02\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x05 \x01(\t\"a\n\x0cLabelRequest\x12 \n\x06pixels\x18\x01 \x01(\x0b\x32\x10.sigdl.v1.Tensor\x12\r\n\x05label\x18\x02 \x01(\x03\x12\x14\n\x07private\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\n\n\x08_private\"P\n\rLabelResponse\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07private\x18\x03 \x01(\x08\x12\x11\n\tduplicate\x18\x04 \x01(\x08\"\x14\n\x12\x41gentStatusRequest\"\"\n\x0b\x41gentStatus\x12\x13\n\x0bstatus_json\x18\x01 \x01(\t2\xcf\x01\n\x14\x45\x64geInferenceService\x12>\n\x07Predict\x12\x18.sigdl.v1.PredictRequest\x1a\x19.sigdl.v1.PredictResponse\x12\x38\n\x05Label\x12\x16.sigdl.v1.LabelRequest\x1a\x17.sigdl.v1.LabelResponse\x12=\n\x06Status\x12\x1c.sigdl.v1.AgentStatusRequest\x1a\x15.sigdl.v1.AgentStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,13 +34,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_start=49
   _globals['_TENSOR']._serialized_end=86
   _globals['_PREDICTREQUEST']._serialized_start=88
-  _globals['_PREDICTREQUEST']._serialized_end=138
-  _globals['_PREDICTRESPONSE']._serialized_start=141
-  _globals['_PREDICTRESPONSE']._serialized_end=280
-  _globals['_AGENTSTATUSREQUEST']._serialized_start=282
-  _globals['_AGENTSTATUSREQUEST']._serialized_end=302
-  _globals['_AGENTSTATUS']._serialized_start=304
-  _globals['_AGENTSTATUS']._serialized_end=338
-  _globals['_EDGEINFERENCESERVICE']._serialized_start=341
-  _globals['_EDGEINFERENCESERVICE']._serialized_end=490
+  _globals['_PREDICTREQUEST']._serialized_end=172
+  _globals['_PREDICTRESPONSE']._serialized_start=175
+  _globals['_PREDICTRESPONSE']._serialized_end=314
+  _globals['_LABELREQUEST']._serialized_start=316
+  _globals['_LABELREQUEST']._serialized_end=413
+  _globals['_LABELRESPONSE']._serialized_start=415
+  _globals['_LABELRESPONSE']._serialized_end=495
+  _globals['_AGENTSTATUSREQUEST']._serialized_start=497
+  _globals['_AGENTSTATUSREQUEST']._serialized_end=517
+  _globals['_AGENTSTATUS']._serialized_start=519
+  _globals['_AGENTSTATUS']._serialized_end=553
+  _globals['_EDGEINFERENCESERVICE']._serialized_start=556
+  _globals['_EDGEINFERENCESERVICE']._serialized_end=763
 # @@protoc_insertion_point(module_scope)

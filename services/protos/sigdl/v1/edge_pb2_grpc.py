@@ -39,6 +39,11 @@ class EdgeInferenceServiceStub:
                 request_serializer=services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.PredictRequest.SerializeToString,
                 response_deserializer=services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.Label = channel.unary_unary(
+                '/sigdl.v1.EdgeInferenceService/Label',
+                request_serializer=services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.LabelRequest.SerializeToString,
+                response_deserializer=services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.LabelResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/sigdl.v1.EdgeInferenceService/Status',
                 request_serializer=services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.AgentStatusRequest.SerializeToString,
@@ -50,6 +55,12 @@ class EdgeInferenceServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Predict(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Label(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -68,6 +79,11 @@ def add_EdgeInferenceServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.PredictRequest.FromString,
                     response_serializer=services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.PredictResponse.SerializeToString,
+            ),
+            'Label': grpc.unary_unary_rpc_method_handler(
+                    servicer.Label,
+                    request_deserializer=services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.LabelRequest.FromString,
+                    response_serializer=services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.LabelResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -102,6 +118,33 @@ class EdgeInferenceService:
             '/sigdl.v1.EdgeInferenceService/Predict',
             services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.PredictRequest.SerializeToString,
             services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Label(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sigdl.v1.EdgeInferenceService/Label',
+            services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.LabelRequest.SerializeToString,
+            services_dot_protos_dot_sigdl_dot_v1_dot_edge__pb2.LabelResponse.FromString,
             options,
             channel_credentials,
             insecure,
