@@ -315,12 +315,42 @@ def deploy(
     ] = None,
     version: Annotated[str | None, typer.Option(help="Version (default: the next vN).")] = None,
     retest: Annotated[str | None, typer.Option(help="A retest report.json to include.")] = None,
+    canary: Annotated[
+        bool, typer.Option(help="Publish as the canary (`sigdl fleet promote` decides).")
+    ] = False,
+    rollout: Annotated[
+        bool, typer.Option(help="Apply the agents' Kubernetes objects (SIGDL_EDGE_*) after.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="With --rollout: publish and apply nothing, print the objects.")
+    ] = False,
+    replicas: Annotated[int, typer.Option(help="With --rollout: agents in all.")] = 1,
+    canary_fraction: Annotated[
+        float, typer.Option(help="With --rollout: share of the agents that are canaries.")
+    ] = 0.0,
     remote: RemoteOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Package a run for a target and publish it as the fleet's current version."""
     from services.deploy.stage import run_deploy, summary
 
+    if dry_run and not rollout:
+        raise InputError("--dry-run previews a rollout: add --rollout")
+    if remote and (rollout or canary):
+        raise InputError("--rollout and --canary run here, not with --remote")
+    if rollout:
+        from services.deploy import rollout as ro
+        from sigdl.core import settings
+
+    if rollout and dry_run:
+        from services.deploy.stage import preview_manifest
+
+        root, manifest = preview_manifest(source, target, fleet, store, version, retest)
+        objects = ro.render_rollout(
+            ro.RolloutSpec.for_manifest(root, manifest, None, replicas, canary_fraction)
+        )
+        emit(objects, as_json, ro.to_yaml(objects).rstrip("\n"))
+        return
     if remote:
         from services.deploy.client import deploy_remote
 
@@ -328,8 +358,14 @@ def deploy(
                                retest_report=retest)  # fmt: skip
     else:
         result = run_deploy(source, target, fleet, store_root=store, version=version,
-                            retest_report=retest)  # fmt: skip
-    emit(result, as_json, summary(result))
+                            retest_report=retest, canary=canary)  # fmt: skip
+    human = summary(result)
+    if rollout:
+        spec = ro.RolloutSpec.from_settings(fleet, target, store, replicas, canary_fraction)
+        applied = ro.apply_rollout(ro.render_rollout(spec), settings.SIGDL_EDGE_KUBE_CONTEXT.get())
+        result["rollout"] = [f"{o['kind']} {o['metadata']['name']}" for o in applied]
+        human += f"\napplied in {spec.namespace}: {', '.join(result['rollout'])}"
+    emit(result, as_json, human)
 
 
 @app.command()
@@ -660,13 +696,40 @@ def fleet_rollback(
         str | None, typer.Option("--to", help="Version (default: the one current before).")
     ] = None,
     store: StoreOpt = None,
+    remote: RemoteOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Point the fleet's `current` back at an earlier, verified version."""
     from services.deploy.stage import rollback, summary
 
-    result = rollback(name, target, store_root=store, to_version=to)
+    if remote:
+        from services.deploy.client import rollback_remote
+
+        result = rollback_remote(remote, name, target, store_root=store, to_version=to)
+    else:
+        result = rollback(name, target, store_root=store, to_version=to)
     emit(result, as_json, summary(result))
+
+
+@fleet_app.command("promote")
+def fleet_promote(
+    name: Annotated[str, typer.Argument(help="Fleet name.")],
+    target: Annotated[str, typer.Option(help="Target profile name.")],
+    deadline: Annotated[
+        float, typer.Option(help="Seconds the canary agents have to report healthy.")
+    ] = 300.0,
+    min_healthy: Annotated[int, typer.Option(help="Canary agents that must serve it.")] = 1,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wait for the fleet's canary agents to report healthy on the canary, then make it current;
+    otherwise roll the canary back (exit 1)."""
+    from services.deploy.canary import promote_canary, summary
+
+    decision = promote_canary(name, target, store, deadline_s=deadline, min_healthy=min_healthy)
+    emit(decision.to_dict(), as_json, summary(decision))
+    if decision.action != "promoted":
+        raise typer.Exit(1)
 
 
 @app.command("edge-agent")
@@ -678,12 +741,15 @@ def edge_agent(
         int, typer.Option(help="Port of EdgeInferenceService (0: a free one).")
     ] = 50060,
     host: Annotated[str, typer.Option(help="Interface (0.0.0.0 in a container).")] = "127.0.0.1",
+    canary: Annotated[
+        bool, typer.Option(help="Follow the fleet's canary while one exists (SIGDL_AGENT_CANARY).")
+    ] = False,
 ) -> None:
     """Serve the fleet's current verified package (ONNX Runtime) until SIGTERM; refuse any
     package whose digests or signature (SIGDL_VERIFY_KEY) do not match."""
     from services.edge.server import serve as serve_edge
 
-    raise typer.Exit(serve_edge(fleet, target, store, host, port))
+    raise typer.Exit(serve_edge(fleet, target, store, host, port, canary))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,10 @@ result = deploy_remote("127.0.0.1:50054", "runs/lenet5-dc", "jetson-tx2", "lab")
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from services.grpc_common.client import JobClient, input_ref, run_remote
+from services.grpc_common.client import JobClient, input_ref, remote_errors, run_remote
 from services.protos.sigdl.v1 import common_pb2, deploy_pb2, deploy_pb2_grpc
 from sigdl.core import store as artifact_store
 
@@ -35,3 +36,21 @@ def deploy_remote(
     )  # fmt: skip
     with DeployClient(address) as client:
         return run_remote(client, request, None, on_event)
+
+
+def rollback_remote(
+    address: str,
+    fleet: str,
+    target: str,
+    *,
+    store_root: str | None = None,
+    to_version: str | None = None,
+) -> dict:
+    """What `sigdl fleet rollback --remote` does: the same result as in-process `rollback`."""
+    request = deploy_pb2.RollbackRequest(
+        fleet=fleet, target=target, to_version=to_version or "",
+        store_uri=artifact_store.as_uri(store_root) if store_root else "",
+    )  # fmt: skip
+    with DeployClient(address) as client, remote_errors(client.address):
+        reply = client.stub.Rollback(request, timeout=client.timeout_s, metadata=client.metadata)
+    return json.loads(reply.result_json)

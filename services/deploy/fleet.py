@@ -5,13 +5,15 @@ Layout under a store root (a ``file://`` folder or an ``s3://bucket/prefix``)::
     fleets/<fleet>/<target>/v1/model.onnx, model.sdc, manifest.json, signature
     fleets/<fleet>/<target>/v2/...
     fleets/<fleet>/<target>/current     {"version": "v2", "manifest_sha256": ..., "history": [...]}
+    fleets/<fleet>/<target>/canary      {"version": "v3", "manifest_sha256": ..., "base": "v2"}
     fleets/<fleet>/_agents/<target>/<agent-id>.json    what each edge agent last reported
 
 A version folder is immutable once published. `current` is one small JSON object written in a
 single atomic put (a rename on disk, one PUT on S3), and only after every file of its version
 has been uploaded and read back with the expected sha256: an edge agent that reads `current`
 always finds a complete, verified version. The history of what was current lives in the same
-object, so pointer and history can never disagree.
+object, so pointer and history can never disagree. A `canary` pointer, while it exists, names a
+version that only canary agents follow (services/deploy/canary.py promotes or removes it).
 
     ft = FleetTarget.at("s3://artifacts", "lab", "jetson-tx2")
     ft.read_pointer()["version"]  # 'v2'
@@ -35,6 +37,7 @@ from sigdl.core.errors import InputError, short
 from sigdl.core.events import EventFn, ProgressEvent
 
 POINTER = "current"
+CANARY = "canary"  # the pointer canary agents follow while it exists
 MANIFEST = "manifest.json"
 SIGNATURE = signing.SIGNATURE  # beside the manifest in a signed version folder
 # where edge agents report their status (services/edge/agent.py): beside the targets of a
@@ -53,6 +56,10 @@ _LOCKS_GUARD = threading.Lock()
 
 class ConcurrentPublishError(store.StoreError):
     """`current` moved while this publish was uploading: another publisher got there first."""
+
+
+class NotPublishedError(InputError):
+    """The fleet/target or version asked for has nothing published (NOT_FOUND over gRPC)."""
 
 
 def check_name(value: str, what: str) -> str:
@@ -75,10 +82,10 @@ def check_target(value: str) -> str:
 
 
 def check_version(value: str) -> str:
-    if not isinstance(value, str) or not VERSION_RE.match(value) or value == POINTER:
+    if not isinstance(value, str) or not VERSION_RE.match(value) or value in (POINTER, CANARY):
         raise InputError(
             f"version {short(value)} is not valid: expected e.g. 'v3' or '2026-11-24.1' (lowercase "
-            f"letters, digits, '.', '_', '-'; not {POINTER!r})"
+            f"letters, digits, '.', '_', '-'; not {POINTER!r} or {CANARY!r})"
         )
     return value
 
@@ -123,6 +130,14 @@ class FleetTarget:
             return None
         return _stored_json(data, self.uri(POINTER))
 
+    def read_canary(self) -> dict | None:
+        """The `canary` pointer, or None when no canary is in progress."""
+        try:
+            data = store.get_bytes(self.uri(CANARY))
+        except store.ArtifactNotFoundError:
+            return None
+        return _stored_json(data, self.uri(CANARY))
+
     def read_manifest(self, version: str) -> tuple[dict, str]:
         """A version's manifest and the sha256 of its bytes."""
         data = store.get_bytes(self.uri(version, MANIFEST))
@@ -149,7 +164,7 @@ class FleetTarget:
         try:
             manifest, digest = self.read_manifest(version)
         except store.ArtifactNotFoundError:
-            raise InputError(
+            raise NotPublishedError(
                 f"version {version!r} of {self.fleet}/{self.target} does not exist in {self.root}"
             ) from None
         for name, entry in manifest["files"].items():
@@ -232,6 +247,25 @@ class FleetTarget:
         }
         store.put_bytes(self.uri(POINTER), (json.dumps(pointer, indent=2) + "\n").encode())
         return pointer
+
+    def write_canary(self, base: dict | None, version: str, manifest_sha256: str) -> dict:
+        """Point `canary` at `version` (one atomic write); `base` is the `current` pointer it is
+        tried against, so a promotion can tell whether `current` moved meanwhile."""
+        pointer = {
+            "fleet": self.fleet,
+            "target": self.target,
+            "version": version,
+            "manifest": f"{version}/{MANIFEST}",
+            "manifest_sha256": manifest_sha256,
+            "base": _version_of(base),
+            "created": now(),
+        }
+        store.put_bytes(self.uri(CANARY), (json.dumps(pointer, indent=2) + "\n").encode())
+        return pointer
+
+    def remove_canary(self) -> None:
+        """Canary agents go back to `current` at their next poll."""
+        store.delete(self.uri(CANARY))  # a missing one is not an error
 
 
 def _stored_json(data: bytes, uri: str) -> dict:

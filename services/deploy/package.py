@@ -293,6 +293,7 @@ def retest_metrics(retest: dict, target: str) -> dict:
             "would describe another device; retest on this target or leave the report out"
         )
     verdict = retest.get("verdict") or {}
+    memory = retest.get("memory")  # {"memory_mb", "ram_mb", ...} (services/retest/predict.py)
     accuracy = retest.get("accuracy")  # {"accuracy", "drop_pp", ...} when a data set was given
     accuracy = accuracy if isinstance(accuracy, dict) else {"accuracy": accuracy}
     return _drop_none(
@@ -302,6 +303,8 @@ def retest_metrics(retest: dict, target: str) -> dict:
             "fps": retest.get("fps"),
             "power_w": retest.get("power_w"),  # an estimate from the profile's power model
             "energy_mj": retest.get("energy_mj"),
+            # weights + peak activations on the target: what the agent's pod must hold
+            "memory_mb": memory.get("memory_mb") if isinstance(memory, dict) else None,
             "precision": retest.get("precision"),
             "power_mode": retest.get("mode"),
             "target_accuracy": accuracy.get("accuracy"),

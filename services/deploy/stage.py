@@ -31,6 +31,10 @@ Decisions where the design was silent:
 - When the package names a registered MLflow version in the tracking store in force, the alias
   `deployed_<fleet>_<target>` follows `current` (publish and rollback); an MLflow failure is
   reported in the result's `mlflow`, not raised, since the package is already live.
+- With `canary=True` the new version goes to the `canary` pointer, which only canary agents
+  follow, and `current` stays; services/deploy/canary.py promotes it or removes it. A canary
+  needs a current version (what the rest of the fleet, and a rolled back canary, runs) and
+  waits for the one in progress to be promoted or rolled back.
 - Publishers of one fleet/target are serialized within a process; across processes, the pointer
   is re-read just before the swap and a move by someone else fails the publish (S3 has no
   compare-and-swap, so run one deploy service per store).
@@ -45,10 +49,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.deploy.fleet import (
     AGENTS,
+    CANARY,
     MANIFEST,
     POINTER,
     SIGNATURE,
     FleetTarget,
+    NotPublishedError,
     check_name,
     check_version,
     emit,
@@ -68,9 +74,11 @@ def run_deploy(
     version: str | None = None,
     on_event: EventFn | None = None,
     retest_report: str | None = None,
+    canary: bool = False,
 ) -> dict:
-    """Package `source` for `target` and make it the current version of `fleet`; return what
-    was published (URIs, manifest digest, metrics, lineage)."""
+    """Package `source` for `target` and make it the current version of `fleet` (with
+    `canary`, the version its canary agents try first); return what was published (URIs,
+    manifest digest, metrics, lineage)."""
     ft = FleetTarget.at(store_root, fleet, target)
     if version is not None:
         check_version(version)
@@ -82,6 +90,8 @@ def run_deploy(
                 f"not {target!r}: deploy the run it came from instead"
             )
         pointer = ft.read_pointer()
+        if canary:
+            _check_canary_possible(ft, pointer)
         folders = ft.version_folders()
         chosen = version or ft.next_version(folders)
         manifest = build_manifest(src, fleet=fleet, target=target, version=chosen)
@@ -97,12 +107,52 @@ def run_deploy(
         data = (json.dumps(manifest, indent=2) + "\n").encode()
         signature = signing.sign(data, key) if key is not None else None
         digest = ft.upload_version(chosen, src.files, data, on_event, signature)
-        new_pointer = ft.swap_pointer(pointer, chosen, digest, "publish")
-    emit(on_event, ProgressEvent.of("current", version=chosen, manifest_sha256=digest))
-    result = _result(ft, manifest, new_pointer, "publish")
+        if canary:
+            tried = ft.write_canary(pointer, chosen, digest)
+            new_pointer = {"manifest_sha256": digest, "previous": tried["base"]}
+        else:
+            new_pointer = ft.swap_pointer(pointer, chosen, digest, "publish")
+    emit(on_event, ProgressEvent.of(CANARY if canary else POINTER, version=chosen,
+                                    manifest_sha256=digest))  # fmt: skip
+    result = _result(ft, manifest, new_pointer, "canary" if canary else "publish")
     result["signed_by"] = signing.key_id(key.public_key()) if key is not None else None
-    result["mlflow"] = mark_deployed(manifest["lineage"], fleet, target)
+    if canary:  # the alias marks what the fleet runs: it moves when the canary is promoted
+        result["pointer_uri"] = ft.uri(CANARY)
+    else:
+        result["mlflow"] = mark_deployed(manifest["lineage"], fleet, target)
     return result
+
+
+def _check_canary_possible(ft: FleetTarget, pointer: dict | None) -> None:
+    if pointer is None:
+        raise InputError(
+            f"a canary of {ft.fleet}/{ft.target} needs a current version to fall back to: "
+            "deploy one without --canary first"
+        )
+    running = ft.read_canary()
+    if running is not None:
+        raise InputError(
+            f"canary {running['version']!r} of {ft.fleet}/{ft.target} is in progress: promote "
+            "it or roll it back first"
+        )
+
+
+def preview_manifest(
+    source: str,
+    target: str,
+    fleet: str,
+    store_root: str | None = None,
+    version: str | None = None,
+    retest_report: str | None = None,
+) -> tuple[str, dict]:
+    """The store root and the manifest `run_deploy` would publish now (`--dry-run`), writing
+    nothing."""
+    ft = FleetTarget.at(store_root, fleet, target)
+    if version is not None:
+        check_version(version)
+    with open_source(str(source), retest_report) as src:
+        chosen = version or ft.next_version()
+        return ft.root, build_manifest(src, fleet=fleet, target=target, version=chosen)
 
 
 def signing_key() -> Ed25519PrivateKey | None:
@@ -140,7 +190,7 @@ def rollback(
     with ft.lock():
         pointer = ft.read_pointer()
         if pointer is None:
-            raise InputError(f"nothing is published for {fleet}/{target} in {ft.root}")
+            raise NotPublishedError(f"nothing is published for {fleet}/{target} in {ft.root}")
         to_version = check_version(to_version or pointer.get("previous") or "")
         if to_version == pointer["version"]:
             raise InputError(f"version {to_version!r} is already current for {fleet}/{target}")
@@ -313,7 +363,7 @@ def _result(ft: FleetTarget, manifest: dict, pointer: dict, action: str) -> dict
         "target": ft.target,
         "version": version,
         "action": action,
-        "published": action == "publish",
+        "published": action in ("publish", "canary"),
         "store_root": ft.root,
         "package_uri": ft.uri(version) + "/",
         "manifest_uri": ft.uri(version, MANIFEST),
@@ -336,11 +386,18 @@ def summary(result: dict) -> str:
         "publish": f"published {where} at {result['package_uri']}",
         "unchanged": f"unchanged: {where} already holds this package at {result['package_uri']}",
         "rollback": f"rolled back {where} at {result['package_uri']}",
+        "canary": f"published {where} as the canary at {result['package_uri']}",
     }[result["action"]]
-    if result["action"] == "publish":
+    if result["action"] in ("publish", "canary"):
         signed = result.get("signed_by")
         unsigned = "unsigned (SIGDL_SIGNING_KEY is not set): edge agents will refuse it"
         head += f"\nsigned by key {signed}" if signed else f"\n{unsigned}"
+    if result["action"] == "canary":
+        return (
+            f"{head}\nmanifest sha256 {result['manifest_sha256']}\n"
+            f"canary: {result['version']} (current stays {result['previous_version']}) in "
+            f"{result['pointer_uri']}; `sigdl fleet promote` decides"
+        )
     return (
         f"{head}\nmanifest sha256 {result['manifest_sha256']}\n"
         f"current: {result['version']} (previous: {result['previous_version'] or 'none'}) "

@@ -7,7 +7,9 @@
 `sigdl edge-agent` (services/edge/server.py) runs `poll_forever` in a thread and serves
 `predict` over gRPC. What a poll does, in order, refusing the new version at the first failure:
 
-1. read `<store>/fleets/<fleet>/<target>/current` (services/deploy/fleet.py writes it);
+1. read `<store>/fleets/<fleet>/<target>/current` (services/deploy/fleet.py writes it); a
+   canary agent (SIGDL_AGENT_CANARY) reads `canary` first and `current` only when there is no
+   canary, so a canary rolled back (its pointer removed) sends it back to `current`;
 2. download the version's `manifest.json` and `signature`; the manifest's sha256 must be the
    one the pointer names, and the signature must verify under the trusted public key
    (SIGDL_VERIFY_KEY) over the manifest's exact bytes;
@@ -59,6 +61,8 @@ AGENT_VERSION = __version__
 STATUS_SCHEMA_VERSION = 2  # 2: `data`, the samples acquired and where they are
 # the store layout services/deploy/fleet.py writes (the contract between deploy and the edge)
 POINTER = "current"
+CANARY = "canary"
+POINTERS = (POINTER, CANARY)  # names no version may take
 MANIFEST = "manifest.json"
 AGENTS = "_agents"
 PACKAGE_FORMAT = "sigdl-edge-package"
@@ -106,6 +110,7 @@ class AgentConfig:
     agent_id: str  # the name its status is reported under
     cache_dir: Path  # verified packages on local disk
     poll_s: float = 5.0  # seconds between reads of `current`
+    canary: bool = False  # follow the `canary` pointer while one exists
 
     def __post_init__(self) -> None:
         for what, value in (("fleet", self.fleet), ("agent id", self.agent_id)):
@@ -132,7 +137,7 @@ class AgentConfig:
         return cls(
             fleet=fleet, target=target, store_root=root, verify_key=key, agent_id=agent_id,
             cache_dir=settings.SIGDL_HOME.get() / "edge" / agent_id,
-            poll_s=settings.SIGDL_AGENT_POLL_S.get(),
+            poll_s=settings.SIGDL_AGENT_POLL_S.get(), canary=settings.SIGDL_AGENT_CANARY.get(),
         )  # fmt: skip
 
     @property
@@ -221,6 +226,7 @@ class AgentStatus:
     schema_version: int = STATUS_SCHEMA_VERSION
     swaps: list[dict] = field(default_factory=list)  # the last few swaps and their duration
     data: dict | None = None  # samples kept, uploaded, synced, pending, rejected (samples.py)
+    canary: bool = False  # a canary agent: it follows the `canary` pointer while one exists
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -266,7 +272,7 @@ class EdgeAgent:
 
     def _poll(self) -> str:
         try:
-            raw = _read_capped(f"{self.config.prefix}/{POINTER}", MAX_POINTER_BYTES)
+            raw = self._read_pointer()
         except store.ArtifactNotFoundError:
             return "unchanged"  # nothing published yet
         except (store.StoreError, OSError) as exc:
@@ -311,6 +317,14 @@ class EdgeAgent:
         if previous is not None and previous.folder != loaded.folder:
             shutil.rmtree(previous.folder, ignore_errors=True)  # its session is in memory
         return "loaded"
+
+    def _read_pointer(self) -> bytes:
+        """The bytes of the pointer this agent follows now: `canary` while a canary agent finds
+        one, else `current`."""
+        if self.config.canary:
+            with contextlib.suppress(store.ArtifactNotFoundError):
+                return _read_capped(f"{self.config.prefix}/{CANARY}", MAX_POINTER_BYTES)
+        return _read_capped(f"{self.config.prefix}/{POINTER}", MAX_POINTER_BYTES)
 
     def _install(self, pointer: dict, version: str) -> LoadedModel:
         """Download, verify and load `version`; raise PackageRefusedError saying what failed."""
@@ -468,6 +482,7 @@ class EdgeAgent:
             failed_requests=self.latency.failed, latency_ms=self.latency.summary(),
             last_refusal=self._last_refusal, last_error=self._last_error, address=self.address,
             updated=now(), swaps=list(self._swaps), data=self.samples.status(),
+            canary=self.config.canary,
         )  # fmt: skip
 
     def write_status(self) -> None:
@@ -509,6 +524,6 @@ def _parse_json(data: bytes, what: str) -> dict:
 
 def _pointer_version(pointer: dict) -> str:
     version = pointer.get("version")
-    if not isinstance(version, str) or not VERSION_RE.match(version) or version == POINTER:
-        raise PackageRefusedError(f"the current pointer names {short(version)}: not a version")
+    if not isinstance(version, str) or not VERSION_RE.match(version) or version in POINTERS:
+        raise PackageRefusedError(f"the pointer names {short(version)}: not a version")
     return version

@@ -13,6 +13,7 @@ uploads the samples it keeps (services/edge/samples.py). In tests:
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
@@ -157,9 +158,13 @@ class EdgeServer:
         self.agent.write_status()  # the last report says it stopped
 
 
-def serve(fleet: str, target: str, store_root: str, host: str, port: int) -> int:
-    """`sigdl edge-agent`: run until SIGTERM or Ctrl-C."""
+def serve(
+    fleet: str, target: str, store_root: str, host: str, port: int, canary: bool = False
+) -> int:
+    """`sigdl edge-agent`: run until SIGTERM or Ctrl-C (`canary`: or SIGDL_AGENT_CANARY)."""
     config = AgentConfig.from_settings(fleet, target, store_root, port)
+    if canary:
+        config = dataclasses.replace(config, canary=True)
     agent = EdgeAgent(config)
     server = EdgeServer(agent, host, port)
     bound = server.start()
@@ -168,7 +173,8 @@ def serve(fleet: str, target: str, store_root: str, host: str, port: int) -> int
         signal.signal(sig, lambda *_: stop.set())
     print(
         f"sigdl edge-agent {config.agent_id}: {SERVICE} on {host}:{bound}, following "
-        f"{config.prefix}/current every {config.poll_s:g} s ({agent.threads} threads)",
+        f"{config.prefix}/{'canary (else current)' if config.canary else 'current'} every "
+        f"{config.poll_s:g} s ({agent.threads} threads)",
         file=sys.stderr, flush=True,
     )  # fmt: skip
     while not stop.wait(0.5):

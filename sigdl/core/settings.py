@@ -375,6 +375,44 @@ SIGDL_AGENT_POLL_S: Setting[float] = _declare(
     5.0,
     "Seconds between the edge agent's reads of its fleet's `current` pointer.",
 )
+SIGDL_AGENT_CANARY: Setting[bool] = _declare(
+    "SIGDL_AGENT_CANARY",
+    bool,
+    False,
+    "Whether the edge agent is a canary: it follows its fleet's `canary` pointer while one exists.",
+)
+
+# --- rollout of edge agents to an edge cluster (services/deploy/rollout.py) ----------------
+SIGDL_EDGE_KUBE_CONTEXT: Setting[str] = _declare(
+    "SIGDL_EDGE_KUBE_CONTEXT",
+    str,
+    None,
+    "Kubeconfig context of the edge cluster rollouts go to (unset: in-cluster, else current).",
+)
+SIGDL_EDGE_NAMESPACE: Setting[str] = _declare(
+    "SIGDL_EDGE_NAMESPACE",
+    str,
+    "sigdl-edge",
+    "Namespace of the edge cluster the agents' Deployments, ConfigMaps and Services go to.",
+)
+SIGDL_EDGE_IMAGE: Setting[str] = _declare(
+    "SIGDL_EDGE_IMAGE",
+    str,
+    "sigdl:latest",
+    "Image the edge agents run (the SigDL image, `sigdl edge-agent`).",
+)
+SIGDL_EDGE_VERIFY_SECRET: Setting[str] = _declare(
+    "SIGDL_EDGE_VERIFY_SECRET",
+    str,
+    "sigdl-verify-key",
+    "Secret in the edge namespace whose key `signing.pub` is the agents' SIGDL_VERIFY_KEY.",
+)
+SIGDL_EDGE_S3_SECRET: Setting[str] = _declare(
+    "SIGDL_EDGE_S3_SECRET",
+    str,
+    None,
+    "Secret (keys accessKey, secretKey) the agents read the store's S3 keys from (s3:// stores).",
+)
 
 # --- data the edge agent acquires (services/edge/samples.py) --------------------------------
 SIGDL_EDGE_HARD_TOP1: Setting[float] = _declare(

@@ -5,7 +5,12 @@ processes (each with only the public key) serving EdgeInferenceService on free p
 v1 is deployed and answered by both agents; then a version whose model file was changed in the
 store (v2) and one whose signature was changed (v3) are made current, as someone with write
 access to the bucket could; both agents refuse each, keep answering with v1 and report why;
-then a good v4 is deployed and reaches both."""
+then a good v4 is deployed and reaches both.
+
+Canaries (services/deploy/canary.py) with one canary agent (SIGDL_AGENT_CANARY) and one that
+follows `current` only: a good canary is promoted and reaches both; a canary that does not get
+enough healthy agents within its deadline, and one the agents refuse (unsigned), are rolled
+back; the other agent never leaves the current version, and the canary agent returns to it."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.deploy.canary import promote_canary
 from services.deploy.stage import fleet_status, run_deploy
 from services.edge.server import to_tensor
 from services.protos.sigdl.v1 import edge_pb2, edge_pb2_grpc
@@ -78,11 +84,14 @@ def wait_until(what: str, check: Callable[[], bool], timeout_s: float = 30.0) ->
 class Agent:
     """One `sigdl edge-agent` process and a channel to it."""
 
-    def __init__(self, name: str, root: str, public_key: Path, home: Path) -> None:
+    def __init__(
+        self, name: str, root: str, public_key: Path, home: Path, canary: bool = False
+    ) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "SIGDL_SIGNING_KEY"}  # public only
         env.update(SIGDL_VERIFY_KEY=str(public_key), SIGDL_AGENT_ID=name,
-                   SIGDL_AGENT_POLL_S="0.3", SIGDL_HOME=str(home))  # fmt: skip
+                   SIGDL_AGENT_POLL_S="0.3", SIGDL_HOME=str(home),
+                   SIGDL_AGENT_CANARY="1" if canary else "0")  # fmt: skip
         self.log = home.with_suffix(".log")
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
@@ -208,3 +217,62 @@ def test_two_agents_refuse_tampered_packages_and_take_a_good_one(runs, s3_env, a
             == ["v4", "v4"]
         ),
     )
+
+
+@pytest.fixture
+def canary_agents(s3_env, keys, tmp_path) -> Iterator[list[Agent]]:
+    """edge-1 follows `current`; edge-2 is a canary agent."""
+    started = [
+        Agent(f"edge-{i}", f"{s3_env}/live", keys, tmp_path / f"agent{i}", canary=i == 2)
+        for i in (1, 2)
+    ]
+    try:
+        yield started
+    finally:
+        for agent in started:
+            agent.stop()
+
+
+def serves(agent: Agent, version: str) -> Callable[[], bool]:
+    return lambda: agent.status()["version"] == version
+
+
+def test_a_canary_is_promoted_or_rolled_back(runs, s3_env, canary_agents, monkeypatch):
+    live = f"{s3_env}/live"
+    stable, canary = canary_agents
+    pixels = np.random.default_rng(0).random((1, 1, 28, 28), np.float32)
+    run_deploy(str(runs["a"]), TARGET, "lab", store_root=live)  # v1
+    for agent in canary_agents:
+        wait_until(f"agent on {agent.port} serving", agent.serving, AGENT_START_S)
+
+    # a good canary: only the canary agent takes it, then promotion brings it to both
+    run_deploy(str(runs["b"]), TARGET, "lab", store_root=live, canary=True)  # v2
+    wait_until("the canary agent on v2", serves(canary, "v2"))
+    assert stable.predict(pixels).model_version == "v1"
+    decision = promote_canary("lab", TARGET, live, deadline_s=60, poll_s=0.3)
+    assert (decision.action, decision.current, decision.healthy_agents) == (
+        "promoted", "v2", ["edge-2"],
+    )  # fmt: skip
+    wait_until("the other agent on v2", serves(stable, "v2"))
+
+    # a canary short of healthy agents: loaded by the canary agent, then rolled back
+    run_deploy(str(runs["a"]), TARGET, "lab", store_root=live, canary=True)  # v3
+    wait_until("the canary agent on v3", serves(canary, "v3"))
+    decision = promote_canary("lab", TARGET, live, deadline_s=2, min_healthy=2, poll_s=0.3)
+    assert (decision.action, decision.current) == ("rolled_back", "v2"), decision.reason
+    assert decision.healthy_agents == ["edge-2"]
+    wait_until("the canary agent back on v2", serves(canary, "v2"))
+    assert canary.predict(pixels).model_version == "v2"
+
+    # a canary its agents refuse (unsigned): rolled back on the refusal, not at the deadline
+    monkeypatch.delenv("SIGDL_SIGNING_KEY")
+    run_deploy(str(runs["a"]), TARGET, "lab", store_root=live, canary=True)  # v4
+    decision = promote_canary("lab", TARGET, live, deadline_s=120, poll_s=0.3)
+    assert (decision.action, decision.refused_by) == ("rolled_back", ["edge-2"])
+    assert "v4 is unsigned" in decision.reason and decision.waited_s < 60
+    assert canary.status()["version"] == "v2"
+    assert canary.predict(pixels).model_version == "v2"
+
+    swaps = [s["version"] for s in stable.status()["swaps"]]
+    assert swaps == ["v1", "v2"]  # the other agent never ran a canary that was rolled back
+    assert stable.status()["failed_requests"] == canary.status()["failed_requests"] == 0

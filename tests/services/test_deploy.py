@@ -299,6 +299,7 @@ def test_a_retest_report_beside_the_run_adds_latency(runs, copy_of, tmp_path):
     assert m["latency_ms"] == retest["latency_ms"] > 0 and m["fps"] == retest["fps"]
     assert m["power_w"] == retest["power_w"] and m["precision"] == retest["precision"]
     assert m["retest_passed"] is retest["verdict"]["passed"]
+    assert m["memory_mb"] == retest["memory"]["memory_mb"] > 0  # what a rollout sizes pods by
     other = run_retest(str(run), "ti-c66x", tmp_path / "retest-ti")
     with pytest.raises(InputError, match="retest report is for target 'ti-c66x'"):
         run_deploy(str(runs["compress"]), TARGET, "lab", store_root=root,

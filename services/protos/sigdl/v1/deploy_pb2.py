@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.protos.sigdl.v1 import common_pb2 as services_dot_protos_dot_sigdl_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%services/protos/sigdl/v1/deploy.proto\x12\x08sigdl.v1\x1a%services/protos/sigdl/v1/common.proto\"\xf0\x01\n\rDeployRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07out_uri\x18\x02 \x01(\t\x12%\n\x06source\x18\x03 \x01(\x0b\x32\x15.sigdl.v1.ArtifactRef\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\r\n\x05\x66leet\x18\x05 \x01(\t\x12\x11\n\tstore_uri\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12,\n\rretest_report\x18\x08 \x01(\x0b\x32\x15.sigdl.v1.ArtifactRef\x12\"\n\x07lineage\x18\t \x01(\x0b\x32\x11.sigdl.v1.Lineage2\xdf\x01\n\rDeployService\x12\x30\n\x06Submit\x12\x17.sigdl.v1.DeployRequest\x1a\r.sigdl.v1.Job\x12\x38\n\x05Watch\x12\x19.sigdl.v1.WatchJobRequest\x1a\x12.sigdl.v1.JobEvent0\x01\x12-\n\x03Get\x12\x17.sigdl.v1.GetJobRequest\x1a\r.sigdl.v1.Job\x12\x33\n\x06\x43\x61ncel\x12\x1a.sigdl.v1.CancelJobRequest\x1a\r.sigdl.v1.Jobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%services/protos/sigdl/v1/deploy.proto\x12\x08sigdl.v1\x1a%services/protos/sigdl/v1/common.proto\"\xf0\x01\n\rDeployRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07out_uri\x18\x02 \x01(\t\x12%\n\x06source\x18\x03 \x01(\x0b\x32\x15.sigdl.v1.ArtifactRef\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\r\n\x05\x66leet\x18\x05 \x01(\t\x12\x11\n\tstore_uri\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\t\x12,\n\rretest_report\x18\x08 \x01(\x0b\x32\x15.sigdl.v1.ArtifactRef\x12\"\n\x07lineage\x18\t \x01(\x0b\x32\x11.sigdl.v1.Lineage\"W\n\x0fRollbackRequest\x12\r\n\x05\x66leet\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x11\n\tstore_uri\x18\x03 \x01(\t\x12\x12\n\nto_version\x18\x04 \x01(\t\"\x80\x01\n\x10RollbackResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\t\x12\x13\n\x0bpointer_uri\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\t2\xa2\x02\n\rDeployService\x12\x30\n\x06Submit\x12\x17.sigdl.v1.DeployRequest\x1a\r.sigdl.v1.Job\x12\x38\n\x05Watch\x12\x19.sigdl.v1.WatchJobRequest\x1a\x12.sigdl.v1.JobEvent0\x01\x12-\n\x03Get\x12\x17.sigdl.v1.GetJobRequest\x1a\r.sigdl.v1.Job\x12\x33\n\x06\x43\x61ncel\x12\x1a.sigdl.v1.CancelJobRequest\x1a\r.sigdl.v1.Job\x12\x41\n\x08Rollback\x12\x19.sigdl.v1.RollbackRequest\x1a\x1a.sigdl.v1.RollbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEPLOYREQUEST']._serialized_start=91
   _globals['_DEPLOYREQUEST']._serialized_end=331
-  _globals['_DEPLOYSERVICE']._serialized_start=334
-  _globals['_DEPLOYSERVICE']._serialized_end=557
+  _globals['_ROLLBACKREQUEST']._serialized_start=333
+  _globals['_ROLLBACKREQUEST']._serialized_end=420
+  _globals['_ROLLBACKRESPONSE']._serialized_start=423
+  _globals['_ROLLBACKRESPONSE']._serialized_end=551
+  _globals['_DEPLOYSERVICE']._serialized_start=554
+  _globals['_DEPLOYSERVICE']._serialized_end=844
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,11 @@ class DeployServiceStub:
                 request_serializer=services_dot_protos_dot_sigdl_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=services_dot_protos_dot_sigdl_dot_v1_dot_common__pb2.Job.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/sigdl.v1.DeployService/Rollback',
+                request_serializer=services_dot_protos_dot_sigdl_dot_v1_dot_deploy__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=services_dot_protos_dot_sigdl_dot_v1_dot_deploy__pb2.RollbackResponse.FromString,
+                _registered_method=True)
 
 
 class DeployServiceServicer:
@@ -84,6 +89,12 @@ class DeployServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollback(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeployServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +117,11 @@ def add_DeployServiceServicer_to_server(servicer, server):
                     servicer.Cancel,
                     request_deserializer=services_dot_protos_dot_sigdl_dot_v1_dot_common__pb2.CancelJobRequest.FromString,
                     response_serializer=services_dot_protos_dot_sigdl_dot_v1_dot_common__pb2.Job.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=services_dot_protos_dot_sigdl_dot_v1_dot_deploy__pb2.RollbackRequest.FromString,
+                    response_serializer=services_dot_protos_dot_sigdl_dot_v1_dot_deploy__pb2.RollbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +232,33 @@ class DeployService:
             '/sigdl.v1.DeployService/Cancel',
             services_dot_protos_dot_sigdl_dot_v1_dot_common__pb2.CancelJobRequest.SerializeToString,
             services_dot_protos_dot_sigdl_dot_v1_dot_common__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sigdl.v1.DeployService/Rollback',
+            services_dot_protos_dot_sigdl_dot_v1_dot_deploy__pb2.RollbackRequest.SerializeToString,
+            services_dot_protos_dot_sigdl_dot_v1_dot_deploy__pb2.RollbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
