@@ -297,8 +297,10 @@ class PruneConfig(StepConfig):
 class StructuredConfig(StepConfig):
     """Structured pruning: remove whole output channels (conv filters, fc neurons) with the
     smallest L1/L2 norm (Li et al., ICLR 2017) and shrink the layers that read them, so the
-    network is smaller and faster, not only sparser. Layers whose outputs reach an add, a
-    concatenation or the logits cannot shrink and are skipped. Run it before prune and share.
+    network is smaller and faster, not only sparser. Channels are removed by group, found on
+    the traced graph: the producers a residual add ties lose the same channels (group norm), a
+    concatenation maps each side to its channel range, depthwise convs and BatchNorm follow.
+    The logits cannot shrink and are skipped. Run it before prune and share.
     """
 
     type: ClassVar[str] = "structured"

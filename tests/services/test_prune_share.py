@@ -309,8 +309,9 @@ def test_structured_step_shrinks_the_model(checkpoint_dir, digits):
 
 
 def test_prune_channels_thins_mobilenet_and_skips_what_cannot_shrink_alone():
-    """MobileNet v2's residual producers cannot lose channels on their own: skipped, unless a
-    recipe names them, which is refused with the reason."""
+    """MobileNet v2 thins, residual stages included (tests/services/test_structured_dag.py);
+    what cannot shrink by itself (depthwise convs, the logits) is skipped, unless a recipe names
+    it, which is refused with the reason."""
     torch.manual_seed(0)
     net = zoo.build_model("mobilenet-v2", input_size=64, classes=10).eval()
     convs = {x.name: 0.5 for x in find_layers(net).values() if x.kind == "conv"}
