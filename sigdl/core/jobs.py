@@ -585,6 +585,7 @@ class WorkerPool:
         """Forward the worker's events to the store until it ends; record how it ended."""
         running = self._running[job_id]
         outcome: dict = {}
+        next_look = time.monotonic() + POLL_S
         while True:
             if conn.poll(POLL_S):
                 try:
@@ -597,7 +598,12 @@ class WorkerPool:
                     outcome = message
             elif not running.process.is_alive():
                 break
-            elif not running.cancelled_at and self.store.cancel_requested(job_id):
+            # every POLL_S, whether or not the worker is busy sending events: a Cancel that came
+            # through another replica, and SIGKILL for a worker that ignores SIGTERM
+            if time.monotonic() < next_look:
+                continue
+            next_look = time.monotonic() + POLL_S
+            if not running.cancelled_at and self.store.cancel_requested(job_id):
                 running.cancelled_at = time.monotonic()
                 _signal_group(running.process, signal.SIGTERM)
             elif running.cancelled_at and time.monotonic() - running.cancelled_at > KILL_AFTER_S:

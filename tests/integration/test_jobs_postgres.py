@@ -111,7 +111,7 @@ def test_a_job_submitted_to_one_replica_is_watched_through_the_other(replicas, t
 def test_a_job_running_on_one_replica_is_cancelled_through_the_other(replicas, tmp_path):
     (_, a), (_, b) = replicas
     with TrainingClient(a) as first, TrainingClient(b) as second:
-        job = first.submit(_request(200, tmp_path / "home" / "runs" / "long"))
+        job = first.submit(_request(5000, tmp_path / "home" / "runs" / "long"))
         deadline = time.monotonic() + 120
         while first.get(job.id).state != common_pb2.RUNNING and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -129,7 +129,7 @@ def test_a_job_running_on_one_replica_is_cancelled_through_the_other(replicas, t
 def test_the_jobs_of_a_killed_replica_fail_retryable_on_the_survivor(replicas, tmp_path):
     (process_a, a), (_, b) = replicas
     with TrainingClient(a) as first:
-        job = first.submit(_request(200, tmp_path / "home" / "runs" / "orphan"))
+        job = first.submit(_request(5000, tmp_path / "home" / "runs" / "orphan"))
         deadline = time.monotonic() + 120
         while first.get(job.id).state != common_pb2.RUNNING and time.monotonic() < deadline:
             time.sleep(0.2)
