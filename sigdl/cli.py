@@ -432,9 +432,42 @@ def targets_show(
     import yaml
 
     from services.retest.stage import load_target
+    from targets import profile_path
 
     profile = load_target(name)
-    emit(profile, as_json, yaml.safe_dump(profile, sort_keys=False).rstrip())
+    human = yaml.safe_dump(profile, sort_keys=False).rstrip()
+    emit(profile, as_json, f"# from {profile_path(name)}\n{human}")
+
+
+@targets_app.command("calibrate")
+def targets_calibrate(
+    target: Annotated[str, typer.Argument(help="The target to calibrate here: host.")],
+    rounds: Annotated[int | None, typer.Option(help="Interleaved timing rounds.")] = None,
+    threads: Annotated[
+        str, typer.Option(help="Intra-op thread counts to calibrate, comma-separated.")
+    ] = "1,2",
+    out: Annotated[
+        Path | None, typer.Option(help="Profile to write [default: $SIGDL_HOME/targets/host.yaml].")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure this machine and write its host profile, which then replaces the shipped one."""
+    from services.retest.calibrate import CLI_ROUNDS, calibrate_host
+
+    if target.strip().lower() != "host":
+        raise InputError(f"target {target!r}: only 'host' is calibrated by measuring here")
+    try:
+        counts = tuple(int(t) for t in threads.split(","))
+    except ValueError:
+        raise InputError(f"--threads {threads!r}: expected counts such as 1,2") from None
+
+    def progress(done: int, total: int) -> None:
+        err(f"round {done}/{total}")
+
+    rounds = CLI_ROUNDS if rounds is None else rounds
+    summary = calibrate_host(out, rounds, counts, on_round=progress)
+    cpu = summary["measured_on"]["cpu"]
+    emit(summary, as_json, f"wrote {summary['profile']} (measured on {cpu})")
 
 
 @app.command()

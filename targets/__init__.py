@@ -2,7 +2,9 @@
 
 A name may carry a power mode after a colon (`jetson-tx2:maxq`); without one the profile's
 `default_mode` applies. Loading validates against `targets.schema.SCHEMA` and a bad profile
-raises `ProfileError` naming the field.
+raises `ProfileError` naming the field. A user's own profile of a shipped target,
+`$SIGDL_HOME/targets/<name>.yaml` (what `sigdl targets calibrate host` writes), takes
+precedence over the shipped file and is validated the same way.
 
     from targets import load_profile, profile_names
     profile = load_profile("jetson-tx2:maxq")
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import jsonschema
 
-# the two leaf modules every loader of ours shares (they import nothing else of SigDL)
+# the leaf modules every loader of ours shares (they import nothing else of SigDL)
+from sigdl.core import settings
 from sigdl.core.errors import InputError, one_line, short
 from sigdl.core.yamlio import load_yaml_file
 from targets.schema import SCHEMA
@@ -59,18 +62,44 @@ def load_file(path: str | Path) -> dict:
     return data
 
 
+def user_profile_path(name: str) -> Path:
+    """Where a user's own profile of target `name` lives: $SIGDL_HOME/targets/<name>.yaml."""
+    return settings.SIGDL_HOME.get() / "targets" / f"{name}.yaml"
+
+
+def profile_path(name: str) -> Path:
+    """The file target `name` (optionally `name:mode`) loads from: the user's own profile
+    where one exists, else the shipped one."""
+    base = str(name).strip().lower().partition(":")[0]
+    if base not in profile_names():  # never a path: '../x' or a name too long for the disk
+        raise ProfileError(f"unknown target {short(base)}; available: {', '.join(profile_names())}")
+    user = user_profile_path(base)
+    return user if user.is_file() else HERE / f"{base}.yaml"
+
+
 @functools.cache
-def _load_cached(name: str) -> dict:
-    if name not in profile_names():  # never a path: '../x' or a name too long for the disk
-        raise ProfileError(f"unknown target {short(name)}; available: {', '.join(profile_names())}")
-    path = HERE / f"{name}.yaml"
-    return load_file(path)
+def _load_cached(path: Path, mtime_ns: int) -> dict:
+    """One profile file as it was at `mtime_ns` (a rewritten user profile is read again)."""
+    data = load_file(path)
+    if data["name"] != path.stem:
+        raise ProfileError(f"{path}: field 'name': {short(data['name'])} is not {path.stem!r}")
+    return data
+
+
+def _load(name: str) -> dict:
+    path = profile_path(name)
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError as exc:
+        reason = one_line(exc.strerror or str(exc), 80)
+        raise ProfileError(f"{path}: cannot be read ({reason})") from None
+    return _load_cached(path, mtime_ns)
 
 
 def load_profile(name: str) -> dict:
     """The profile `name` (optionally `name:mode`) with its power mode applied; a fresh copy."""
     base, _, mode = str(name).strip().lower().partition(":")
-    profile = copy.deepcopy(_load_cached(base))
+    profile = copy.deepcopy(_load(base))
     mode = mode or profile.get("default_mode")
     if mode:
         modes = profile.get("modes", {})

@@ -243,6 +243,17 @@ SCHEMA: dict = {
             },
         },
         "default_mode": {"type": "string"},
+        # the machine a measured profile (host) was calibrated on
+        "measured_on": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["cpu", "cores", "date"],
+            "properties": {
+                "cpu": {"type": "string"},  # CPU model (/proc/cpuinfo)
+                "cores": {"type": "integer", "minimum": 1},  # usable by the calibration
+                "date": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
+            },
+        },
     },
 }
 
