@@ -36,8 +36,9 @@ from services.retest import compressed
 from sigdl.core import onnx_io, sdc
 from sigdl.core.checkpoint import build
 from sigdl.core.datasets import load_dataset
-from sigdl.core.evaluation import pixel_batches, score_onnx
+from sigdl.core.evaluation import score_onnx
 from sigdl.core.exporting import zoo_meta
+from sigdl.core.training import TrainConfig, fit
 
 DENSITIES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 BATCHES = (1, 16)
@@ -98,12 +99,8 @@ def _candidate(name: str, plan: dict, data, folder: Path) -> Path:
     torch.manual_seed(0)
     meta = zoo_meta(name, None, None, None)
     model = build(meta)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(3):
-        for pixels, labels in pixel_batches(data.train, 1, meta.input_size, "resize", 64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(pixels), labels).backward()
-            optimizer.step()
+    cfg = TrainConfig(model=name, dataset="digits", epochs=3, lr=0.05, schedule="constant")
+    fit(model, data.train, cfg, meta.channels, meta.input_size)
     tensors = {}
     for key, value in model.state_dict().items():
         layer = key.removeprefix("net.").rpartition(".")[0]

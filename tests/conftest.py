@@ -166,6 +166,26 @@ def postgres_uri() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def seeded_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three `sigdl train` outputs (LeNet-300-100, 1 epoch on digits) that differ only by seed:
+    three packages of different content for the deploy, edge and rollout tests, which only
+    read them. MLflow off; trained once per session."""
+    from services.training.stage import run_training
+    from sigdl.core.training import TrainConfig
+
+    root = tmp_path_factory.mktemp("seeded-runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SIGDL_HOME", str(root / "home"))
+        mp.setenv("SIGDL_MLFLOW_TRACKING_URI", "off")
+        mp.setenv("SIGDL_PROGRESS", "0")
+        mp.setenv("SIGDL_OFFLINE", "1")
+        for seed in (0, 1, 2):
+            cfg = TrainConfig(model="lenet-300-100", dataset="digits", epochs=1, seed=seed)
+            run_training(cfg, root / f"seed{seed}")
+    return {"a": root / "seed0", "b": root / "seed1", "c": root / "seed2"}
+
+
 # --- the environment every test runs in ---------------------------------------------------------
 # Every test gets its own SIGDL_HOME (no test touches ~/.sigdl), MLflow tracking off unless it
 # asks for the `mlflow_uri` store, no progress bars and no downloads. SIGDL_DATA comes from the

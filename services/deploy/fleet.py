@@ -124,19 +124,18 @@ class FleetTarget:
     # --- reading ------------------------------------------------------------------------------
     def read_pointer(self) -> dict | None:
         """The `current` pointer, or None before the first publish."""
-        try:
-            data = store.get_bytes(self.uri(POINTER))
-        except store.ArtifactNotFoundError:
-            return None
-        return _stored_json(data, self.uri(POINTER))
+        return self._read_json(POINTER)
 
     def read_canary(self) -> dict | None:
         """The `canary` pointer, or None when no canary is in progress."""
+        return self._read_json(CANARY)
+
+    def _read_json(self, name: str) -> dict | None:
         try:
-            data = store.get_bytes(self.uri(CANARY))
+            data = store.get_bytes(self.uri(name))
         except store.ArtifactNotFoundError:
             return None
-        return _stored_json(data, self.uri(CANARY))
+        return _stored_json(data, self.uri(name))
 
     def read_manifest(self, version: str) -> tuple[dict, str]:
         """A version's manifest and the sha256 of its bytes."""

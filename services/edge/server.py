@@ -14,7 +14,6 @@ uploads the samples it keeps (services/edge/samples.py). In tests:
 from __future__ import annotations
 
 import dataclasses
-import signal
 import sys
 import threading
 from concurrent import futures
@@ -27,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from services.edge.agent import AgentConfig, EdgeAgent, LoadedModel, NotReadyError
 from services.edge.samples import StorageFullError, Uploader
 from services.grpc_common.security import TlsFiles, TokenInterceptor
+from services.grpc_common.server import stop_on_signals
 from services.protos.sigdl.v1 import edge_pb2, edge_pb2_grpc
 from sigdl.core import settings
 from sigdl.core.errors import InputError, one_line
@@ -168,9 +168,7 @@ def serve(
     agent = EdgeAgent(config)
     server = EdgeServer(agent, host, port)
     bound = server.start()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     print(
         f"sigdl edge-agent {config.agent_id}: {SERVICE} on {host}:{bound}, following "
         f"{config.prefix}/{'canary (else current)' if config.canary else 'current'} every "

@@ -193,6 +193,14 @@ def _roots_answer(roots: list[str]) -> bool:
     return True
 
 
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM (the kubelet) or Ctrl-C sets: a server's `serve` waits on it."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def serve(stage: str, host: str | None = None, port: int | None = None) -> int:
     """`sigdl serve STAGE|all`: run until SIGTERM or Ctrl-C, then shut down gracefully."""
     stages = list(STAGES) if stage == "all" else [stage]
@@ -203,9 +211,7 @@ def serve(stage: str, host: str | None = None, port: int | None = None) -> int:
     config = ServerConfig.from_settings(host, port)
     server = StageServer(stages, config)
     bound = server.start()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = stop_on_signals()
     print(
         f"sigdl serve: {', '.join(server.names)} on {config.host}:{bound} "
         f"(workers {config.workers}, queue {config.queue_size}, "

@@ -145,6 +145,7 @@ class JobStore:
     """
 
     shared = False  # several servers (replicas) use the store at once
+    _BEGIN = "BEGIN IMMEDIATE"  # SQLite: take the write lock now, not at the first write
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -163,7 +164,7 @@ class JobStore:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._cond:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(self._BEGIN)
             try:
                 yield self._db
                 self._db.execute("COMMIT")

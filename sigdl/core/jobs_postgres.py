@@ -15,12 +15,10 @@ psycopg (the `cluster` extra) is imported only here, when a postgresql:// store 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 from sigdl.core import settings
 from sigdl.core.errors import InputError, one_line
@@ -78,6 +76,7 @@ class PostgresJobStore(JobStore):
     """JobStore on a PostgreSQL database that every replica of `service` shares."""
 
     shared = True
+    _BEGIN = "BEGIN"  # row locks (SELECT ... FOR UPDATE) order the writers that matter
 
     def __init__(self, uri: str, service: str, replica: str | None = None) -> None:
         import psycopg
@@ -113,18 +112,6 @@ class PostgresJobStore(JobStore):
             self._heartbeat.join(timeout=HEARTBEAT_S * 2)
         with self._cond:
             self._db.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[_Connection]:
-        with self._cond:
-            self._db.execute("BEGIN")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._cond.notify_all()
 
     def _insert_values(self, record: JobRecord) -> dict[str, object]:
         return {**_columns(record), "replica": self.replica}

@@ -33,26 +33,12 @@ from services.deploy.canary import promote_canary
 from services.deploy.stage import fleet_status, run_deploy
 from services.edge.server import to_tensor
 from services.protos.sigdl.v1 import edge_pb2, edge_pb2_grpc
-from services.training.stage import run_training
 from sigdl.core import signing, store
-from sigdl.core.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET = "arm-cortex-a53"
 BUCKET = "edge-e2e"
 AGENT_START_S = 60.0  # a cold Python importing onnxruntime and grpc on a busy 2-core machine
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIGDL_MLFLOW_TRACKING_URI", "off")
-        mp.setenv("SIGDL_PROGRESS", "0")
-        for seed in (0, 1):
-            cfg = TrainConfig(model="lenet-300-100", dataset="digits", epochs=1, seed=seed)
-            run_training(cfg, root / f"seed{seed}")
-    return {"a": root / "seed0", "b": root / "seed1"}
 
 
 @pytest.fixture
@@ -175,9 +161,9 @@ def refused(agent: Agent, version: str) -> bool:
     return (agent.status()["last_refusal"] or {}).get("version") == version
 
 
-def test_two_agents_refuse_tampered_packages_and_take_a_good_one(runs, s3_env, agents):
+def test_two_agents_refuse_tampered_packages_and_take_a_good_one(seeded_runs, s3_env, agents):
     live, staging = f"{s3_env}/live", f"{s3_env}/staging"
-    run_deploy(str(runs["a"]), TARGET, "lab", store_root=live)  # v1
+    run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=live)  # v1
     for agent in agents:
         wait_until(f"agent on {agent.port} serving", agent.serving, AGENT_START_S)
     pixels = np.random.default_rng(0).random((1, 1, 28, 28), np.float32)
@@ -191,7 +177,7 @@ def test_two_agents_refuse_tampered_packages_and_take_a_good_one(runs, s3_env, a
 
     for version, tamper, reason in [("v2", "model.onnx", "model.onnx has sha256"),
                                     ("v3", "signature", "signature does not match")]:  # fmt: skip
-        run_deploy(str(runs["b"]), TARGET, "lab", store_root=staging, version=version)
+        run_deploy(str(seeded_runs["b"]), TARGET, "lab", store_root=staging, version=version)
         make_current_by_hand(staging, live, version, tamper)
         for agent in agents:
             wait_until(f"{agent.port} refusing {version}", lambda a=agent, v=version: refused(a, v))
@@ -204,7 +190,7 @@ def test_two_agents_refuse_tampered_packages_and_take_a_good_one(runs, s3_env, a
     assert [(a["agent_id"], a["version"]) for a in reported] == [("edge-1", "v1"), ("edge-2", "v1")]
     assert all(a["last_refusal"]["version"] == "v3" for a in reported)
 
-    result = run_deploy(str(runs["b"]), TARGET, "lab", store_root=live)
+    result = run_deploy(str(seeded_runs["b"]), TARGET, "lab", store_root=live)
     assert result["version"] == "v4"
     for agent in agents:
         wait_until(f"{agent.port} serving v4", lambda a=agent: a.status()["version"] == "v4")
@@ -237,16 +223,16 @@ def serves(agent: Agent, version: str) -> Callable[[], bool]:
     return lambda: agent.status()["version"] == version
 
 
-def test_a_canary_is_promoted_or_rolled_back(runs, s3_env, canary_agents, monkeypatch):
+def test_a_canary_is_promoted_or_rolled_back(seeded_runs, s3_env, canary_agents, monkeypatch):
     live = f"{s3_env}/live"
     stable, canary = canary_agents
     pixels = np.random.default_rng(0).random((1, 1, 28, 28), np.float32)
-    run_deploy(str(runs["a"]), TARGET, "lab", store_root=live)  # v1
+    run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=live)  # v1
     for agent in canary_agents:
         wait_until(f"agent on {agent.port} serving", agent.serving, AGENT_START_S)
 
     # a good canary: only the canary agent takes it, then promotion brings it to both
-    run_deploy(str(runs["b"]), TARGET, "lab", store_root=live, canary=True)  # v2
+    run_deploy(str(seeded_runs["b"]), TARGET, "lab", store_root=live, canary=True)  # v2
     wait_until("the canary agent on v2", serves(canary, "v2"))
     assert stable.predict(pixels).model_version == "v1"
     decision = promote_canary("lab", TARGET, live, deadline_s=60, poll_s=0.3)
@@ -256,7 +242,7 @@ def test_a_canary_is_promoted_or_rolled_back(runs, s3_env, canary_agents, monkey
     wait_until("the other agent on v2", serves(stable, "v2"))
 
     # a canary short of healthy agents: loaded by the canary agent, then rolled back
-    run_deploy(str(runs["a"]), TARGET, "lab", store_root=live, canary=True)  # v3
+    run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=live, canary=True)  # v3
     wait_until("the canary agent on v3", serves(canary, "v3"))
     decision = promote_canary("lab", TARGET, live, deadline_s=2, min_healthy=2, poll_s=0.3)
     assert (decision.action, decision.current) == ("rolled_back", "v2"), decision.reason
@@ -266,7 +252,7 @@ def test_a_canary_is_promoted_or_rolled_back(runs, s3_env, canary_agents, monkey
 
     # a canary its agents refuse (unsigned): rolled back on the refusal, not at the deadline
     monkeypatch.delenv("SIGDL_SIGNING_KEY")
-    run_deploy(str(runs["a"]), TARGET, "lab", store_root=live, canary=True)  # v4
+    run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=live, canary=True)  # v4
     decision = promote_canary("lab", TARGET, live, deadline_s=120, poll_s=0.3)
     assert (decision.action, decision.refused_by) == ("rolled_back", ["edge-2"])
     assert "v4 is unsigned" in decision.reason and decision.waited_s < 60

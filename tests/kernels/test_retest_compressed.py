@@ -16,6 +16,7 @@ from sigdl.core.checkpoint import build
 from sigdl.core.datasets import load_dataset
 from sigdl.core.evaluation import pixel_batches, score_onnx
 from sigdl.core.exporting import zoo_meta
+from sigdl.core.training import TrainConfig, fit
 
 # layer -> (kept fraction, bits): sparse and dense shared layouts, an int8 layer, and raw ones
 PLANS = {
@@ -28,12 +29,8 @@ def _train(name: str, data) -> tuple[torch.nn.Module, object]:
     torch.manual_seed(0)
     meta = zoo_meta(name, None, None, None)
     model = build(meta)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(3):
-        for pixels, labels in pixel_batches(data.train, 1, meta.input_size, "resize", 64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(pixels), labels).backward()
-            optimizer.step()
+    cfg = TrainConfig(model=name, dataset="digits", epochs=3, lr=0.05, schedule="constant")
+    fit(model, data.train, cfg, meta.channels, meta.input_size)
     return model.eval(), meta
 
 

@@ -19,26 +19,11 @@ from services.deploy.stage import run_deploy
 from services.edge.agent import AgentConfig, EdgeAgent, NotReadyError, check_pixels
 from services.edge.server import EdgeServer, to_tensor
 from services.protos.sigdl.v1 import edge_pb2, edge_pb2_grpc
-from services.training.stage import run_training
 from sigdl.cli import main
 from sigdl.core import signing
 from sigdl.core.errors import InputError
-from sigdl.core.training import TrainConfig
 
 TARGET = "arm-cortex-a53"  # a CPU target with 4 cores: the agent pins ONNX Runtime to them
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two trainings that differ by seed: two packages with different content."""
-    root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIGDL_MLFLOW_TRACKING_URI", "off")
-        mp.setenv("SIGDL_PROGRESS", "0")
-        for seed in (0, 1):
-            cfg = TrainConfig(model="lenet-300-100", dataset="digits", epochs=1, seed=seed)
-            run_training(cfg, root / f"seed{seed}")
-    return {"a": root / "seed0", "b": root / "seed1"}
 
 
 @pytest.fixture
@@ -90,9 +75,9 @@ def test_cli_keys_generate(tmp_path, capsys):
     assert "never overwritten" in capsys.readouterr().err
 
 
-def test_deploy_signs_the_manifest_and_names_what_the_agent_needs(runs, keys, tmp_path):
+def test_deploy_signs_the_manifest_and_names_what_the_agent_needs(seeded_runs, keys, tmp_path):
     root = tmp_path / "store"
-    result = run_deploy(str(runs["a"]), TARGET, "lab", store_root=str(root))
+    result = run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=str(root))
     folder = version_dir(root, "v1")
     manifest = (folder / "manifest.json").read_bytes()
     public = signing.load_public_key(keys[1])
@@ -106,10 +91,12 @@ def test_deploy_signs_the_manifest_and_names_what_the_agent_needs(runs, keys, tm
     assert not any(p.suffix in (".key", ".pem") for p in folder.iterdir())  # no key inside
 
 
-def test_an_unsigned_package_is_published_but_refused_by_agents(runs, keys, tmp_path, monkeypatch):
+def test_an_unsigned_package_is_published_but_refused_by_agents(
+    seeded_runs, keys, tmp_path, monkeypatch
+):
     root = tmp_path / "store"
     monkeypatch.delenv("SIGDL_SIGNING_KEY")
-    result = run_deploy(str(runs["a"]), TARGET, "lab", store_root=str(root))
+    result = run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=str(root))
     assert result["signed_by"] is None and not (version_dir(root, "v1") / "signature").exists()
     agent = make_agent(root)
     assert agent.poll_once() == "refused"
@@ -119,9 +106,9 @@ def test_an_unsigned_package_is_published_but_refused_by_agents(runs, keys, tmp_
 
 
 # --- the agent --------------------------------------------------------------------------------
-def test_agent_loads_refuses_tampering_and_swaps(runs, keys, tmp_path):
+def test_agent_loads_refuses_tampering_and_swaps(seeded_runs, keys, tmp_path):
     root = tmp_path / "store"
-    run_deploy(str(runs["a"]), TARGET, "lab", store_root=str(root))
+    run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=str(root))
     agent = make_agent(root)
     assert agent.poll_once() == "loaded" and agent.poll_once() == "unchanged"
     model = agent.model
@@ -135,7 +122,7 @@ def test_agent_loads_refuses_tampering_and_swaps(runs, keys, tmp_path):
         agent.predict(np.zeros((1, 3, 8, 8), np.float32))
 
     # v2 is published, then one byte of its model changes in the store
-    run_deploy(str(runs["b"]), TARGET, "lab", store_root=str(root), version="v2")
+    run_deploy(str(seeded_runs["b"]), TARGET, "lab", store_root=str(root), version="v2")
     onnx_file = version_dir(root, "v2") / "model.onnx"
     data = bytearray(onnx_file.read_bytes())
     data[-1] ^= 0xFF
@@ -161,7 +148,7 @@ def test_agent_loads_refuses_tampering_and_swaps(runs, keys, tmp_path):
     assert agent.model is model
 
     # a good version swaps in; the status file in the store says so
-    run_deploy(str(runs["b"]), TARGET, "lab", store_root=str(root), version="v3")
+    run_deploy(str(seeded_runs["b"]), TARGET, "lab", store_root=str(root), version="v3")
     assert agent.poll_once() == "loaded" and agent.model.version == "v3"
     reported = json.loads((root / "fleets/lab/_agents" / TARGET / "edge-1.json").read_text())
     assert reported["version"] == "v3" and reported["requests"] == 3
@@ -190,7 +177,7 @@ def test_agent_needs_a_verify_key_and_valid_names(tmp_path, monkeypatch):
 
 
 # --- the gRPC service, fleet status and rollback ------------------------------------------------
-def test_server_health_predict_status_and_the_fleet_commands(runs, keys, tmp_path, capsys):
+def test_server_health_predict_status_and_the_fleet_commands(seeded_runs, keys, tmp_path, capsys):
     root = tmp_path / "store"
     agent = make_agent(root)
     server = EdgeServer(agent, port=0)
@@ -205,7 +192,7 @@ def test_server_health_predict_status_and_the_fleet_commands(runs, keys, tmp_pat
             with pytest.raises(grpc.RpcError) as info:
                 stub.Predict(pixels)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-            run_deploy(str(runs["a"]), TARGET, "lab", store_root=str(root))
+            run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=str(root))
             agent.poll_once()
             assert health.Check(request).status == health_pb2.HealthCheckResponse.SERVING
             shape = agent.model.input_shape
@@ -223,7 +210,7 @@ def test_server_health_predict_status_and_the_fleet_commands(runs, keys, tmp_pat
             assert status["version"] == "v1" and status["address"] == f"127.0.0.1:{port}"
     finally:
         server.stop()
-    run_deploy(str(runs["b"]), TARGET, "lab", store_root=str(root))
+    run_deploy(str(seeded_runs["b"]), TARGET, "lab", store_root=str(root))
     assert main(["fleet", "status", "lab", "--store", str(root), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     (row,) = status["targets"]

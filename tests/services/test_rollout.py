@@ -24,11 +24,9 @@ from services.deploy.stage import run_deploy
 from services.edge.agent import AgentConfig, EdgeAgent
 from services.grpc_common.server import ServerConfig, StageServer
 from services.protos.sigdl.v1 import deploy_pb2, deploy_pb2_grpc
-from services.training.stage import run_training
 from sigdl.cli import main
 from sigdl.core import signing
 from sigdl.core.errors import InputError
-from sigdl.core.training import TrainConfig
 
 TARGET = "arm-cortex-a53"
 K8S_VERSION = "1.35"
@@ -113,18 +111,6 @@ def test_long_names_are_shortened_and_bad_specs_refused():
 
 
 # --- canaries with real agents ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SIGDL_MLFLOW_TRACKING_URI", "off")
-        mp.setenv("SIGDL_PROGRESS", "0")
-        for seed in (0, 1, 2):
-            cfg = TrainConfig(model="lenet-300-100", dataset="digits", epochs=1, seed=seed)
-            run_training(cfg, root / f"seed{seed}")
-    return {"a": root / "seed0", "b": root / "seed1", "c": root / "seed2"}
-
-
 @pytest.fixture
 def keys(tmp_path, monkeypatch) -> None:
     private, public = signing.generate_keys(tmp_path / "keys")
@@ -137,18 +123,18 @@ def agent(root: Path, agent_id: str, canary: bool) -> EdgeAgent:
     return EdgeAgent(AgentConfig(**{**config.__dict__, "agent_id": agent_id, "canary": canary}))
 
 
-def test_a_healthy_canary_is_promoted_and_reaches_the_fleet(runs, keys, tmp_path):
+def test_a_healthy_canary_is_promoted_and_reaches_the_fleet(seeded_runs, keys, tmp_path):
     root = tmp_path / "store"
-    run_deploy(str(runs["a"]), TARGET, "lab", store_root=str(root))
+    run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=str(root))
     stable, canary = agent(root, "edge-1", False), agent(root, "edge-2", True)
     assert [a.poll_once() for a in (stable, canary)] == ["loaded", "loaded"]
-    result = run_deploy(str(runs["b"]), TARGET, "lab", store_root=str(root), canary=True)
+    result = run_deploy(str(seeded_runs["b"]), TARGET, "lab", store_root=str(root), canary=True)
     assert result["action"] == "canary" and result["pointer_uri"].endswith("/canary")
     assert FleetTarget.at(str(root), "lab", TARGET).read_pointer()["version"] == "v1"
     assert [a.poll_once() for a in (stable, canary)] == ["unchanged", "loaded"]
     assert (stable.model.version, canary.model.version) == ("v1", "v2")
     with pytest.raises(InputError, match="canary 'v2' of lab/arm-cortex-a53 is in progress"):
-        run_deploy(str(runs["c"]), TARGET, "lab", store_root=str(root), canary=True)
+        run_deploy(str(seeded_runs["c"]), TARGET, "lab", store_root=str(root), canary=True)
 
     decision = promote_canary("lab", TARGET, str(root), deadline_s=5, poll_s=0.1)
     assert (decision.action, decision.current, decision.healthy_agents) == (
@@ -161,13 +147,13 @@ def test_a_healthy_canary_is_promoted_and_reaches_the_fleet(runs, keys, tmp_path
     assert (stable.model.version, canary.model.version) == ("v2", "v2")
 
 
-def test_a_canary_that_never_reports_healthy_is_rolled_back(runs, keys, tmp_path):
+def test_a_canary_that_never_reports_healthy_is_rolled_back(seeded_runs, keys, tmp_path):
     root = tmp_path / "store"
-    run_deploy(str(runs["a"]), TARGET, "lab", store_root=str(root))
+    run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=str(root))
     stable, canary = agent(root, "edge-1", False), agent(root, "edge-2", True)
     for a in (stable, canary):
         a.poll_once()
-    run_deploy(str(runs["b"]), TARGET, "lab", store_root=str(root), canary=True)  # v2
+    run_deploy(str(seeded_runs["b"]), TARGET, "lab", store_root=str(root), canary=True)  # v2
     canary.poll_once()
     assert canary.model.version == "v2"
     # two healthy agents needed, one canary: the deadline passes short of them
@@ -180,13 +166,15 @@ def test_a_canary_that_never_reports_healthy_is_rolled_back(runs, keys, tmp_path
     assert [s["version"] for s in stable.status().swaps] == ["v1"]  # it never left v1
 
 
-def test_a_canary_its_agents_refuse_is_rolled_back_at_once(runs, keys, tmp_path, monkeypatch):
+def test_a_canary_its_agents_refuse_is_rolled_back_at_once(
+    seeded_runs, keys, tmp_path, monkeypatch
+):
     root = tmp_path / "store"
-    run_deploy(str(runs["a"]), TARGET, "lab", store_root=str(root))
+    run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=str(root))
     canary = agent(root, "edge-2", True)
     canary.poll_once()
     monkeypatch.delenv("SIGDL_SIGNING_KEY")  # an unsigned canary: agents refuse it
-    run_deploy(str(runs["b"]), TARGET, "lab", store_root=str(root), canary=True)
+    run_deploy(str(seeded_runs["b"]), TARGET, "lab", store_root=str(root), canary=True)
     assert canary.poll_once() == "refused"
     decision = promote_canary("lab", TARGET, str(root), deadline_s=60, poll_s=0.1)
     assert decision.action == "rolled_back" and decision.waited_s < 30
@@ -194,39 +182,43 @@ def test_a_canary_its_agents_refuse_is_rolled_back_at_once(runs, keys, tmp_path,
     assert canary.poll_once() == "unchanged" and canary.model.version == "v1"
 
 
-def test_canary_bad_input(runs, keys, tmp_path, capsys):
+def test_canary_bad_input(seeded_runs, keys, tmp_path, capsys):
     root = tmp_path / "store"
     with pytest.raises(InputError, match="needs a current version"):
-        run_deploy(str(runs["a"]), TARGET, "lab", store_root=str(root), canary=True)
+        run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=str(root), canary=True)
     with pytest.raises(InputError, match="no canary is in progress"):
         promote_canary("lab", TARGET, str(root))
     with pytest.raises(InputError, match="min_healthy 0"):
         promote_canary("lab", TARGET, str(root), min_healthy=0)
-    run_deploy(str(runs["a"]), TARGET, "lab", store_root=str(root))
-    run_deploy(str(runs["b"]), TARGET, "lab", store_root=str(root), canary=True)
+    run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=str(root))
+    run_deploy(str(seeded_runs["b"]), TARGET, "lab", store_root=str(root), canary=True)
     argv = ["fleet", "promote", "lab", "--target", TARGET, "--store", str(root), "--deadline", "0"]
     assert main([*argv, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["action"] == "rolled_back"
 
 
 # --- the CLI's dry run and the Rollback RPC -----------------------------------------------------
-def test_cli_dry_run_prints_valid_manifests_and_publishes_nothing(runs, tmp_path, capsys):
+def test_cli_dry_run_prints_valid_manifests_and_publishes_nothing(seeded_runs, tmp_path, capsys):
     root = tmp_path / "store"
-    argv = ["deploy", str(runs["a"]), "--target", TARGET, "--fleet", "lab", "--store", str(root),
-            "--rollout", "--dry-run", "--replicas", "3", "--canary-fraction", "0.34"]  # fmt: skip
+    argv = ["deploy", str(seeded_runs["a"]), "--target", TARGET, "--fleet", "lab",
+            "--store", str(root), "--rollout", "--dry-run", "--replicas", "3",
+            "--canary-fraction", "0.34"]  # fmt: skip
     assert main(argv) == 0
     objects = list(yaml.safe_load_all(capsys.readouterr().out))
     validate(objects)
     assert [o["spec"]["replicas"] for o in objects if o["kind"] == "Deployment"] == [1, 2]
     assert objects[0]["data"]["version"] == "v1"
     assert not root.exists()
-    assert main(["deploy", str(runs["a"]), "--target", TARGET, "--fleet", "lab", "--dry-run"]) == 2
+    assert (
+        main(["deploy", str(seeded_runs["a"]), "--target", TARGET, "--fleet", "lab", "--dry-run"])
+        == 2
+    )
     assert "--dry-run previews a rollout" in capsys.readouterr().err
 
 
-def test_the_rollback_rpc(runs, keys):
+def test_the_rollback_rpc(seeded_runs, keys):
     for run in ("a", "b"):
-        run_deploy(str(runs[run]), TARGET, "lab")  # the server's default store
+        run_deploy(str(seeded_runs[run]), TARGET, "lab")  # the server's default store
     server = StageServer(["deploy"], ServerConfig(port=0, workers=1, grace_s=0))
     port = server.start()
     try:
@@ -275,11 +267,11 @@ def test_server_side_apply_on_a_real_cluster():
     api.delete_namespace(namespace)
 
 
-def test_the_spec_follows_current_and_the_edge_settings(runs, tmp_path, monkeypatch):
+def test_the_spec_follows_current_and_the_edge_settings(seeded_runs, tmp_path, monkeypatch):
     root = tmp_path / "store"
     with pytest.raises(InputError, match="deploy before rolling out"):
         RolloutSpec.from_settings("lab", TARGET, str(root), 2, 0.5)
-    result = run_deploy(str(runs["a"]), TARGET, "lab", store_root=str(root))
+    result = run_deploy(str(seeded_runs["a"]), TARGET, "lab", store_root=str(root))
     monkeypatch.setenv("SIGDL_EDGE_IMAGE", "registry.edge/sigdl:0.1.0")
     monkeypatch.setenv("SIGDL_EDGE_NAMESPACE", "site-1")
     s = RolloutSpec.from_settings("lab", TARGET, str(root), 2, 0.5)
