@@ -95,11 +95,12 @@ class PostgresJobStore(JobStore):
             where = uri.split("@")[-1]  # never echo a password
             raise InputError(f"job store postgresql://...@{where}: cannot connect "
                              f"({one_line(str(exc), 200)})") from None  # fmt: skip
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        conn.execute(f"SET search_path TO {schema}")
         with conn.transaction():
-            # replicas starting together: one creates the tables, the others wait on the lock
+            # replicas starting together: one creates the schema and tables, the others wait on
+            # the lock (two concurrent CREATE SCHEMA IF NOT EXISTS can still collide)
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (schema,))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            conn.execute(f"SET search_path TO {schema}")  # for the session, not only this block
             conn.execute(_SCHEMA)
         self._db = _Connection(conn)
         self._cond = threading.Condition()

@@ -147,3 +147,19 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_replicas_starting_together_all_open_the_store(postgres_uri):
+    """Replicas of a new service create its schema at the same moment: every one opens the
+    store (creating the schema outside the lock once made a concurrent starter fail)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sigdl.core.jobs_postgres import PostgresJobStore
+
+    def open_one(index: int) -> str:
+        store = PostgresJobStore(postgres_uri, "startrace", replica=f"r{index}")
+        store.close()
+        return store.replica
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert sorted(pool.map(open_one, range(8))) == [f"r{i}" for i in range(8)]
