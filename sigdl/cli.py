@@ -744,6 +744,77 @@ def fleet_rollback(
     emit(result, as_json, summary(result))
 
 
+@fleet_app.command("retrain")
+def fleet_retrain(
+    name: Annotated[str, typer.Argument(help="Fleet name.")],
+    target: Annotated[str, typer.Option(help="Target profile name.")],
+    threshold: Annotated[
+        int, typer.Option(help="New labelled samples that start a retraining run.")
+    ] = 100,
+    samples: Annotated[
+        str | None,
+        typer.Option(help="The edge site's store the agents upload to (SIGDL_EDGE_STORE)."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of the retraining run's loop options.")
+    ] = None,
+    services: Annotated[
+        str | None,
+        typer.Option(help="The edge site's services (host:port); default: start them here."),
+    ] = None,
+    watch: Annotated[
+        float, typer.Option(help="Look again every this many seconds (0: look once).")
+    ] = 0.0,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """At the edge site: when the fleet's target has collected --threshold new labelled samples,
+    retrain where the data lives, warm-started from the deployed version, with every labelled
+    sample added; the result is gated and deployed like any run (exit 1: it did not pass)."""
+    import time
+
+    from pipelines.controller import LoopConfig
+    from pipelines.trigger import TriggerConfig, retrain_if_due, summary
+    from sigdl.core import settings
+    from sigdl.core import store as artifact_store
+
+    edge = samples or settings.SIGDL_EDGE_STORE.get()
+    if not edge:
+        raise InputError("--samples (or SIGDL_EDGE_STORE): expected the edge site's store URI")
+    if watch < 0:
+        raise InputError(f"--watch {watch}: expected seconds >= 0")
+    loop = LoopConfig.from_file(config) if config else LoopConfig()
+    if loop.out is None:
+        loop.out = str(settings.SIGDL_HOME.get() / "retrain")
+    fleet_root = artifact_store.as_uri(store) if store else artifact_store.local_artifact_root()
+    cfg = TriggerConfig(name, target, artifact_store.as_uri(edge).rstrip("/"), fleet_root,
+                        threshold, loop)  # fmt: skip
+    while True:
+        result = retrain_if_due(cfg, lambda loop: _run_retraining(loop, cfg, services), err)
+        if not watch or result.started:
+            break
+        time.sleep(watch)
+    emit(result.to_json(), as_json, summary(result))
+    if result.started and not result.run["passed"]:
+        raise typer.Exit(1)
+
+
+def _run_retraining(loop, cfg, services: str | None):
+    """One retraining run with kfp.local: on `services`, or on `sigdl serve all` started here
+    and allowed to read the samples and the checkpoint to start from."""
+    from pipelines.controller import run_loop
+    from pipelines.local import EmbeddedServices, LocalRunner, artifact_roots
+
+    folder = Path(loop.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    if services:
+        return run_loop(loop, LocalRunner(folder, on_line=err), services, on_line=err)
+    roots = [*artifact_roots(folder, loop.store), cfg.samples_uri, loop.train["init_checkpoint"]]
+    with EmbeddedServices(folder / "services.log", roots) as embedded:
+        err(f"services: serving on {embedded.address}")
+        return run_loop(loop, LocalRunner(folder, on_line=err), embedded.address, on_line=err)
+
+
 @fleet_app.command("promote")
 def fleet_promote(
     name: Annotated[str, typer.Argument(help="Fleet name.")],

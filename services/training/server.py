@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from services.grpc_common.jobservice import JobServicer, dataset_field, json_object, lineage_of
 from services.protos.sigdl.v1 import training_pb2, training_pb2_grpc
-from sigdl.core import jobs, zoo
+from sigdl.core import jobs, roots, zoo
 from sigdl.core.errors import InputError
 from sigdl.core.training import TrainConfig
 
@@ -51,6 +51,11 @@ class TrainingServicer(JobServicer):
             cfg = TrainConfig.from_dict({**options, **given})
         except TypeError as exc:  # a config_json value of the wrong type
             raise jobs.FieldError("config_json", str(exc)) from None
+        # the artifacts a retraining from the edge reads: under the roots, and there
+        for name, member in (("init_checkpoint", "model.json"), ("extra_samples", None)):
+            uri = getattr(cfg, name)
+            if uri:
+                roots.require_artifact(roots.check_uri(uri, f"config_json.{name}"), member)
         return {"config": cfg.to_dict(), "nproc": request.nproc or 1,
                 "lineage": lineage_of(request.lineage)}  # fmt: skip
 

@@ -11,18 +11,30 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sigdl.core import __version__, atomic, chain, checkpoint, lineage, onnx_io, settings, zoo
+from sigdl.core import (
+    __version__,
+    atomic,
+    chain,
+    checkpoint,
+    lineage,
+    onnx_io,
+    settings,
+    store,
+    zoo,
+)
 from sigdl.core.checkpoint import ModelMeta, PixelModel
-from sigdl.core.datasets import Dataset, adapt, load_dataset
+from sigdl.core.datasets import Dataset, Split, adapt, load_dataset
 from sigdl.core.errors import InputError
 from sigdl.core.evaluation import score_onnx, score_torch
 from sigdl.core.events import EventFn, epoch_event
 from sigdl.core.lineage import RunContext
+from sigdl.core.sampleset import SampleSet, load_sample_set
 from sigdl.core.training import EpochResult, TrainConfig, fit
 
 
@@ -63,6 +75,62 @@ def build_model(cfg: TrainConfig, data: Dataset) -> tuple[PixelModel, ModelMeta]
     )
     torch.manual_seed(cfg.seed)
     return checkpoint.build(meta), meta
+
+
+def start_model(
+    cfg: TrainConfig, data: Dataset, scratch: Path
+) -> tuple[PixelModel, ModelMeta, dict | None]:
+    """A fresh model, or (cfg.init_checkpoint) the weights of an earlier training to go on from:
+    the same zoo model, classes and input, and its normalization, which the weights learnt
+    with. The third item records the start for the report (None: a fresh init)."""
+    if not cfg.init_checkpoint:
+        return (*build_model(cfg, data), None)
+    uri = cfg.init_checkpoint
+    model, meta = checkpoint.load_checkpoint(local_folder(uri, scratch))
+    channels = resolve_shape(cfg, data)[0]
+    name = zoo.get_spec(cfg.model).name
+    got = (meta.model, meta.classes, meta.channels, meta.input_size)
+    want = (name, len(data.classes), channels, cfg.input_size or meta.input_size)
+    if got != want:
+        raise InputError(
+            f"init_checkpoint {uri}: a {got[0]} of {got[1]} classes on {got[2]}x{got[3]}x{got[3]}"
+            f" input, expected a {want[0]} of {want[1]} classes on {want[2]}x{want[3]}x{want[3]}"
+            f" ({cfg.dataset})"
+        )
+    meta = replace(meta, dataset=cfg.dataset, adapt_mode=cfg.adapt_mode,
+                   train_config=cfg.to_dict(), metrics={})  # fmt: skip
+    weights = checkpoint.recorded_weights_digest(local_folder(uri, scratch))
+    return model.train(), meta, {"uri": uri, "weights_sha256": weights}
+
+
+def local_folder(uri: str, scratch: Path) -> Path:
+    """A checkpoint folder on disk: the folder of a file:// URI, else a download."""
+    if uri.lower().startswith("file:") or "://" not in uri:
+        return Path(store.FileBackend.path_of(store.as_uri(uri)))
+    folder = scratch / "init"
+    if not folder.is_dir() and not store.get_dir(uri, folder):
+        raise store.ArtifactNotFoundError(uri)
+    return folder
+
+
+def with_samples(data: Dataset, extra: SampleSet, meta: ModelMeta) -> Dataset:
+    """`data` with the sample set's samples first in its training split (first: a
+    max_train_samples cut keeps them). The samples are the model's input already; the data
+    set's images stay uint8 when they are that size, else all are brought to it as floats."""
+    images = data.train.images
+    if images.dtype == torch.uint8 and tuple(images.shape[1:]) == tuple(extra.images.shape[1:]):
+        joined = torch.cat([(extra.images * 255).round().to(torch.uint8), images])
+    else:
+        adapted = adapt(images, meta.channels, meta.input_size, meta.adapt_mode)
+        joined = torch.cat([extra.images, adapted])
+    train = Split(joined, torch.cat([extra.labels, data.train.labels]))
+    return replace(data, train=train)
+
+
+def trainjob_backend() -> bool:
+    from services.training import trainjob
+
+    return trainjob.uses_trainjob()
 
 
 def train_model(
@@ -133,9 +201,18 @@ def run_training(
     if settings.SIGDL_NUM_THREADS.get():
         torch.set_num_threads(settings.SIGDL_NUM_THREADS.get())
     data = load_dataset(cfg.dataset, data_dir)
-    model, meta = build_model(cfg, data)
+    with tempfile.TemporaryDirectory(prefix="sigdl-init-") as scratch:
+        model, meta, warm = start_model(cfg, data, Path(scratch))
+    extra = None
+    if cfg.extra_samples:
+        shape = (meta.channels, meta.input_size, meta.input_size)
+        extra = load_sample_set(cfg.extra_samples, meta.classes, shape)
+    if (warm or extra) and (nproc > 1 or trainjob_backend()):
+        raise InputError("init_checkpoint and extra_samples: supported when training in one "
+                         "process (nproc=1, SIGDL_TRAINING_BACKEND=local)")  # fmt: skip
     started = time.perf_counter()
-    history = train_model(model, meta, cfg, data, nproc, data_dir, on_event)
+    train_data = with_samples(data, extra, meta) if extra else data
+    history = train_model(model, meta, cfg, train_data, nproc, data_dir, on_event)
     train_seconds = time.perf_counter() - started
     model.eval()
     test = score_torch(model, data.test, meta.channels, meta.input_size, cfg.adapt_mode)
@@ -175,7 +252,9 @@ def run_training(
                     "name": cfg.dataset,
                     "source": data.source,
                     "sha256": chain.data_digest(data),
-                }
+                },
+                **({"init_checkpoint": warm} if warm else {}),
+                **({"edge_samples": extra.record()} if extra else {}),
             },
         }
         report["mlflow"] = log_lineage(report, stage, lineage or RunContext())
@@ -200,6 +279,17 @@ def _mean(values: list[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
+def data_tags(inputs: dict) -> dict:
+    """MLflow tags that say which edge samples and which starting weights a run learnt from."""
+    tags = {}
+    if "edge_samples" in inputs:
+        tags[lineage.TAG_EDGE_SAMPLES] = inputs["edge_samples"]["sha256"]
+        tags[lineage.TAG_EDGE_SAMPLES_URI] = inputs["edge_samples"]["uri"]
+    if "init_checkpoint" in inputs:
+        tags[lineage.TAG_INIT_CHECKPOINT] = inputs["init_checkpoint"]["uri"]
+    return tags
+
+
 def log_lineage(report: dict, artifacts_dir: Path, context: RunContext) -> dict | None:
     """Log the run to MLflow and register the ONNX model as a version (loadable with
     `mlflow.pyfunc.load_model`); None when tracking is off."""
@@ -208,7 +298,7 @@ def log_lineage(report: dict, artifacts_dir: Path, context: RunContext) -> dict 
         return None
     name = lineage.registered_name(report["model"], report["dataset"])
     params = {**report["config"], "nproc": report["nproc"], "parameters": report["parameters"]}
-    tags = {lineage.TAG_STAGE: "train", **context.run_tags()}
+    tags = {lineage.TAG_STAGE: "train", **context.run_tags(), **data_tags(report["inputs"])}
     with store.run(f"train {name}", params=params, tags=tags) as run_id:
         for row in report["history"]:
             store.log_metrics(run_id, {k: row[k] for k in row if k != "epoch"}, row["epoch"])

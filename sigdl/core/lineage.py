@@ -28,6 +28,11 @@ TAG_ITERATION = "sigdl.iteration"
 TAG_STAGE = "sigdl.stage"
 TAG_PIPELINE_RUN = "sigdl.pipeline_run_id"
 TAG_CANDIDATE = "sigdl.candidate"
+# a retraining from the edge (pipelines/trigger.py): which samples it learnt from, and the
+# weights it went on from
+TAG_EDGE_SAMPLES = "sigdl.edge_samples_sha256"
+TAG_EDGE_SAMPLES_URI = "sigdl.edge_samples_uri"
+TAG_INIT_CHECKPOINT = "sigdl.init_checkpoint"
 ONNX_MODEL_PATH = "onnx_model"  # where a run logs its MLflow ONNX model (pyfunc-loadable)
 
 

@@ -50,6 +50,11 @@ class TrainConfig:
     adapt_mode: str = "resize"  # how images reach input_size: resize | pad
     target_accuracy: float | None = None  # stop once test accuracy reaches this (0..1)
     max_train_samples: int | None = None  # train on the first N samples only (smoke runs)
+    # retraining from the edge (pipelines/trigger.py): start from these weights (a `sigdl
+    # train` output's URI) instead of a fresh init, and add a sample set's labelled samples
+    # (sigdl/core/sampleset.py) to the training split
+    init_checkpoint: str | None = None
+    extra_samples: str | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -72,7 +77,11 @@ class TrainConfig:
                 "max_train_samples",
                 "an integer >= 1",
             ),
-        ]
+            (self.init_checkpoint is None or (isinstance(self.init_checkpoint, str)
+             and self.init_checkpoint), "init_checkpoint", "a checkpoint URI"),
+            (self.extra_samples is None or (isinstance(self.extra_samples, str)
+             and self.extra_samples), "extra_samples", "a sample set URI"),
+        ]  # fmt: skip
         for ok, name, expected in checks:
             if not ok:
                 raise InputError(f"{name}={getattr(self, name)!r}: expected {expected}")

@@ -262,3 +262,153 @@ def test_a_canary_is_promoted_or_rolled_back(seeded_runs, s3_env, canary_agents,
     swaps = [s["version"] for s in stable.status()["swaps"]]
     assert swaps == ["v1", "v2"]  # the other agent never ran a canary that was rolled back
     assert stable.status()["failed_requests"] == canary.status()["failed_requests"] == 0
+
+
+LOOP_CONFIG = """
+model: lenet-300-100
+dataset: digits
+epochs: 3
+targets: [arm-cortex-a53]
+recipes: [int8]
+requirements: ["accuracy_drop<=5"]
+max_iterations: 1
+fleet: lab
+"""
+
+
+def sigdl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """A `sigdl` command as a user runs it, in its own process (the test's settings)."""
+    return subprocess.run([sys.executable, "-m", "sigdl.cli", *args], cwd=REPO, text=True,
+                          capture_output=True, timeout=timeout, check=False)  # fmt: skip
+
+
+def test_the_loop_closes_from_collected_samples_to_a_retrained_version(
+    s3_server, s3_env, keys, mlflow_uri, tmp_path, monkeypatch
+):
+    """The whole edge loop: `sigdl run` trains, compresses, gates and deploys v1 to the live store;
+    two agents serve it and refuse a tampered model file (v2) and a tampered signature (v3);
+    operators label digits through both agents (one site's labels private, the other's not)
+    and the agents upload them; `sigdl fleet retrain` waits below the threshold, then retrains
+    where the samples are (edge-site bucket), from v1's weights, with every labelled sample,
+    through the same gate, and deploys v4, which both agents then serve. Private samples are in
+    the edge bucket only; the training report and MLflow name the sample set it learnt from."""
+    import mlflow
+
+    from sigdl.core.datasets import adapt, load_dataset
+
+    client = store.S3Config(s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
+    client = client.make_client()
+    for bucket in ("edge-site-loop", "cloud-loop"):
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+    live, staging = f"{s3_env}/live", f"{s3_env}/staging"
+    edge, cloud = f"s3://edge-site-loop/{tmp_path.name}", f"s3://cloud-loop/{tmp_path.name}"
+    monkeypatch.setenv("SIGDL_EDGE_STORE", edge)
+    monkeypatch.setenv("SIGDL_CLOUD_STORE", cloud)
+    monkeypatch.setenv("SIGDL_VERIFY_KEY", str(keys))  # the trigger checks what agents serve
+    (tmp_path / "loop.yaml").write_text(LOOP_CONFIG + f"store: {live}\n")
+
+    # the cloud's loop: train, compress, retest, gate, deploy v1
+    proc = sigdl("run", "--config", str(tmp_path / "loop.yaml"), "--out", str(tmp_path / "run"),
+                 "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    first = json.loads(proc.stdout)
+    assert first["deployed"][TARGET]["version"] == "v1"
+    candidate = tmp_path / "run" / "iteration-1" / "candidates"
+    candidate = candidate / first["deployed"][TARGET]["candidate"] / "compress"
+
+    agents = [Agent(f"edge-{i}", live, keys, tmp_path / f"agent{i}") for i in (1, 2)]
+    try:
+        for agent in agents:
+            wait_until(f"agent on {agent.port} serving", agent.serving, AGENT_START_S)
+        digits = load_dataset("digits")
+        pixels = adapt(digits.test.images[:12], 1, 28).numpy()
+        assert [agent.predict(pixels[:1]).model_version for agent in agents] == ["v1", "v1"]
+
+        for version, tamper in (("v2", "model.onnx"), ("v3", "signature")):
+            run_deploy(str(candidate), TARGET, "lab", store_root=staging, version=version)
+            make_current_by_hand(staging, live, version, tamper)
+            for agent in agents:
+                wait_until(
+                    f"{agent.port} refusing {version}", lambda a=agent, v=version: refused(a, v)
+                )
+                assert agent.predict(pixels[:1]).model_version == "v1"
+
+        def label(agent: Agent, rows: range, private: bool) -> set[str]:
+            shas = set()
+            for row in rows:
+                request = edge_pb2.LabelRequest(pixels=to_tensor(pixels[row : row + 1]),
+                                                label=int(digits.test.labels[row]),
+                                                private=private)  # fmt: skip
+                shas.add(agent.stub.Label(request, timeout=10).sha256)
+            return shas
+
+        def uploaded(agent: Agent, n: int) -> Callable[[], bool]:
+            return lambda: (
+                agent.status()["data"]["uploaded_edge"] >= n
+                and (agent.status()["data"]["pending"] == 0)
+            )
+
+        config = str(tmp_path / "loop.yaml")
+        retrain = ["fleet", "retrain", "lab", "--target", TARGET, "--store", live, "--samples",
+                   edge, "--threshold", "6", "--config", config, "--json"]  # fmt: skip
+        private = label(agents[0], range(0, 3), private=True)
+        wait_until("edge-1's labels uploaded", uploaded(agents[0], 3), 60)
+        proc = sigdl(*retrain)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        waiting = json.loads(proc.stdout)
+        assert (waiting["labelled"], waiting["new"], waiting["started"]) == (3, 3, False)
+
+        public = label(agents[1], range(3, 6), private=False)
+        agents[1].predict(np.random.default_rng(0).random((4, 1, 28, 28), np.float32))
+        wait_until("edge-2's labels uploaded and synced", uploaded(agents[1], 3), 60)
+        proc = sigdl(*retrain)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        done = json.loads(proc.stdout)
+        run = done["run"]
+        assert (done["new"], done["started"], run["passed"]) == (6, True, True)
+        assert (run["from_version"], run["deployed_version"]) == ("v1", "v4")
+        assert (run["samples"], run["private"]) == (6, 3)
+
+        for agent in agents:
+            wait_until(f"{agent.port} serving v4", lambda a=agent: a.status()["version"] == "v4")
+            assert agent.predict(pixels[:1]).model_version == "v4"
+            assert agent.status()["failed_requests"] == 0
+
+        # what the retraining learnt from, and where it started
+        report = json.loads(
+            (Path(run["out"]) / "iteration-1" / "train" / "report.json").read_text()
+        )
+        assert report["inputs"]["edge_samples"] == {
+            "uri": run["sample_set"], "sha256": store.sha256(run["sample_set"]), "count": 6,
+            "private": 3,
+        }  # fmt: skip
+        assert report["inputs"]["init_checkpoint"]["uri"] == store.as_uri(
+            str(tmp_path / "run" / "iteration-1" / "train")
+        )
+        chosen = json.loads(store.get_bytes(run["sample_set"]))
+        assert {s["sha256"] for s in chosen["samples"]} == private | public
+        tracking = mlflow.MlflowClient(mlflow_uri)
+        digest = store.sha256(run["sample_set"])
+        tagged = tracking.search_runs(
+            [e.experiment_id for e in tracking.search_experiments()],
+            filter_string=f"tags.`sigdl.edge_samples_sha256` = '{digest}'",
+        )
+        assert len(tagged) == 1 and tagged[0].data.tags["sigdl.stage"] == "train"
+
+        # private samples and the sample set stay in the edge site's bucket
+        def npy(bucket: str) -> set[str]:
+            objects = client.list_objects(bucket, prefix=f"{tmp_path.name}/", recursive=True)
+            return {o.object_name.rsplit("/", 1)[1] for o in objects}
+
+        edge_names, cloud_names = npy("edge-site-loop"), npy("cloud-loop")
+        assert {f"{sha}.npy" for sha in private | public} <= edge_names
+        assert {f"{sha}.npy" for sha in public} <= cloud_names
+        assert not {f"{sha}.npy" for sha in private} & cloud_names
+        assert "samples.json" in edge_names and "samples.json" not in cloud_names
+
+        proc = sigdl(*retrain)  # nothing new since: it waits again
+        assert proc.returncode == 0 and json.loads(proc.stdout)["new"] == 0
+    finally:
+        for agent in agents:
+            agent.stop()
