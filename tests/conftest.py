@@ -102,6 +102,29 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+def _running_weed(workdir: Path, access_key: str, secret_key: str) -> Iterator[S3Server]:
+    process, server = _start_weed(workdir, access_key, secret_key)
+    try:
+        deadline = time.monotonic() + S3_START_TIMEOUT_S
+        while not _s3_answers(server):
+            if process.poll() is not None or time.monotonic() > deadline:
+                state = f"exited with {process.returncode}" if process.poll() else "never answered"
+                log = server.log_path.read_text(errors="replace")[-6000:]
+                pytest.fail(f"SeaweedFS S3 at {server.endpoint} {state}; its log:\n{log}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def edge_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A second real S3 server, an edge site's own, with keys of its own: started like
+    `s3_server` (another `weed mini` on other free ports, in another folder)."""
+    workdir = tmp_path_factory.mktemp("seaweedfs-edge")
+    yield from _running_weed(workdir, "sigdl-edge-site-key", "sigdl-edge-site-secret-987654")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3 server (SeaweedFS) on 127.0.0.1 for this test session.
@@ -114,18 +137,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server's log is in the message), yields endpoint and keys, and terminates it at the end.
     """
     workdir = tmp_path_factory.mktemp("seaweedfs")
-    process, server = _start_weed(workdir, "sigdl-test-key", "sigdl-test-secret-0123456789")
-    try:
-        deadline = time.monotonic() + S3_START_TIMEOUT_S
-        while not _s3_answers(server):
-            if process.poll() is not None or time.monotonic() > deadline:
-                state = f"exited with {process.returncode}" if process.poll() else "never answered"
-                log = server.log_path.read_text(errors="replace")[-6000:]
-                pytest.fail(f"SeaweedFS S3 at {server.endpoint} {state}; its log:\n{log}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        _stop(process)
+    yield from _running_weed(workdir, "sigdl-test-key", "sigdl-test-secret-0123456789")
 
 
 @pytest.fixture(scope="session")

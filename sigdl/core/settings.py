@@ -463,6 +463,26 @@ SIGDL_CLOUD_STORE: Setting[str] = _declare(
     None,
     "URI prefix in the cloud store non-private samples sync to (unset: none leave the site).",
 )
+# The edge site's own S3 server and keys, for URIs in SIGDL_EDGE_STORE's bucket: its private
+# samples then sit behind credentials the cloud never holds (unset: the SIGDL_S3_* ones).
+SIGDL_EDGE_SITE_S3_ENDPOINT: Setting[str] = _declare(
+    "SIGDL_EDGE_SITE_S3_ENDPOINT",
+    str,
+    None,
+    "host:port (or http(s)://host:port) of the edge site's S3 server, for SIGDL_EDGE_STORE.",
+)
+SIGDL_EDGE_SITE_S3_ACCESS_KEY: Setting[str] = _declare(
+    "SIGDL_EDGE_SITE_S3_ACCESS_KEY",
+    str,
+    None,
+    "Access key of the edge site's S3 server.",
+)
+SIGDL_EDGE_SITE_S3_SECRET_KEY: Setting[str] = _declare(
+    "SIGDL_EDGE_SITE_S3_SECRET_KEY",
+    str,
+    None,
+    "Secret key of the edge site's S3 server.",
+)
 
 # --- compute -----------------------------------------------------------------------------------
 SIGDL_NUM_THREADS: Setting[int] = _declare(

@@ -328,6 +328,10 @@ def parse_s3_uri(uri: str, *, object_required: bool = True) -> tuple[str, str]:
     return bucket, key
 
 
+def _bucket(uri: str) -> str:
+    return parse_s3_uri(uri, object_required=False)[0]
+
+
 @dataclass(frozen=True)
 class S3Config:
     """Where the S3 server is and who we are to it. ``from_settings()`` reads SIGDL_S3_*."""
@@ -358,6 +362,22 @@ class S3Config:
             access_key=settings.SIGDL_S3_ACCESS_KEY.get(),
             secret_key=settings.SIGDL_S3_SECRET_KEY.get(),
             secure=settings.SIGDL_S3_SECURE.get(),
+            region=settings.SIGDL_S3_REGION.get(),
+        )
+
+    @classmethod
+    def for_uri(cls, uri: str | None) -> S3Config:
+        """The edge site's server and keys (SIGDL_EDGE_SITE_S3_*) for a URI in the bucket of
+        SIGDL_EDGE_STORE when they are set; the SIGDL_S3_* ones for every other URI."""
+        edge, endpoint = settings.SIGDL_EDGE_STORE.get(), settings.SIGDL_EDGE_SITE_S3_ENDPOINT.get()
+        if not (uri and edge and endpoint and edge.startswith("s3://")):
+            return cls.from_settings()
+        if _bucket(uri) != _bucket(edge):
+            return cls.from_settings()
+        return cls(
+            endpoint=endpoint,
+            access_key=settings.SIGDL_EDGE_SITE_S3_ACCESS_KEY.get(),
+            secret_key=settings.SIGDL_EDGE_SITE_S3_SECRET_KEY.get(),
             region=settings.SIGDL_S3_REGION.get(),
         )
 
@@ -556,12 +576,19 @@ def _scheme_of(uri: str) -> str:
 
 
 def backend_for(uri: str) -> ArtifactBackend:
-    """The backend that serves `uri`, by its scheme."""
-    return _REGISTRY[_scheme_of(uri)]()
+    """The backend that serves `uri`, by its scheme (and, for s3, by its bucket's server)."""
+    scheme = _scheme_of(uri)
+    if scheme == S3Backend.scheme and _REGISTRY[scheme] is _default_s3:
+        return _shared_s3_backend(S3Config.for_uri(uri))
+    return _REGISTRY[scheme]()
+
+
+def _default_s3() -> S3Backend:
+    return _shared_s3_backend(S3Config.from_settings())
 
 
 register_backend(FileBackend.scheme, FileBackend)
-register_backend(S3Backend.scheme, lambda: _shared_s3_backend(S3Config.from_settings()))
+register_backend(S3Backend.scheme, _default_s3)
 
 
 def as_uri(path_or_uri: str | os.PathLike[str]) -> str:

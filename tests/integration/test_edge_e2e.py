@@ -71,10 +71,17 @@ class Agent:
     """One `sigdl edge-agent` process and a channel to it."""
 
     def __init__(
-        self, name: str, root: str, public_key: Path, home: Path, canary: bool = False
+        self,
+        name: str,
+        root: str,
+        public_key: Path,
+        home: Path,
+        canary: bool = False,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "SIGDL_SIGNING_KEY"}  # public only
+        env.update(extra_env or {})
         env.update(SIGDL_VERIFY_KEY=str(public_key), SIGDL_AGENT_ID=name,
                    SIGDL_AGENT_POLL_S="0.3", SIGDL_HOME=str(home),
                    SIGDL_AGENT_CANARY="1" if canary else "0")  # fmt: skip
@@ -276,36 +283,45 @@ fleet: lab
 """
 
 
-def sigdl(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """A `sigdl` command as a user runs it, in its own process (the test's settings)."""
+def sigdl(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """A `sigdl` command as a user runs it, in its own process (the test's settings + `env`)."""
     return subprocess.run([sys.executable, "-m", "sigdl.cli", *args], cwd=REPO, text=True,
-                          capture_output=True, timeout=timeout, check=False)  # fmt: skip
+                          capture_output=True, timeout=timeout, check=False,
+                          env={**os.environ, **(env or {})})  # fmt: skip
 
 
 def test_the_loop_closes_from_collected_samples_to_a_retrained_version(
-    s3_server, s3_env, keys, mlflow_uri, tmp_path, monkeypatch
+    s3_server, edge_s3_server, s3_env, keys, mlflow_uri, tmp_path, monkeypatch
 ):
     """The whole edge loop: `sigdl run` trains, compresses, gates and deploys v1 to the live store;
     two agents serve it and refuse a tampered model file (v2) and a tampered signature (v3);
     operators label digits through both agents (one site's labels private, the other's not)
     and the agents upload them; `sigdl fleet retrain` waits below the threshold, then retrains
-    where the samples are (edge-site bucket), from v1's weights, with every labelled sample,
-    through the same gate, and deploys v4, which both agents then serve. Private samples are in
-    the edge bucket only; the training report and MLflow name the sample set it learnt from."""
+    where the samples are, from v1's weights, with every labelled sample, through the same gate,
+    and deploys v4, which both agents then serve. The edge site has its own S3 server and keys
+    (a second SeaweedFS, `edge_s3_server`), which only the agents and the trigger are given:
+    `sigdl run` in the cloud never holds them. Private samples are on the edge site's server
+    only; the training report and MLflow name the sample set it learnt from."""
     import mlflow
 
     from sigdl.core.datasets import adapt, load_dataset
 
     client = store.S3Config(s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
     client = client.make_client()
-    for bucket in ("edge-site-loop", "cloud-loop"):
-        if not client.bucket_exists(bucket):
-            client.make_bucket(bucket)
+    site = store.S3Config(edge_s3_server.endpoint, edge_s3_server.access_key,
+                          edge_s3_server.secret_key).make_client()  # fmt: skip
+    for server, bucket in ((site, "edge-site-loop"), (client, "cloud-loop")):
+        if not server.bucket_exists(bucket):
+            server.make_bucket(bucket)
     live, staging = f"{s3_env}/live", f"{s3_env}/staging"
     edge, cloud = f"s3://edge-site-loop/{tmp_path.name}", f"s3://cloud-loop/{tmp_path.name}"
-    monkeypatch.setenv("SIGDL_EDGE_STORE", edge)
-    monkeypatch.setenv("SIGDL_CLOUD_STORE", cloud)
-    monkeypatch.setenv("SIGDL_VERIFY_KEY", str(keys))  # the trigger checks what agents serve
+    at_edge = {  # what the edge site's agents and trigger are given, and the cloud is not
+        "SIGDL_EDGE_STORE": edge, "SIGDL_CLOUD_STORE": cloud,
+        "SIGDL_EDGE_SITE_S3_ENDPOINT": edge_s3_server.endpoint,
+        "SIGDL_EDGE_SITE_S3_ACCESS_KEY": edge_s3_server.access_key,
+        "SIGDL_EDGE_SITE_S3_SECRET_KEY": edge_s3_server.secret_key,
+        "SIGDL_VERIFY_KEY": str(keys),  # the trigger checks what the agents serve
+    }  # fmt: skip
     (tmp_path / "loop.yaml").write_text(LOOP_CONFIG + f"store: {live}\n")
 
     # the cloud's loop: train, compress, retest, gate, deploy v1
@@ -317,7 +333,8 @@ def test_the_loop_closes_from_collected_samples_to_a_retrained_version(
     candidate = tmp_path / "run" / "iteration-1" / "candidates"
     candidate = candidate / first["deployed"][TARGET]["candidate"] / "compress"
 
-    agents = [Agent(f"edge-{i}", live, keys, tmp_path / f"agent{i}") for i in (1, 2)]
+    agents = [Agent(f"edge-{i}", live, keys, tmp_path / f"agent{i}", extra_env=at_edge)
+              for i in (1, 2)]  # fmt: skip
     try:
         for agent in agents:
             wait_until(f"agent on {agent.port} serving", agent.serving, AGENT_START_S)
@@ -354,7 +371,7 @@ def test_the_loop_closes_from_collected_samples_to_a_retrained_version(
                    edge, "--threshold", "6", "--config", config, "--json"]  # fmt: skip
         private = label(agents[0], range(0, 3), private=True)
         wait_until("edge-1's labels uploaded", uploaded(agents[0], 3), 60)
-        proc = sigdl(*retrain)
+        proc = sigdl(*retrain, env=at_edge)
         assert proc.returncode == 0, proc.stderr[-3000:]
         waiting = json.loads(proc.stdout)
         assert (waiting["labelled"], waiting["new"], waiting["started"]) == (3, 3, False)
@@ -362,7 +379,7 @@ def test_the_loop_closes_from_collected_samples_to_a_retrained_version(
         public = label(agents[1], range(3, 6), private=False)
         agents[1].predict(np.random.default_rng(0).random((4, 1, 28, 28), np.float32))
         wait_until("edge-2's labels uploaded and synced", uploaded(agents[1], 3), 60)
-        proc = sigdl(*retrain)
+        proc = sigdl(*retrain, env=at_edge)
         assert proc.returncode == 0, proc.stderr[-4000:]
         done = json.loads(proc.stdout)
         run = done["run"]
@@ -379,35 +396,39 @@ def test_the_loop_closes_from_collected_samples_to_a_retrained_version(
         report = json.loads(
             (Path(run["out"]) / "iteration-1" / "train" / "report.json").read_text()
         )
-        assert report["inputs"]["edge_samples"] == {
-            "uri": run["sample_set"], "sha256": store.sha256(run["sample_set"]), "count": 6,
-            "private": 3,
-        }  # fmt: skip
+        edge_samples = report["inputs"]["edge_samples"]
+        assert (edge_samples["uri"], edge_samples["count"], edge_samples["private"]) == (
+            run["sample_set"], 6, 3)  # fmt: skip
         assert report["inputs"]["init_checkpoint"]["uri"] == store.as_uri(
             str(tmp_path / "run" / "iteration-1" / "train")
         )
-        chosen = json.loads(store.get_bytes(run["sample_set"]))
+        with monkeypatch.context() as edge_site:  # read the edge site's server as the edge does
+            for name, value in at_edge.items():
+                edge_site.setenv(name, value)
+            chosen = json.loads(store.get_bytes(run["sample_set"]))
+            assert report["inputs"]["edge_samples"]["sha256"] == store.sha256(run["sample_set"])
         assert {s["sha256"] for s in chosen["samples"]} == private | public
         tracking = mlflow.MlflowClient(mlflow_uri)
-        digest = store.sha256(run["sample_set"])
+        digest = edge_samples["sha256"]
         tagged = tracking.search_runs(
             [e.experiment_id for e in tracking.search_experiments()],
             filter_string=f"tags.`sigdl.edge_samples_sha256` = '{digest}'",
         )
         assert len(tagged) == 1 and tagged[0].data.tags["sigdl.stage"] == "train"
 
-        # private samples and the sample set stay in the edge site's bucket
-        def npy(bucket: str) -> set[str]:
-            objects = client.list_objects(bucket, prefix=f"{tmp_path.name}/", recursive=True)
+        # private samples and the sample set stay on the edge site's server
+        def names(server, bucket: str) -> set[str]:
+            objects = server.list_objects(bucket, prefix=f"{tmp_path.name}/", recursive=True)
             return {o.object_name.rsplit("/", 1)[1] for o in objects}
 
-        edge_names, cloud_names = npy("edge-site-loop"), npy("cloud-loop")
+        edge_names, cloud_names = names(site, "edge-site-loop"), names(client, "cloud-loop")
+        assert not client.bucket_exists("edge-site-loop")  # the cloud's server never had it
         assert {f"{sha}.npy" for sha in private | public} <= edge_names
         assert {f"{sha}.npy" for sha in public} <= cloud_names
         assert not {f"{sha}.npy" for sha in private} & cloud_names
         assert "samples.json" in edge_names and "samples.json" not in cloud_names
 
-        proc = sigdl(*retrain)  # nothing new since: it waits again
+        proc = sigdl(*retrain, env=at_edge)  # nothing new since: it waits again
         assert proc.returncode == 0 and json.loads(proc.stdout)["new"] == 0
     finally:
         for agent in agents:

@@ -252,3 +252,20 @@ def test_downloads_refuse_names_that_escape(tmp_path: Path) -> None:
     for name in ("../evil.txt", "a/../../evil.txt", "/etc/passwd", ""):
         with pytest.raises(store.StoreError, match="outside"):
             store._child_path(tmp_path, name, "s3://b/p")
+
+
+def test_the_edge_sites_bucket_has_its_own_server_and_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGDL_S3_ENDPOINT", "127.0.0.1:9000")
+    monkeypatch.setenv("SIGDL_S3_ACCESS_KEY", "cloud-key")
+    monkeypatch.setenv("SIGDL_S3_SECRET_KEY", "cloud-secret")
+    monkeypatch.setenv("SIGDL_EDGE_STORE", "s3://edge-site/lab")
+    # without the edge site's own server, its bucket is reached like any other
+    assert store.S3Config.for_uri("s3://edge-site/lab/x").access_key == "cloud-key"
+    monkeypatch.setenv("SIGDL_EDGE_SITE_S3_ENDPOINT", "http://10.0.0.5:9000")
+    monkeypatch.setenv("SIGDL_EDGE_SITE_S3_ACCESS_KEY", "edge-key")
+    monkeypatch.setenv("SIGDL_EDGE_SITE_S3_SECRET_KEY", "edge-secret")
+    edge = store.S3Config.for_uri("s3://edge-site/lab/samples/a.npy")
+    assert (edge.endpoint, edge.access_key, edge.secret_key) == (
+        "10.0.0.5:9000", "edge-key", "edge-secret")  # fmt: skip
+    for other in ("s3://sigdl/fleets/lab/current", "s3://edge-site-2/lab/x", None):
+        assert store.S3Config.for_uri(other).endpoint == "127.0.0.1:9000"
