@@ -98,6 +98,49 @@ _LATENCY_PARAMS = {
     "cache_kb": _NON_NEGATIVE,
 }
 
+_PER_PRECISION_CLASS = {  # precision -> class -> multiplier on that class's efficiency
+    "type": "object",
+    "propertyNames": {"enum": PRECISIONS},
+    "additionalProperties": {**_PER_CLASS, "additionalProperties": _POSITIVE},
+}
+# What `sigdl targets fit TARGET` writes (services/retest/targetfit.py): the latency figures
+# fitted to the target's published calibration set, which replace the data sheet's, and the
+# fit's bookkeeping: its residuals per published figure, their summary, and the interval
+# (low, high factors on a prediction) from them
+_FITTED = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "efficiency": _PER_CLASS,
+        "overhead_us": _PER_CLASS,
+        "fixed_overhead_us": _NON_NEGATIVE,
+        "bandwidth_efficiency": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "host_copy_gbs": _POSITIVE,
+        "conv_weight_factor": _POSITIVE,
+        "half_rate_outputs": _POSITIVE,
+        "non3x3_efficiency": _POSITIVE,
+        "precision_activation_ns": {**_PER_PRECISION, "additionalProperties": _NON_NEGATIVE},
+        "activation_ns": _PER_CLASS,
+        "precision_efficiency": _PER_PRECISION,
+        "precision_class_efficiency": _PER_PRECISION_CLASS,
+        "runtime": {"type": "string"},  # the runtime the fitted figures are of
+        # other runtimes on the same board: their time against `runtime`'s
+        "runtimes": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["time_scale"],
+                "properties": {"time_scale": _POSITIVE},
+            },
+        },
+        "interval": {"type": "array", "items": _POSITIVE, "minItems": 2, "maxItems": 2},
+        "residuals": {"type": "array", "items": {"type": "object"}},
+        "summary": {"type": "object"},
+        "source": {"type": "string"},
+    },
+}
+
 SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "SigDL target profile",
@@ -182,6 +225,25 @@ SCHEMA: dict = {
                     },
                 },
                 "precision_efficiency": _PER_PRECISION,  # multiplier on efficiency
+                # per class, where it differs from precision_efficiency (ncnn int8 depthwise)
+                "precision_class_efficiency": _PER_PRECISION_CLASS,
+                # an accelerator's input and output copies between host and device
+                "host_copy_gbs": _POSITIVE,
+                # bytes a kernel>1 conv streams per weight byte: a runtime that stores its
+                # kernels transformed (Winograd F(6,3): 64 / 9) streams more of them
+                "conv_weight_factor": _POSITIVE,
+                # a compute node with this many outputs reaches half its class's efficiency
+                # (a GPU's blocks, a CPU's tiles fill up with outputs): eff x out / (out + h)
+                "half_rate_outputs": _POSITIVE,
+                # multiplier on the conv class's efficiency for kernels other than 3x3
+                "non3x3_efficiency": _POSITIVE,
+                # per precision, ns per activation element a compute node reads or writes
+                # (a runtime that quantizes and dequantizes around each int8 layer)
+                "precision_activation_ns": {
+                    **_PER_PRECISION,
+                    "additionalProperties": _NON_NEGATIVE,
+                },
+                "fitted": _FITTED,
                 # measured per thread count (host): overrides of the fields above
                 "calibrated": {
                     "type": "object",

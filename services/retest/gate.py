@@ -1,10 +1,12 @@
 """Requirements such as `fps>=30` or `accuracy_drop<=0.5`, and the verdict against them.
 
-A requirement is `METRIC OP NUMBER` with OP one of <=, >=, <, >, ==. The verdict lists each
-requirement with its measured or predicted value and pass/fail, after two checks every retest
-makes: all operators supported, and the model fits the target's RAM. accuracy_drop is the
-report's `accuracy.drop_pp`: against the dense trained model (ARCHITECTURE.md), and verdict.md
-says which baseline it was.
+A requirement is `METRIC OP NUMBER` with OP one of <=, >=, <, >, ==. `latency_ms_hi` and
+`fps_lo` are the pessimistic ends of the predicted interval (`latency_ms_range`, `fps_range`):
+`latency_ms_hi<=50` requires the slow end to meet the budget, not only the estimate.
+The verdict lists each requirement with its measured or predicted value and pass/fail, after
+two checks every retest makes: all operators supported, and the model fits the target's RAM.
+accuracy_drop is the report's `accuracy.drop_pp`: against the dense trained model
+(ARCHITECTURE.md), and verdict.md says which baseline it was.
 
     verdict = gate(report, [parse_requirement("fps>=30")])
 """
@@ -25,6 +27,12 @@ METRICS = {
                       "when no dense accuracy is known) minus accuracy at the target's "
                       "numerics"),
     "latency_ms": (("latency_ms",), "ms", "predicted latency"),
+    # the pessimistic ends of the prediction's interval (predict.latency_interval: the 10th-90th
+    # percentile of the target fit's residuals on published figures): `latency_ms_hi<=50`
+    # holds only if the slow end of the interval does, `fps_lo>=30` likewise
+    "latency_ms_hi": (("latency_ms_range", 1), "ms",
+                      "slow end of the predicted latency's interval"),
+    "fps_lo": (("fps_range", 0), "1/s", "low end of the predicted fps's interval"),
     "p90_latency_ms": (("p90_latency_ms",), "ms", "predicted p90 latency"),
     "fps": (("fps",), "1/s", "predicted frames per second (batch 1)"),
     "power_w": (("power_w",), "W", "estimated average power"),
@@ -64,10 +72,13 @@ def parse_requirement(text: str) -> Requirement:
     return Requirement(metric, op, float(number))
 
 
-def _lookup(report: dict, path: tuple[str, ...]) -> float | None:
+def _lookup(report: dict, path: tuple[str | int, ...]) -> float | None:
     value: object = report
     for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(key, int):  # an index into a [low, high] range
+            value = value[key] if isinstance(value, list) and len(value) > key else None
+        else:
+            value = value.get(key) if isinstance(value, dict) else None
     return value if isinstance(value, int | float) else None
 
 
@@ -102,7 +113,9 @@ def verdict_markdown(report: dict) -> str:
         value = f"{c['value']:.4g}" if isinstance(c["value"], float) else c["value"]
         lines.append(f"| {c['requirement']} | {value} | {c['unit']} | "
                      f"{'pass' if c['passed'] else 'FAIL'} |")  # fmt: skip
-    lines += ["", f"Predicted latency {report['latency_ms']:.3f} ms (p90 "
+    low, high = report.get("latency_ms_range") or (report["latency_ms"], report["latency_ms"])
+    lines += ["", f"Predicted latency {report['latency_ms']:.3f} ms (interval {low:.3f}-"
+              f"{high:.3f} ms; p90 "
               f"{report['p90_latency_ms']:.3f} ms, {report['fps']:.1f} fps); estimated power "
               f"{report['power_w']:.2f} W, {report['energy_mj']:.3f} mJ per inference "
               "(an estimate from the profile's power model)."]  # fmt: skip

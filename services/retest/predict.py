@@ -33,7 +33,18 @@ LATENCY_KEYS = (
     "p90_factor", "p90_extra_us", "p90_curve", "fixed_overhead_us", "cache_bandwidth_gbs",
     "onchip_kb", "cache_kb", "p90_dram_factor", "p90_dram_ms", "channel_block", "activation_ns",
     "weight_stall", "cold", "free_node_us", "broadcast_spans_per_thread", "gemm_macs_per_thread",
+    "precision_efficiency", "precision_class_efficiency", "host_copy_gbs", "conv_weight_factor",
+    "half_rate_outputs", "non3x3_efficiency", "precision_activation_ns",
 )  # fmt: skip
+# classes whose efficiency grows with a node's outputs on a profile with `half_rate_outputs`:
+# a GPU's thread blocks, a CPU's Winograd tiles need many outputs to reach their rate (not a
+# batch-1 gemm: its few outputs each take a long dot product, and its weights bound it)
+SATURATING_CLASSES = ("conv", "pointwise", "conv_stem", "depthwise")
+# A profile's figures fitted to published board latencies (`sigdl targets fit`) that
+# replace its data-sheet ones: the latency parameters above, not the fit's bookkeeping
+FITTED_BOOKKEEPING = ("interval", "residuals", "summary", "source", "runtime", "runtimes")
+# the interval a prediction carries when its profile has no fit to take one from: x0.5 to x2
+UNFITTED_INTERVAL = (0.5, 2.0)
 
 
 def latency_params(profile: dict, threads: int | None) -> dict:
@@ -45,6 +56,9 @@ def latency_params(profile: dict, threads: int | None) -> dict:
     cores = profile["compute"]["cores"]
     used = min(threads or cores, cores)
     params = {key: model.get(key) for key in LATENCY_KEYS}
+    for key, value in model.get("fitted", {}).items():  # sigdl targets fit: over the data sheet
+        if key not in FITTED_BOOKKEEPING:
+            params[key] = {**(params[key] or {}), **value} if isinstance(value, dict) else value
     calibrated = model.get("calibrated", {}).get(str(used))
     if calibrated:
         for key, value in calibrated.items():
@@ -231,6 +245,55 @@ def unknown_op_params(params: dict) -> dict:
     return out
 
 
+def is_3x3(node: Node) -> bool:
+    """A conv with a 3x3 kernel: the size runtimes tune (and Winograd-transform) first."""
+    return list(node.attrs.get("kernel_shape", node.weight_shape[2:])) == [3, 3]
+
+
+def precision_factor(params: dict, precision: str, op_class: str) -> float:
+    """The multiplier on a class's efficiency at `precision`: the profile's per-class figure
+    (`precision_class_efficiency`, e.g. ncnn's int8 depthwise kernels slower than its fp32
+    ones) where it has one, else its per-precision `precision_efficiency`, else 1."""
+    by_class = (params.get("precision_class_efficiency") or {}).get(precision, {})
+    if op_class in by_class:
+        return by_class[op_class]
+    return (params.get("precision_efficiency") or {}).get(precision, 1.0)
+
+
+def host_copy_s(graph: Graph, params: dict, precision: str) -> float:
+    """An accelerator's copies of the input to the device and of the outputs back, at the
+    profile's `host_copy_gbs` (0 without one: a CPU target reads its input where it is)."""
+    gbs = params.get("host_copy_gbs")
+    if not gbs:
+        return 0.0
+    produced = {o for n in graph.nodes for o in n.outputs}
+    read = {i for n in graph.nodes for i in n.inputs}
+    outputs = [t for t in produced - read if t in graph.tensor_elems]
+    elems = sum(graph.tensor_elems.get(t, 0) for t in [*graph.inputs, *outputs])
+    return elems * BYTES[precision] / (gbs * 1e9)
+
+
+def runtime_scale(profile: dict, runtime: str | None) -> float:
+    """The fitted time factor of `runtime` against the profile's own (`latency_model.runtime`):
+    1 for the profile's runtime, for None and for a runtime the fit has no figure of."""
+    fitted = profile["latency_model"].get("fitted", {})
+    return fitted.get("runtimes", {}).get(runtime or "", {}).get("time_scale", 1.0)
+
+
+def latency_interval(profile: dict, latency_ms: float) -> tuple[list[float], str]:
+    """([low, high] ms, where it comes from) around a predicted latency: the 10th and 90th
+    percentile of the fit's residuals (published / predicted) on this target's calibration
+    set, from `latency_model.fitted.interval`; UNFITTED_INTERVAL without a fit."""
+    fitted = profile["latency_model"].get("fitted", {})
+    if "interval" in fitted:
+        low, high = fitted["interval"]
+        count = fitted.get("summary", {}).get("entries", 0)
+        basis = f"10th-90th percentile of the fit's residuals on {count} published figures"
+    else:
+        (low, high), basis = UNFITTED_INTERVAL, "no fit to published figures: x0.5 to x2"
+    return [latency_ms * low, latency_ms * high], basis
+
+
 def node_time_s(
     node: Node, profile: dict, params: dict, precision: str, weights_at: str
 ) -> tuple[float, int, bool]:
@@ -245,15 +308,25 @@ def node_time_s(
     peak = profile["compute"]["peak_gops"][precision] * 1e9 * params["core_share"]
     if node.op_class == UNKNOWN:
         params = unknown_op_params(params)
-    efficiency = params["efficiency"].get(node.op_class, 0.05)
-    efficiency *= profile["latency_model"].get("precision_efficiency", {}).get(precision, 1.0)
+    efficiency = params["efficiency"].get(node.op_class, 0.05) * precision_factor(
+        params, precision, node.op_class
+    )
+    half = params.get("half_rate_outputs")
+    if half and node.op_class in SATURATING_CLASSES:  # too few outputs to fill the device
+        efficiency *= node.out_elems / (node.out_elems + half)
+    if node.op_class == "conv" and not is_3x3(node):  # 5x5, 7x7, 11x11, 1x7, 7x1 kernels
+        efficiency *= params.get("non3x3_efficiency") or 1.0
     ops = node.total_ops * channel_padding(node, params["channel_block"])
     compute = ops / (peak * efficiency) * params["threads"] / parallel_threads(node, params)
     # loads, stores and layout work per activation element the arithmetic does not cover
     per_element_ns = (params["activation_ns"] or {}).get(node.op_class, 0.0)
+    if node.op_class in (*SATURATING_CLASSES, "gemm"):  # (re)quantizing around the node
+        per_element_ns += (params.get("precision_activation_ns") or {}).get(precision, 0.0)
     compute += (node.in_elems + node.out_elems) * per_element_ns * 1e-9
     size = BYTES[precision]
     weights, activations = node.weight_elems * size, (node.in_elems + node.out_elems) * size
+    if node.op_class == "conv":  # a runtime's pre-transformed kernels (Winograd) are larger
+        weights *= params.get("conv_weight_factor") or 1.0
     acts_at = memory_level(activations, params)
     scale = 1e9 * params["bandwidth_efficiency"]
     weight_time = weights / (_bandwidth_gbs(weights_at, params) * scale)
@@ -267,9 +340,15 @@ def node_time_s(
     return overhead + max(compute, memory) + stall, dram, dram > 0 and memory > compute
 
 
-def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | None) -> dict:
-    """End-to-end latency, p90 and fps, with the per-node breakdown."""
+def predict_latency(
+    graph: Graph, profile: dict, precision: str, threads: int | None, runtime: str | None = None
+) -> dict:
+    """End-to-end latency, p90 and fps, with the per-node breakdown and the latency's interval
+    from the profile's fit. `runtime`: one the profile's fit has a time factor for (another
+    runtime than the profile's own on the same board), else the profile's own."""
     params = in_network(graph, latency_params(profile, threads), precision)
+    for node in graph.nodes:  # a graph predicted on another target keeps no fusion of its
+        node.fused_into = None
     apply_fusion(graph.nodes, profile["latency_model"].get("fuses", []))
     # every query streams all the weights: they stay on chip (or in the shared cache) between
     # queries only when all of them fit there
@@ -292,11 +371,16 @@ def predict_latency(graph: Graph, profile: dict, precision: str, threads: int | 
                 "macs": node.macs, "ops": node.total_ops, "bytes": node_bytes(node, precision),
                 "fused_into": node.fused_into, "ms": seconds * 1e3,
             })  # fmt: skip
-    total += params["fixed_overhead_us"] * 1e-6
-    latency_ms = total * 1e3
+    total += params["fixed_overhead_us"] * 1e-6 + host_copy_s(graph, params, precision)
+    scale = runtime_scale(profile, runtime)
+    latency_ms = total * 1e3 * scale
+    low_high, basis = latency_interval(profile, latency_ms)
     return {
         "latency_ms": latency_ms,
-        "p90_latency_ms": p90_ms(latency_ms, params, dram_bound * 1e3),
+        "latency_ms_range": low_high,
+        "latency_range_basis": basis,
+        "fps_range": [1e3 / low_high[1], 1e3 / low_high[0]] if latency_ms else [0.0, 0.0],
+        "p90_latency_ms": p90_ms(latency_ms, params, dram_bound * 1e3 * scale),
         "dram_bound_ms": dram_bound * 1e3,
         "fps": 1e3 / latency_ms if latency_ms else float("inf"),
         "threads": params["threads"],

@@ -236,6 +236,8 @@ def predict_on_target(graph: Graph, profile: dict, precision: str, threads: int 
         "emulation": profile["emulation"]["method"], "precision": precision,
         "threads": latency["threads"],
         "latency_ms": latency["latency_ms"], "p90_latency_ms": latency["p90_latency_ms"],
+        "latency_ms_range": latency["latency_ms_range"], "fps_range": latency["fps_range"],
+        "latency_range_basis": latency["latency_range_basis"],
         "fps": latency["fps"], "power_w": power["power_w"], "energy_mj": power["energy_mj"],
         "power": power, "memory": memory_use(graph, profile, precision),
         "operators": check_operators(graph, profile),

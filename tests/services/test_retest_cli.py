@@ -88,3 +88,32 @@ def test_targets_list_and_show(capsys):
     assert main(["targets", "show", "ti-c66x"]) == 0
     assert "C66x" in capsys.readouterr().out
     assert main(["targets", "show", "nope"]) == 2
+
+
+def test_targets_fit_writes_the_users_profile_which_retest_then_uses(models, capsys):
+    """`sigdl targets fit` on the Pi 3's calibration set writes $SIGDL_HOME/targets/..., the
+    loader prefers it, and a retest there reports the fit's interval and gates on its end."""
+    assert main(["targets", "fit", "arm-cortex-a53", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["profile"].endswith("targets/arm-cortex-a53.yaml")
+    assert summary["entries"] >= 4 and summary["interval"][0] <= 1 <= summary["interval"][1]
+    code = main(["retest", models["lenet-5"], "--target", "arm-cortex-a53", "--require",
+                 "latency_ms_hi<=100000", "--json"])  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    low, high = report["latency_ms_range"]
+    assert low <= report["latency_ms"] <= high
+    assert high == pytest.approx(report["latency_ms"] * summary["interval"][1])
+    assert "published figures" in report["latency_range_basis"]
+    # the slow end, not the estimate, is what latency_ms_hi gates on
+    budget = (report["latency_ms"] + high) / 2
+    requires = ["--require", f"latency_ms<={budget}", "--require", f"latency_ms_hi<={budget}"]
+    code = main(["retest", models["lenet-5"], "--target", "arm-cortex-a53", *requires, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert [c["passed"] for c in report["verdict"]["checks"][2:]] == [True, False]
+
+
+def test_targets_fit_refuses_a_target_without_fit_figures(capsys):
+    assert main(["targets", "fit", "movidius-ma2450"]) == 2
+    assert "no published figure" in capsys.readouterr().err
