@@ -16,8 +16,11 @@ Layout (integers little-endian):
 
 Encodings: `raw` (the dtype's little-endian bytes; float tensors as float32), `raw-f16`
 (float16 on disk, float32 decoded), `shared` (Deep Compression: codebook + Huffman-coded or
-bit-packed assignments, dense or as sparse relative indices) and `int8` (per-output-channel
-symmetric scales + int8 values). The file's size on disk is the compressed size reports use.
+bit-packed assignments, dense or as sparse relative indices), `int8` (per-output-channel
+symmetric scales + int8 values) and `dct2` (a conv weight as the orthonormal 2-D DCT-II of each
+kernel, most coefficients zero: the kept ones and their relative positions, as float32 values
+or on a `shared` codebook; decoded with `sigdl.core.spectral.idct2`). The file's size on disk
+is the compressed size reports use.
 
     summary = write_sdc("model.sdc", tensors, meta.to_json(), recipe, digest)
     model, meta = load_model("model.sdc")
@@ -37,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sigdl.core import atomic, huffman, sparse
+from sigdl.core import atomic, huffman, sparse, spectral
 from sigdl.core.checkpoint import ModelMeta, PixelModel, build, resize_to_state_dict
 from sigdl.core.errors import InputError, short
 
@@ -115,12 +118,40 @@ class Int8Tensor:
 
 
 @dataclass
+class SpectralTensor:
+    """A conv weight stored as the orthonormal 2-D DCT-II of each (kh, kw) kernel (frequency-
+    domain pruning): `coefficients` has the weight's shape, zeros where a coefficient was pruned;
+    the weight is `spectral.idct2(coefficients)`. With `shared`, the coefficients are exactly
+    `shared.values()` (a codebook in the frequency domain) and are stored as it is."""
+
+    coefficients: np.ndarray  # (..., kh, kw) float32 DCT-II coefficients, 0.0 where pruned
+    index_bits: int = 8  # bits per sparse relative index of the kept coefficients
+    shared: SharedTensor | None = None  # the coefficients on a codebook, stored as such
+
+    def __post_init__(self) -> None:
+        self.coefficients = np.asarray(self.coefficients)
+        c = self.coefficients
+        if c.dtype.kind != "f" or c.ndim < 2 or not np.isfinite(c).all():
+            raise InputError("coefficients must be finite floats shaped (..., kh, kw)")
+        self.coefficients = c.astype(np.float32)
+        if self.shared is not None and (
+            self.shared.assignments.shape != c.shape
+            or not np.array_equal(self.shared.values(), self.coefficients)
+        ):
+            raise InputError("shared must hold exactly the coefficients (same shape and values)")
+        sparse.check_index_bits(self.index_bits)
+
+    def values(self) -> np.ndarray:
+        return spectral.idct2(self.coefficients)
+
+
+@dataclass
 class TensorSummary:
     """Size accounting of one tensor, all derived from the header and the section lengths."""
 
     name: str
-    encoding: str  # raw | raw-f16 | shared | int8
-    layout: str  # shared: dense | sparse; other encodings: dense
+    encoding: str  # raw | raw-f16 | shared | int8 | dct2
+    layout: str  # shared, dct2: dense | sparse (of the stored values); other encodings: dense
     shape: list[int]
     params: int
     nonzeros: int
@@ -193,7 +224,7 @@ class SdcModel:
 
 # --- writing -----------------------------------------------------------------------------------
 
-TensorLike = np.ndarray | torch.Tensor | SharedTensor | Int8Tensor
+TensorLike = np.ndarray | torch.Tensor | SharedTensor | Int8Tensor | SpectralTensor
 
 
 def write_sdc(
@@ -290,6 +321,9 @@ def _encode_tensor(
     elif isinstance(tensor, Int8Tensor):
         params, sections = _encode_int8(tensor, use_huffman)
         encoding, dtype, values = "int8", "float32", tensor.values()
+    elif isinstance(tensor, SpectralTensor):
+        params, sections = _encode_spectral(tensor, use_huffman)
+        encoding, dtype, values = "dct2", "float32", tensor.values()
     else:
         array = _as_raw_array(name, tensor)
         dtype = array.dtype.name
@@ -351,6 +385,23 @@ def _encode_int8(t: Int8Tensor, use_huffman: bool) -> tuple[dict, list[tuple[str
     spec, blob = _encode_stream(t.q.reshape(-1).astype(np.int64) + 128, 8, use_huffman)
     params = {"channels": int(t.scale.size), "streams": {"q": spec}}
     return params, [("scale", t.scale.astype("<f4").tobytes()), ("q", blob)]
+
+
+def _encode_spectral(t: SpectralTensor, use_huffman: bool) -> tuple[dict, list[tuple[str, bytes]]]:
+    """DCT-II coefficients: on their codebook (the `shared` layout and sections), or the float32
+    values of the kept ones with their relative positions (or all of them), whichever is
+    smaller."""
+    if t.shared is not None:
+        params, sections = _encode_shared(t.shared, use_huffman)
+        return {"coefficients": "shared", **params}, sections
+    flat = t.coefficients.reshape(-1)
+    gaps, values = sparse.encode_sparse(flat, t.index_bits)  # values: float32, fillers 0.0
+    spec, blob = _encode_stream(gaps, t.index_bits, use_huffman)
+    params = {"coefficients": "float32", "index_bits": t.index_bits}
+    if len(blob) + 4 * values.size < 4 * flat.size:
+        params |= {"layout": "sparse", "entries": int(gaps.size), "streams": {"gaps": spec}}
+        return params, [("gaps", blob), ("floats", values.astype("<f4").tobytes())]
+    return params | {"layout": "dense"}, [("floats", flat.astype("<f4").tobytes())]
 
 
 def _encode_stream(symbols: np.ndarray, width: int, use_huffman: bool) -> tuple[dict, bytes]:
@@ -541,8 +592,12 @@ def _decode_entry(entry: dict, data: bytes) -> np.ndarray:
 
 def _section_names(entry: dict) -> list[str]:
     """The sections an entry must have, in the order the writer puts them."""
+    shared = {"sparse": ["codebook", "gaps", "values"], "dense": ["codebook", "values"]}
     if entry["encoding"] == "shared":
-        layouts = {"sparse": ["codebook", "gaps", "values"], "dense": ["codebook", "values"]}
+        return _param_choice(entry["params"], "layout", shared)
+    if entry["encoding"] == "dct2":
+        kinds = {"shared": shared, "float32": {"sparse": ["gaps", "floats"], "dense": ["floats"]}}
+        layouts = _param_choice(entry["params"], "coefficients", kinds)
         return _param_choice(entry["params"], "layout", layouts)
     return ["scale", "q"] if entry["encoding"] == "int8" else ["data"]
 
@@ -591,6 +646,34 @@ def _decode_int8(entry: dict, sections: dict[str, bytes], numel: int) -> np.ndar
     scale = np.frombuffer(blob, dtype="<f4").astype(np.float32)
     q = _read_stream(entry["params"], sections, "q", numel, 8)
     return _dequantize(scale, (q - 128).astype(np.int8).reshape(shape)).reshape(-1)
+
+
+def _decode_spectral(entry: dict, sections: dict[str, bytes], numel: int) -> np.ndarray:
+    """The kernels of stored DCT-II coefficients (`SpectralTensor`), flat float32."""
+    shape, p = entry["shape"], entry["params"]
+    if len(shape) < 2 or not all(1 <= d <= spectral.MAX_KERNEL for d in shape[-2:]):
+        raise SdcError(
+            f"shape {shape}: expected (..., kh, kw) kernels, sides 1..{spectral.MAX_KERNEL}"
+        )
+    if p["coefficients"] == "shared":  # _section_names has refused any other kind
+        coefficients = _decode_shared(entry, sections, numel)
+    else:
+        blob = _section(sections, "floats")
+        if p["layout"] == "dense":
+            if len(blob) != 4 * numel:
+                raise SdcError(f"{len(blob)} coefficient bytes for {numel} float32 values")
+            coefficients = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+        else:
+            index_bits = _param_int(p, "index_bits", 1, sparse.MAX_INDEX_BITS)
+            entries = _param_int(p, "entries", 0, numel)
+            if len(blob) != 4 * entries:
+                raise SdcError(f"{len(blob)} coefficient bytes for {entries} float32 values")
+            gaps = _read_stream(p, sections, "gaps", entries, index_bits)
+            values = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+            coefficients = sparse.decode_sparse(gaps, values, numel, index_bits)
+    if not np.isfinite(coefficients).all():
+        raise SdcError("coefficients must be finite")
+    return spectral.idct2(coefficients.reshape(shape)).reshape(-1)
 
 
 def _dequantize(scale: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -644,7 +727,7 @@ def _is_int(value: object) -> bool:
 
 
 _DECODERS = {"raw": _decode_raw, "raw-f16": _decode_raw, "shared": _decode_shared,
-             "int8": _decode_int8}  # fmt: skip
+             "int8": _decode_int8, "dct2": _decode_spectral}  # fmt: skip
 
 
 # --- accounting --------------------------------------------------------------------------------
@@ -661,8 +744,12 @@ def _summarize_tensor(entry: dict, nonzeros: int) -> TensorSummary:
     params = int(np.prod(entry["shape"], dtype=np.int64))
     p, encoding = entry["params"], entry["encoding"]
     layout, index_bits, table_bytes = "dense", 0, 0
-    if encoding == "shared":
+    if encoding == "shared" or (encoding == "dct2" and p["coefficients"] == "shared"):
         width, layout, table_bytes = huffman.fixed_width(p["k"]), p["layout"], lengths["codebook"]
+        index_bits = p["index_bits"] if layout == "sparse" else 0
+        fixed = p["entries"] * (index_bits + width) if layout == "sparse" else params * width
+    elif encoding == "dct2":  # float32 coefficients
+        width, layout = 32, p["layout"]
         index_bits = p["index_bits"] if layout == "sparse" else 0
         fixed = p["entries"] * (index_bits + width) if layout == "sparse" else params * width
     elif encoding == "int8":
@@ -670,7 +757,7 @@ def _summarize_tensor(entry: dict, nonzeros: int) -> TensorSummary:
     else:
         width = 8 * np.dtype(_storage(encoding, entry["dtype"])).itemsize
         fixed = 8 * lengths["data"]
-    coded = 8 * sum(n for key, n in lengths.items() if key in (*_STREAMS, "data"))
+    coded = 8 * sum(n for key, n in lengths.items() if key in (*_STREAMS, "data", "floats"))
     return TensorSummary(
         name=entry["name"], encoding=encoding, layout=layout, shape=list(entry["shape"]),
         params=params, nonzeros=nonzeros, bits_per_weight=width, bits_per_index=index_bits,

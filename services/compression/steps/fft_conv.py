@@ -15,7 +15,11 @@ the build machine with `benchmarks/fft_conv.py` (which also reports where the ru
 
 The weights do not change: the `.sdc` stores them as before, and the decoded `model.onnx` is the
 zoo model with direct `Conv` nodes, equal to the FFT model within float tolerance (the
-documented fallback: ONNX Runtime's DFT operator is not reached by torch's TorchScript exporter).
+documented fallback: ONNX Runtime's DFT operator is not reached by torch's TorchScript exporter,
+and the dynamo exporter needs onnxscript, which is not installed). Instead,
+`services/compression/fft_onnx.py` rewrites a model.onnx's Conv nodes onto ONNX's `DFT`
+operator (opset 20); that runs under ONNX Runtime and equals the direct model within float
+tolerance (benchmarks/fft_onnx.py).
 
     steps:
       - type: fft-conv
