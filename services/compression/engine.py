@@ -31,6 +31,7 @@ from services.compression.prune import Layer, MaskKeeper, find_layers
 from services.compression.prune import prune_channels as prune_channels  # benchmarks use it
 from services.compression.recipe import (
     LAYER_KINDS,
+    PLANNED,
     LayerValue,
     Recipe,
     RetrainConfig,
@@ -46,7 +47,7 @@ from sigdl.core.errors import InputError
 from sigdl.core.evaluation import Score, score_torch
 from sigdl.core.events import EventFn, ProgressEvent, epoch_event
 from sigdl.core.sdc import Int8Tensor, SharedTensor, TensorLike
-from sigdl.core.training import EpochResult, fit
+from sigdl.core.training import EpochResult, fit, teacher_logits
 
 DEFAULT_INDEX_BITS = {"conv": 8, "fc": 5}  # relative-index bits when no huffman step sets them
 Hook = Callable[[nn.Module], None]  # a `fit(after_step=[...])` hook
@@ -102,6 +103,12 @@ class CompressionState:
     fields: dict = field(default_factory=dict)  # report.json fields the steps own
     baseline: float = 0.0  # dense test accuracy
     dense_parameters: int = 0  # parameters before any step: what every ratio divides
+    teacher: torch.Tensor | None = None  # the dense model's logits on the train split (N, K),
+    # when a retraining distills from it
+    pre_hooks: list[Hook] = field(default_factory=list)  # run after each optimizer step,
+    # before the masks are re-applied (a splicing prune step's shadow weights)
+    plan: dict[str, dict] = field(default_factory=dict)  # key -> a planner step's choices
+    # for that layer ({"sparsity", "bits"}), read by the later steps whose value is `planned`
 
     def score(self) -> Score:
         m = self.meta
@@ -115,7 +122,8 @@ class CompressionState:
             groups.setdefault(id(owner), (owner, []))[1].append(key)
         own_zeros = {k for k, owner in self.fixed.items() if owner.keeps_zeros}
         plain = {k: m for k, m in self.masks.items() if k not in own_zeros}
-        return [MaskKeeper(self.layers, plain), *(o.hook(keys) for o, keys in groups.values())]
+        fixed = [o.hook(keys) for o, keys in groups.values()]
+        return [*self.pre_hooks, MaskKeeper(self.layers, plain), *fixed]
 
 
 @dataclass
@@ -126,6 +134,16 @@ class PlanContext:
     model_name: str
     fixed_by: dict[str, tuple[int, str]] = field(default_factory=dict)  # key -> (step, type)
     changed_by: int | None = None  # the first step that changes weight values
+    planned: dict[str, int] = field(default_factory=dict)  # key -> the step that plans it
+
+    def require_planned(self, targets: Targets, where: str, what: str) -> None:
+        """A `planned` value needs a planner step before it that plans every such layer."""
+        for key, value in targets.items():
+            if value == PLANNED and key not in self.planned:
+                raise InputError(
+                    f"{where}: {what} 'planned' for layer {self.layers[key].name!r}, but no "
+                    "sensitivity-guided step before it plans that layer"
+                )
 
     def resolve(self, patterns: list[str], value: LayerValue, where: str) -> Targets:
         return resolve_layers(patterns, value, self.layers, where, self.model_name)
@@ -262,6 +280,10 @@ def compress(
     started = time.perf_counter()
     dense = state.score()
     state.baseline = dense.accuracy
+    if uses_distill(recipe):  # the dense model teaches every distilling retraining
+        state.teacher = teacher_logits(
+            model, data.train, meta.channels, meta.input_size, meta.adapt_mode
+        )
     state.dense_parameters = sum(p.numel() for p in _net(model).parameters())
     ladder = [_ladder_row(state, "dense", -1, dense, started)]
     emit(ProgressEvent.of("ladder", len(ladder) - 1, len(recipe.steps), **ladder[-1]))
@@ -299,9 +321,14 @@ def sdc_tensors(state: CompressionState) -> dict[str, TensorLike]:
         owner = state.fixed.get(key)
         if owner is None:
             out[key] = value.detach().cpu()
-        else:
-            out[key] = owner.sdc_tensor(key, state.index_bits[key])
+        else:  # a fixed bias has no index bits of its own: it is stored dense
+            out[key] = owner.sdc_tensor(key, state.index_bits.get(key, 8))
     return out
+
+
+def uses_distill(recipe: Recipe) -> bool:
+    """Whether any step's retraining distills from the dense model."""
+    return any(getattr(getattr(s, "retrain", None), "distill", None) for s in recipe.steps)
 
 
 def plan_recipe(
@@ -386,6 +413,7 @@ def retrain(state: CompressionState, cfg: RetrainConfig, index: int, round_: int
         evaluate=state.score if target is not None else None,
         after_step=state.hooks(),
         on_epoch=on_epoch,
+        teacher=state.teacher,
     )
     state.model.eval()
     return history
@@ -490,5 +518,10 @@ def estimate_bits(state: CompressionState) -> tuple[int, dict[str, dict]]:
     prefix = "net." if hasattr(state.model, "net") else ""  # not the PixelModel's mean/std
     for key, tensor in state.model.state_dict().items():
         if key not in state.layers and tensor.is_floating_point() and key.startswith(prefix):
-            total += 32 * tensor.numel()
+            owner = state.fixed.get(key)  # a bias a share step put on a codebook
+            symbols = owner.symbols(key) if owner is not None else None
+            if symbols is None:
+                total += 32 * tensor.numel()
+            else:
+                total += layer_bits(*symbols, 8, state.huffman)
     return total, per_layer

@@ -135,6 +135,26 @@ class MaskKeeper:
             apply_mask(weight, mask)
 
 
+class Splicer:
+    """`fit(after_step=[...])` hook that runs before the `MaskKeeper`: Dynamic Network
+    Surgery's splicing (Guo, Yao, Chen, NeurIPS 2016). Each weight keeps a dense shadow copy
+    that every optimizer update reaches, pruned entries included (their gradients flow through
+    the masked forward); the next mask is taken from the shadow's magnitudes, so a weight pruned
+    too early can come back. Before a step the weight is shadow * mask; after it, the kept
+    entries are the weight and the pruned ones add their update to the shadow.
+    """
+
+    def __init__(self, weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> None:
+        self.weights, self.masks = weights, masks  # masks: the engine's, updated per round
+        self.shadow = {key: w.detach().clone() for key, w in weights.items()}
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module | None = None) -> None:
+        for key, weight in self.weights.items():
+            shadow = self.shadow[key]
+            torch.where(self.masks[key], weight, shadow + weight, out=shadow)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sensitivity analysis
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from sigdl.core.errors import InputError, short
 from sigdl.core.numerics import ACTIVATION_SCHEMES, CALIBRATION_METHODS
-from sigdl.core.training import OPTIMIZERS, SCHEDULES, TrainConfig
+from sigdl.core.training import OPTIMIZERS, SCHEDULES, DistillConfig, TrainConfig
 from sigdl.core.yamlio import load_yaml_file
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -44,6 +44,7 @@ MAX_DESCRIPTION = 4000  # characters of a recipe's description
 MAX_STEPS = 64  # steps in one recipe
 
 LayerValue = float | int | dict[str, float | int]
+PLANNED = "planned"  # a prune `sparsity` or share `bits` that a planner step chooses
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +145,11 @@ RETRAIN_FIELDS = {
     "schedule": "cosine",
     "target_accuracy": None,  # stop once test accuracy reaches this (0..1]
     "max_train_samples": None,  # retrain on the first N samples only (smoke runs)
+    "distill": None,  # {weight, temperature}: learn from the dense model's logits too
 }
+# Options added after recipes were published: left out of a step's dict (and so of the recipe's
+# digest) while unset, so every recipe that does not use them keeps the digest it had.
+LATER_OPTIONS = ("distill", "bias_bits", "splice")
 
 
 class _Retrain:
@@ -179,6 +184,7 @@ class _Retrain:
         ])  # fmt: skip
         self.lr, self.momentum = float(self.lr), float(self.momentum)
         self.weight_decay = float(self.weight_decay)
+        self.distill = DistillConfig.of(self.distill)
 
     def train_config(self, **rest: Any) -> TrainConfig:
         """The trainer's config: these fields, the rest (model, dataset, seed, ...) from `rest`
@@ -224,7 +230,16 @@ class StepConfig:
     type: ClassVar[str] = ""
 
     def to_dict(self) -> dict:
-        return {"type": self.type, **asdict(self)}
+        return _without_unset({"type": self.type, **asdict(self)})
+
+
+def _without_unset(data: dict) -> dict:
+    """`data` without the LATER_OPTIONS that are None, at any depth (`retrain.distill`)."""
+    return {
+        k: _without_unset(v) if isinstance(v, dict) else v
+        for k, v in data.items()
+        if not (k in LATER_OPTIONS and v is None)
+    }
 
 
 STEP_TYPES: dict[str, type[StepConfig]] = {}
@@ -264,12 +279,19 @@ class PruneConfig(StepConfig):
     layers: list[str] = field(default_factory=lambda: ["*"])  # names/globs/kinds to prune
     quality: LayerValue | None = None  # threshold = quality * std, per layer
     sparsity: LayerValue | None = None  # or: fraction of each layer's weights set to zero
+    # (`planned`: as a sensitivity-guided step before it chose per layer)
     rounds: int = 1  # iterative prune→retrain rounds
     schedule: str = "linear"  # linear | agp: the per-round targets
     retrain: RetrainConfig = field(default_factory=RetrainConfig)  # after every round
+    # Dynamic Network Surgery's splicing (Guo, Yao, Chen, NeurIPS 2016): pruned weights keep
+    # learning in a shadow copy, and each round's mask is taken from the shadow, so a weight
+    # pruned too early comes back (true); null/false: a pruned weight stays pruned
+    splice: bool | None = None
 
     def __post_init__(self) -> None:
         self.layers = check_patterns(self.layers, "layers")
+        if self.splice is not None and not isinstance(self.splice, bool):
+            raise InputError(f"splice={short(self.splice)}: expected true, false or null")
         if (self.quality is None) == (self.sparsity is None):
             raise InputError(
                 f"quality={self.quality!r}, sparsity={self.sparsity!r}: expected exactly one "
@@ -279,7 +301,7 @@ class PruneConfig(StepConfig):
             self.quality = check_layer_value(
                 self.quality, "quality", float, lambda v: v > 0, "a number > 0"
             )
-        if self.sparsity is not None:
+        if self.sparsity is not None and self.sparsity != PLANNED:
             self.sparsity = check_layer_value(
                 self.sparsity, "sparsity", float, lambda v: 0 <= v < 1, "a fraction in [0, 1)"
             )
@@ -339,18 +361,26 @@ class ShareConfig(StepConfig):
 
     type: ClassVar[str] = "share"
     layers: list[str] = field(default_factory=lambda: ["*"])  # names/globs/kinds to share
-    bits: LayerValue = field(default_factory=lambda: {"conv": 8, "fc": 5})  # index bits
+    bits: LayerValue = field(default_factory=lambda: {"conv": 8, "fc": 5})  # or `planned`
     init: str = "linear"  # linear | density (CDF quantiles)
     iterations: int = 30  # at most this many Lloyd iterations
     centroid_update: str = "sum"  # sum | mean of the member weights' updates
     codebook: str = "float32"  # float32 | float16: centroids kept representable in this dtype
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    # the biases of these layers get codebooks too (their own, of 2**bits entries), trained
+    # like the weights' centroids: at 160x, LeNet-5's float16 biases were 11% of its file
+    bias_bits: LayerValue | None = None
 
     def __post_init__(self) -> None:
         self.layers = check_patterns(self.layers, "layers")
-        self.bits = check_layer_value(
-            self.bits, "bits", int, lambda v: 1 <= v <= 16, "an integer in 1..16"
-        )
+        if self.bits != PLANNED:  # a planner step earlier in the recipe chooses them
+            self.bits = check_layer_value(
+                self.bits, "bits", int, lambda v: 1 <= v <= 16, "an integer in 1..16"
+            )
+        if self.bias_bits is not None:
+            self.bias_bits = check_layer_value(
+                self.bias_bits, "bias_bits", int, lambda v: 1 <= v <= 16, "an integer in 1..16"
+            )
         check_all([
             (self.init in SHARE_INITS, "init", self.init, f"one of {', '.join(SHARE_INITS)}"),
             (isinstance(self.iterations, int) and self.iterations >= 0, "iterations",

@@ -170,6 +170,15 @@ def markdown_report(report: dict) -> str:
             f"| {row['step']} | {100 * row['accuracy']:.2f}% | {row['nonzeros']:,} "
             f"| {row['estimated_ratio']:.1f}x | {row['seconds']:.0f} |"
         )
+    if "plan" in report:  # written by a sensitivity-guided step
+        lines += ["", "## The planner's choices", "",
+                  "| layer | sparsity | bits | est. bytes | sweep loss | sweep accuracy | why |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name, c in report["plan"].items():
+            lines.append(
+                f"| {name} | {c['sparsity']:g} | {c['bits']} | {c['estimated_bytes']:,.0f} "
+                f"| {c['loss']:+.4f} | {-100 * c['accuracy_drop']:+.2f} pt | {c['why']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

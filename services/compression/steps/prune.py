@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from services.compression.engine import (
+    PLANNED,
     CompressionState,
     PlanContext,
     StepHandler,
@@ -14,6 +15,7 @@ from services.compression.engine import (
     retrain,
 )
 from services.compression.prune import (
+    Splicer,
     agp_sparsity,
     apply_mask,
     linear_sparsity,
@@ -34,6 +36,7 @@ class PruneHandler(StepHandler):
         value = cfg.quality if cfg.quality is not None else cfg.sparsity
         targets = ctx.resolve(cfg.layers, value, where)
         ctx.refuse_fixed(targets, where, "prunes")
+        ctx.require_planned(targets, where, "sparsity")
         return targets
 
     def run(
@@ -48,22 +51,32 @@ class PruneHandler(StepHandler):
         final = (
             {k: sparsity_at_threshold(w, threshold[k]) for k, w in weights.items()}
             if quality
-            else {k: float(v) for k, v in targets.items()}
-        )
+            else {k: float(state.plan[k]["sparsity"] if v == PLANNED else v)
+                  for k, v in targets.items()}
+        )  # fmt: skip
         ramp = agp_sparsity if cfg.schedule == "agp" else linear_sparsity
+        splicer = Splicer(weights, state.masks) if cfg.splice else None
         rounds = []
         for r in range(1, cfg.rounds + 1):
             with torch.no_grad():
                 for key, w in weights.items():
+                    source = w if splicer is None else splicer.shadow[key]  # the mask's magnitudes
                     if quality and cfg.schedule == "linear":
-                        keep = magnitude_mask(w, threshold[key] * r / cfg.rounds)
+                        keep = magnitude_mask(source, threshold[key] * r / cfg.rounds)
                     else:
-                        keep = sparsity_mask(w, max(ramp(start[key], final[key], r, cfg.rounds), 0))
+                        sparsity = max(ramp(start[key], final[key], r, cfg.rounds), 0)
+                        keep = sparsity_mask(source, sparsity)
                     old = state.masks.get(key)
-                    state.masks[key] = keep if old is None else keep & old
+                    state.masks[key] = keep if old is None or splicer else keep & old
+                    if splicer is not None:  # a spliced weight comes back with its shadow value
+                        w.copy_(source)
                     apply_mask(w, state.masks[key])
             before = state.score().accuracy
-            history = retrain(state, cfg.retrain, index, r)
+            state.pre_hooks.extend([splicer] if splicer else [])
+            try:
+                history = retrain(state, cfg.retrain, index, r)
+            finally:
+                state.pre_hooks[:] = [h for h in state.pre_hooks if h is not splicer]
             rounds.append({
                 "round": r,
                 "sparsity": {state.layers[k].name: 1 - float(m.float().mean())

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from services.compression.engine import (
+    PLANNED,
     CompressionState,
     Hook,
     PlanContext,
@@ -17,6 +19,7 @@ from services.compression.engine import (
     StepResult,
     Targets,
     register_handler,
+    resolve_layers,
     retrain,
 )
 from services.compression.prune import Layer
@@ -29,19 +32,20 @@ from sigdl.core.sdc import SharedTensor
 class SharedWeights:
     """The weights one share step put on codebooks (`FixedWeights`)."""
 
-    layers: dict[str, Layer]
+    layers: dict[str, Layer]  # the engine's (a later step may swap a layer's module)
     shared: dict[str, SharedWeight] = field(default_factory=dict)
     keeps_zeros: bool = True  # pruned weights are assignment 0, codebook[0] == 0.0
+    biases: dict[str, ParamRef] = field(default_factory=dict)  # bias key -> the bias
 
     def keys(self) -> list[str]:
         return list(self.shared)
 
     def hook(self, keys: list[str]) -> Hook:
-        return CentroidTrainer(self.layers, {k: self.shared[k] for k in keys})
+        return CentroidTrainer({**self.layers, **self.biases}, {k: self.shared[k] for k in keys})
 
     def sdc_tensor(self, key: str, index_bits: int) -> SharedTensor:
         s = self.shared[key]
-        weight = self.layers[key].weight.detach()
+        weight = (self.biases.get(key) or self.layers[key]).weight.detach()
         if s.codebook[0].item() != 0.0 or not torch.equal(
             weight.view(torch.int32), s.dense().view(torch.int32)
         ):
@@ -62,19 +66,29 @@ class ShareHandler(StepHandler):
     def plan(self, cfg: ShareConfig, index: int, ctx: PlanContext, where: str) -> Targets:
         targets = ctx.resolve(cfg.layers, cfg.bits, where)
         ctx.refuse_fixed(targets, where, "shares", allow=("share",))
+        ctx.require_planned(targets, where, "bits")
+        if cfg.bias_bits is not None:  # its names and globs must match layers too
+            ctx.resolve(cfg.layers, cfg.bias_bits, where)
         return targets
 
     def run(
         self, state: CompressionState, cfg: ShareConfig, index: int, targets: Targets
     ) -> StepResult:
         fixed = SharedWeights(state.layers)
-        for key, bits in targets.items():
-            weight = state.layers[key].weight
-            codebook, assignments = share_weights(weight, int(bits), cfg.iterations, cfg.init)
-            fp16 = cfg.codebook == "float16"
-            shared = SharedWeight(codebook, assignments, int(bits), cfg.centroid_update, fp16)
-            project(weight, shared)
-            fixed.shared[key] = shared
+        fp16 = cfg.codebook == "float16"
+        bits = {k: int(state.plan[k]["bits"] if b == PLANNED else b) for k, b in targets.items()}
+        for key, b in bits.items():
+            fixed.shared[key] = share_param(state.layers[key].weight, b, cfg, fp16)
+        bias_bits = {}
+        if cfg.bias_bits is not None:
+            where = f"steps[{index}] (share)"
+            for key, b in resolve_layers(cfg.layers, cfg.bias_bits, state.layers, where).items():
+                bias = state.layers[key].module.bias
+                if key in bits and bias is not None:
+                    bias_key = key.removesuffix("weight") + "bias"
+                    fixed.biases[bias_key] = ParamRef(bias)
+                    fixed.shared[bias_key] = share_param(bias, int(b), cfg, fp16)
+                    bias_bits[state.layers[key].name] = int(b)
         # retraining keeps these on their codebooks from the start
         state.fixed.update(dict.fromkeys(fixed.keys(), fixed))
         before = state.score().accuracy
@@ -82,6 +96,23 @@ class ShareHandler(StepHandler):
         report = {
             "accuracy_before_retrain": before,
             "epochs": len(history),
-            "bits": {state.layers[k].name: int(b) for k, b in targets.items()},
+            "bits": {state.layers[k].name: b for k, b in bits.items()},
         }
+        if bias_bits:
+            report["bias_bits"] = bias_bits
         return StepResult(report, fixed)
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A bias where the centroid trainer expects a `Layer`: it reads and writes `.weight`."""
+
+    weight: nn.Parameter
+
+
+def share_param(param: torch.Tensor, bits: int, cfg: ShareConfig, fp16: bool) -> SharedWeight:
+    """Put `param` on a k-means codebook of 2**bits entries (entry 0 = 0.0) in place."""
+    codebook, assignments = share_weights(param, bits, cfg.iterations, cfg.init)
+    shared = SharedWeight(codebook, assignments, bits, cfg.centroid_update, fp16)
+    project(param, shared)
+    return shared
