@@ -12,8 +12,9 @@ exports and logs lineage in its own process, but the data-parallel `fit` runs on
    PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT, which the runtime
    injects into every node; the S3 keys come from a Secret by reference, never by value;
 3. `TrainJobRunner` creates it through the Kubernetes API, follows its status conditions to
-   Complete or Failed (a `trainjob` progress event at every change), then loads the weights and
-   history that rank 0 wrote back under the job URI.
+   Complete or Failed (a `trainjob` progress event at every change, and the `epoch` events rank 0
+   stores under the job URI's `events/` as it trains, sigdl/core/jobrun.py), then loads the
+   weights and history that rank 0 wrote back under the job URI.
 
     SIGDL_TRAINING_BACKEND=trainjob SIGDL_TRAINJOB_IMAGE=registry/sigdl:1.0 \\
     SIGDL_TRAINJOB_URI=s3://sigdl/trainjobs SIGDL_TRAINJOB_S3_SECRET=sigdl-minio \\
@@ -38,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sigdl.core import distributed, settings, store
+from sigdl.core import distributed, jobrun, settings, store
 from sigdl.core.checkpoint import ModelMeta, PixelModel
 from sigdl.core.errors import InputError
 from sigdl.core.events import EventFn, ProgressEvent, epoch_event, log
+from sigdl.core.kubejob import current_namespace, load_kube_config
 from sigdl.core.training import TrainConfig
 
 GROUP = "trainer.kubeflow.org"
@@ -69,7 +71,6 @@ _QUANTITY = re.compile(
     r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def uses_trainjob() -> bool:
@@ -314,15 +315,23 @@ class TrainJobRunner:
                 GROUP, VERSION, self.spec.namespace, PLURAL, name
             )
 
-    def follow(self, name: str, on_event: EventFn | None = None) -> TrainJobStatus:
+    def follow(
+        self,
+        name: str,
+        on_event: EventFn | None = None,
+        events: jobrun.EventReader | None = None,
+    ) -> TrainJobStatus:
         """Poll until Complete (returned) or Failed/Suspended (TrainJobError); an event at
-        every change of phase, pod counts or progress."""
+        every change of phase, pod counts or progress, and the events rank 0 stored since the
+        last look (`events`: the job URI's)."""
         last = None
         while True:
             current = self.status(name)
             if current != last and on_event:
                 on_event(current.event(name))
             last = current
+            for event in events.new_events() if events is not None and on_event else ():
+                on_event(event)
             if current.phase == "Complete":
                 return current
             if current.phase in ("Failed", "Suspended"):
@@ -356,22 +365,32 @@ class TrainJobRunner:
                 store.put_file(distributed.job_file_uri(job_uri, file), Path(tmp) / file)
         self.create(manifest)
         shape = f"{self.spec.nodes} nodes x {self.spec.nproc_per_node} processes"
-        if on_event:
-            on_event(log(f"TrainJob {self.spec.namespace}/{name}: {shape}, job at {job_uri}"))
+        epochs_sent: set[int] = set()
+
+        def forward(event: ProgressEvent) -> None:
+            if event.kind == "epoch" and event.done is not None:
+                epochs_sent.add(event.done)
+            if on_event:
+                on_event(event)
+
+        forward(log(f"TrainJob {self.spec.namespace}/{name}: {shape}, job at {job_uri}"))
+        events = jobrun.EventReader(job_uri)
         try:
             with _sigterm_raises():
-                self.follow(name, on_event)
+                self.follow(name, forward, events)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.delete(name)
             raise
+        for event in events.new_events():  # what rank 0 stored after the last look
+            forward(event)
         with tempfile.TemporaryDirectory(prefix="sigdl-trainjob-") as tmp:
             for file in distributed.OUTPUTS:
                 store.get_file(distributed.job_file_uri(job_uri, file), Path(tmp) / file)
             history = distributed.read_result(model, Path(tmp))
-        for row in history:
-            if on_event:
-                on_event(epoch_event(row, cfg.epochs))
+        for row in history:  # epochs whose events never made it to the store
+            if int(row["epoch"]) not in epochs_sent:
+                forward(epoch_event(row, cfg.epochs))
         return history
 
 
@@ -399,40 +418,7 @@ def train_on_cluster(
     return runner.train(model, cfg, meta.channels, meta.input_size, root, on_event)
 
 
-# --- the Kubernetes client (the `cluster` extra) -----------------------------------------------
-def load_kube_config() -> None:
-    """Configure the client from the pod's service account, else the kubeconfig."""
-    try:
-        from kubernetes import config
-    except ImportError:
-        raise InputError(
-            "the trainjob backend needs the Kubernetes client: pip install 'sigdl[cluster]'"
-        ) from None
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except (config.ConfigException, FileNotFoundError, TypeError) as exc:
-            reason = " ".join(str(exc).split())[:200]
-            raise InputError(
-                f"no Kubernetes configuration (in-cluster or kubeconfig): {reason}"
-            ) from None
-
-
-def current_namespace() -> str:
-    """The service pod's namespace, else the kubeconfig context's, else `default`."""
-    if _SA_NAMESPACE.is_file():
-        return _SA_NAMESPACE.read_text().strip()
-    try:
-        from kubernetes import config
-
-        _, active = config.list_kube_config_contexts()
-        return (active or {}).get("context", {}).get("namespace") or "default"
-    except Exception:  # no client, no kubeconfig: the API calls will say so
-        return "default"
-
-
+# --- the Kubernetes client (the `cluster` extra; sigdl/core/kubejob.py configures it) --------
 @contextlib.contextmanager
 def _api_errors(what: str) -> Iterator[None]:
     """Kubernetes API failures as one line that says what was being done and how to fix it."""

@@ -9,7 +9,9 @@ into JOB_DIR as safetensors + JSON.
 JOB_DIR may also be an artifact URI (`s3://bucket/prefix/job`, or `file:///...`): that is how the
 nodes of a Kubeflow Trainer TrainJob, which share no disk, share one job. Every rank then fetches
 `job.json` and `init.safetensors` from the URI into a private folder, and rank 0 uploads
-`state.safetensors` and `history.json` to it when training ends. torchrun takes its node layout
+`state.safetensors` and `history.json` to it when training ends; while it trains, rank 0 stores
+an `epoch` event per epoch under `events/` there (sigdl.core.jobrun.EventLog), which the
+service following the TrainJob forwards as it comes. torchrun takes its node layout
 from the PET_* environment the torch-distributed runtime injects::
 
     PET_NNODES=2 PET_NPROC_PER_NODE=1 PET_NODE_RANK=0 PET_MASTER_ADDR=... PET_MASTER_PORT=29400 \\
@@ -32,7 +34,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sigdl.core import settings, store
 from sigdl.core.checkpoint import PixelModel
-from sigdl.core.training import TrainConfig, fit
+from sigdl.core.events import EventFn, epoch_event, log
+from sigdl.core.jobrun import EventLog
+from sigdl.core.training import EpochResult, TrainConfig, fit
 
 JOB = "job.json"
 STATE = "state.safetensors"
@@ -109,8 +113,9 @@ def is_uri(job: str) -> bool:
     return "://" in job or job.lower().startswith("file:")
 
 
-def worker(job_dir: Path) -> None:
-    """One rank of a torchrun job: same init on every rank, DDP-averaged gradients."""
+def worker(job_dir: Path, on_event: EventFn | None = None) -> None:
+    """One rank of a torchrun job: same init on every rank, DDP-averaged gradients; rank 0
+    sends an `epoch` event to `on_event` after every epoch."""
     from sigdl.core import zoo
     from sigdl.core.datasets import load_dataset
     from sigdl.core.evaluation import score_torch
@@ -135,6 +140,12 @@ def worker(job_dir: Path) -> None:
     def evaluate():
         return score_torch(model, data.test, job["channels"], job["size"], cfg.adapt_mode)
 
+    def on_epoch(result: EpochResult) -> None:
+        if rank == 0 and on_event is not None:
+            on_event(epoch_event(result.to_row(), cfg.epochs))
+
+    if rank == 0 and on_event is not None:
+        on_event(log(f"training {cfg.model} on {cfg.dataset}: {world} processes (DDP)"))
     history = fit(
         ddp,
         data.train,
@@ -144,6 +155,7 @@ def worker(job_dir: Path) -> None:
         rank=rank,
         world=world,
         evaluate=evaluate,
+        on_epoch=on_epoch,
     )
     if rank == 0:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -159,14 +171,18 @@ def node_main(job: str) -> None:
     if not is_uri(job):
         worker(Path(job))
         return
+    rank0 = settings.RANK.get() == 0
     with tempfile.TemporaryDirectory(prefix="sigdl-rank-") as tmp:
         local = Path(tmp)
         for name in INPUTS:
             store.get_file(job_file_uri(job, name), local / name)
-        worker(local)
-        if settings.RANK.get() == 0:
-            for name in OUTPUTS:
-                store.put_file(job_file_uri(job, name), local / name)
+        if not rank0:
+            worker(local)
+            return
+        with EventLog(job) as events:  # stored as they come, the rest when training ends
+            worker(local, events.append)
+        for name in OUTPUTS:
+            store.put_file(job_file_uri(job, name), local / name)
 
 
 if __name__ == "__main__":

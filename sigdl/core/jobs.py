@@ -14,6 +14,9 @@ parent whose stage modules are imported once, so a job starts in milliseconds in
 seconds torch takes to import). Cancel terminates the child's whole process group, so the work
 really stops; the child exits by itself when the server dies. Events and the result come back as
 JSON over a pipe, and the child adopts the submitter's settings, never the forkserver's.
+A pool given a `JobBackend` runs no worker process: each worker slot follows a job that the
+backend runs elsewhere (sigdl/core/kubejob.py: a Kubernetes Job each, whose pod runs the same
+`run_outcome` through sigdl/core/jobrun.py), with the same records, events and Cancel.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Protocol
 
 from sigdl.core import settings, store
 from sigdl.core.errors import InputError, one_line
@@ -377,14 +380,20 @@ def _worker_main(fn: JobFn, job_id: str, params: dict, out_uri: str, env: dict, 
         def emit(event: ProgressEvent) -> None:
             _send(conn, {"event": event.to_json()})
 
-        result = _run_job(fn, job_id, params, out_uri, emit)
-        _send(conn, {"result": result})
-    except (InputError, store.StoreError, FileNotFoundError, PermissionError) as exc:
-        _send(conn, {"error": one_line(str(exc))})
-    except Exception as exc:  # a bug in the stage: the job fails with its reason, not the server
-        _send(conn, {"error": one_line(f"{type(exc).__name__}: {exc}")})
+        _send(conn, run_outcome(fn, job_id, params, out_uri, emit))
     finally:
         conn.close()
+
+
+def run_outcome(fn: JobFn, job_id: str, params: dict, out_uri: str, emit: EmitFn) -> dict:
+    """Run a job; return {"result": {"report", "outputs"}} or {"error": one line}. What a
+    local worker sends its pool and a Kubernetes Job's pod stores (sigdl/core/jobrun.py)."""
+    try:
+        return {"result": _run_job(fn, job_id, params, out_uri, emit)}
+    except (InputError, store.StoreError, FileNotFoundError, PermissionError) as exc:
+        return {"error": one_line(str(exc))}
+    except Exception as exc:  # a bug in the stage: the job fails with its reason, not the server
+        return {"error": one_line(f"{type(exc).__name__}: {exc}")}
 
 
 def _run_job(fn: JobFn, job_id: str, params: dict, out_uri: str, emit: EmitFn) -> dict:
@@ -422,9 +431,35 @@ def relocate(value: object, old: str, new: str) -> object:
 
 
 # --- the pool ----------------------------------------------------------------------------------
+class JobBackend(Protocol):
+    """Where a pool runs its jobs instead of its own worker processes: a Kubernetes Job each
+    (sigdl/core/kubejob.py). A worker slot of the pool follows each such job."""
+
+    name: str  # for messages: "kubernetes"
+
+    def default_out(self, service: str, job_id: str) -> str:
+        """Where a job's outputs go when the request names no out_uri."""
+        ...
+
+    def check_out(self, out_uri: str) -> None:
+        """Refuse (FieldError on out_uri) an out_uri that the job's work cannot reach."""
+        ...
+
+    def run(self, job: JobRecord, fn: JobFn, emit: EmitFn, stop: Callable[[], bool]) -> dict:
+        """Run `job` with `fn` there, sending its progress to `emit`, until it ends or `stop()`
+        turns true (then stop the work, and return {}); return what a local worker sends:
+        {"result": ...} or {"error": ..., "retryable": bool}."""
+        ...
+
+    def abandon(self, service: str, job_ids: list[str]) -> None:
+        """Stop whatever still runs of jobs that a stopped server left and the store failed
+        as retryable: a retry must not race their outputs."""
+        ...
+
+
 @dataclass
 class _Running:
-    process: multiprocessing.process.BaseProcess
+    process: multiprocessing.process.BaseProcess | None  # None: a backend runs the job
     cancelled_at: float = 0.0  # when Cancel asked it to stop (0: not cancelled)
     stopping: str = ""  # why the pool stops it (shutdown), when it does
 
@@ -442,10 +477,12 @@ class WorkerPool:
         workers: int,
         queue_size: int,
         preload: tuple[str, ...] = (),
+        backend: JobBackend | None = None,
     ) -> None:
         if workers < 1 or queue_size < 0:
             raise InputError(f"workers={workers}, queue_size={queue_size}: expected >= 1, >= 0")
         self.store, self.service, self.fn = store_, service, fn
+        self.backend = backend  # None: the pool's own worker processes run the jobs
         self.workers, self.queue_size = workers, queue_size
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload(["sigdl.core.jobs", *preload])
@@ -463,6 +500,8 @@ class WorkerPool:
         recovered = self.store.recover_interrupted(
             "the service stopped before the job finished (restart); retry it"
         )
+        if self.backend is not None and recovered:
+            self.backend.abandon(self.service, recovered)
         for n in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"{self.service}-worker-{n}")
             thread.daemon = True
@@ -499,10 +538,15 @@ class WorkerPool:
         """Queue a job, or return the job an earlier Submit with this request id made."""
         params = json.loads(json.dumps(params))  # what the store will give back, to compare
         job_id = uuid.uuid4().hex
-        default_out = settings.SIGDL_HOME.get() / "jobs" / self.service / job_id
+        if self.backend is not None:
+            if out_uri:
+                self.backend.check_out(out_uri)
+            default_out = self.backend.default_out(self.service, job_id)
+        else:
+            default_out = store.as_uri(settings.SIGDL_HOME.get() / "jobs" / self.service / job_id)
         record = JobRecord(
             id=job_id, request_id=request_id or job_id, service=self.service,
-            state=JobState.QUEUED, params=params, out_uri=out_uri or store.as_uri(default_out),
+            state=JobState.QUEUED, params=params, out_uri=out_uri or default_out,
             created_at=time.time(),
         )  # fmt: skip
         with self._lock:
@@ -556,14 +600,27 @@ class WorkerPool:
                 job = self.store.get(job_id)
                 if job.state != JobState.QUEUED:  # cancelled through another replica
                     continue
-                parent_conn, child_conn = self._ctx.Pipe(duplex=False)
-                process = self._ctx.Process(
-                    target=_worker_main,
-                    args=(self.fn, job.id, job.params, job.out_uri, settings.environment(),
-                          child_conn),
-                    name=f"sigdl-{self.service}-{job.id[:8]}",
-                )  # fmt: skip
-                running = self._running[job_id] = _Running(process)
+                if self.backend is not None:
+                    running = self._running[job_id] = _Running(None)
+                    self.store.transition(
+                        job_id, JobState.RUNNING, f"running as a {self.backend.name} job"
+                    )
+                else:
+                    parent_conn, child_conn = self._ctx.Pipe(duplex=False)
+                    process = self._ctx.Process(
+                        target=_worker_main,
+                        args=(self.fn, job.id, job.params, job.out_uri,
+                              settings.environment(), child_conn),
+                        name=f"sigdl-{self.service}-{job.id[:8]}",
+                    )  # fmt: skip
+                    running = self._running[job_id] = _Running(process)
+            if self.backend is not None:
+                try:
+                    self._run_elsewhere(job, running)
+                finally:
+                    with self._lock:
+                        self._running.pop(job_id, None)
+                continue
             # outside the lock: the first start waits for the forkserver's imports, and
             # Submit must not wait with it
             process.start()
@@ -581,6 +638,24 @@ class WorkerPool:
                 parent_conn.close()
                 with self._lock:
                     self._running.pop(job_id, None)
+
+    def _run_elsewhere(self, job: JobRecord, running: _Running) -> None:
+        """Follow a job the backend runs; record how it ended."""
+        assert self.backend is not None
+
+        def stop() -> bool:
+            if not running.cancelled_at and self.store.cancel_requested(job.id):
+                running.cancelled_at = time.monotonic()  # a Cancel through another replica
+            return bool(running.cancelled_at or running.stopping)
+
+        def emit(event: ProgressEvent) -> None:
+            self._progress(job.id, event.to_json())
+
+        try:
+            outcome = self.backend.run(job, self.fn, emit, stop)
+        except Exception as exc:  # the backend (its API, its store) failed, not the job's input
+            outcome = {"error": one_line(f"{type(exc).__name__}: {exc}"), "retryable": True}
+        self._finish(job.id, running, outcome)
 
     def _supervise(self, job_id: str, conn) -> None:
         """Forward the worker's events to the store until it ends; record how it ended."""
@@ -618,9 +693,10 @@ class WorkerPool:
         self.store.add_event(job_id, kind, event.line(), event.to_json())
 
     def _finish(self, job_id: str, running: _Running, outcome: dict) -> None:
-        code = running.process.exitcode
+        code = running.process.exitcode if running.process is not None else None
         if running.cancelled_at:
-            self.store.transition(job_id, JobState.CANCELLED, "cancelled; worker stopped")
+            where = "worker" if self.backend is None else f"{self.backend.name} job"
+            self.store.transition(job_id, JobState.CANCELLED, f"cancelled; {where} stopped")
         elif running.stopping:
             self.store.transition(
                 job_id, JobState.FAILED, running.stopping, error=running.stopping, retryable=True
@@ -635,7 +711,8 @@ class WorkerPool:
             # a signal (OOM killer, a crash in native code) is the machine's fault: retryable
             error = outcome.get("error") or f"the worker process exited with code {code}"
             killed = code is not None and code < 0
-            self.store.transition(job_id, JobState.FAILED, error, error=error, retryable=killed)
+            retryable = bool(outcome.get("retryable", killed))  # a backend says; a worker: killed
+            self.store.transition(job_id, JobState.FAILED, error, error=error, retryable=retryable)
 
     def shutdown(self, grace_s: float) -> None:
         """Take no more jobs; let running ones finish for `grace_s`, then stop them and fail
@@ -661,7 +738,9 @@ class WorkerPool:
             self._store_lock = None
 
 
-def _signal_group(process: multiprocessing.process.BaseProcess, sig: int) -> None:
+def _signal_group(process: multiprocessing.process.BaseProcess | None, sig: int) -> None:
+    if process is None:  # a backend's job: it stops when it sees cancelled_at or stopping
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError, TypeError):
         os.killpg(process.pid, sig)  # type: ignore[arg-type]
     with contextlib.suppress(ProcessLookupError, TypeError):

@@ -210,3 +210,55 @@ def test_training_as_trainjobs_gets_its_settings_and_a_role_on_trainjobs(helm):
     without_uri = ("--set", "training.trainJob.enabled=true")
     done = helm_run(helm, "template", "sigdl", str(CHART), *without_uri)
     assert done.returncode != 0 and "training.trainJob.uri" in done.stderr
+
+
+def test_jobs_as_kubernetes_jobs_get_their_settings_and_a_role_on_jobs(helm, monkeypatch):
+    """jobs.backend=kubernetes: compression and retest get SIGDL_JOB_* and a Role on batch Jobs
+    and their pods; the settings they get make Jobs valid against the Kubernetes schemas."""
+    from sigdl.core import kubejob
+
+    sets = ("jobs.backend=kubernetes", "jobs.uri=s3://sigdl/jobs", "jobs.gpus=1",
+            "data.existingClaim=sigdl-datasets", "imagePullSecrets[0].name=registry")  # fmt: skip
+    objects = render_files(helm, "cloud", sets=sets)
+    validate_all(objects)
+    deployments, roles = by_kind(objects, "Deployment"), by_kind(objects, "Role")
+    for stage in ("compression", "retest"):
+        pod = deployments[f"sigdl-{stage}"]["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert (
+            env["SIGDL_JOB_BACKEND"] == "kubernetes" and env["SIGDL_JOB_URI"] == "s3://sigdl/jobs"
+        )
+        assert env["SIGDL_JOB_IMAGE"] == pod["containers"][0]["image"]
+        assert env["SIGDL_JOB_S3_SECRET"] == "sigdl-minio" and env["SIGDL_JOB_GPUS"] == "1"
+        assert pod["serviceAccountName"] == f"sigdl-{stage}"
+        assert pod["automountServiceAccountToken"]
+        assert roles[f"sigdl-{stage}-jobs"]["rules"] == [
+            {"apiGroups": ["batch"], "resources": ["jobs"],
+             "verbs": ["get", "list", "watch", "create", "delete"]},
+            {"apiGroups": ["batch"], "resources": ["jobs/status"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods", "pods/log"],
+             "verbs": ["get", "list", "watch"]},
+        ]  # fmt: skip
+        binding = by_kind(objects, "RoleBinding")[f"sigdl-{stage}-jobs"]
+        assert binding["subjects"][0]["name"] == f"sigdl-{stage}"
+        # what the service makes of its settings is a Job the cluster takes
+        for name, value in env.items():
+            if value is not None:
+                monkeypatch.setenv(name, value)
+        spec = kubejob.JobSpec.from_settings()
+        assert (spec.namespace, spec.data_claim, spec.pull_secrets) == (
+            "sigdl", "sigdl-datasets", ("registry",),
+        )  # fmt: skip
+        job = kubejob.render_job(
+            spec, service=stage, job_id="0" * 32, fn_ref=f"services.{stage}.server:run_job",
+            job_uri=spec.job_uri(stage, "0" * 32), environment={**env, "SIGDL_S3_ACCESS_KEY": "k"},
+        )  # fmt: skip
+        validate_all([job])
+    # training keeps its TrainJob switch, deploy its jobs at home: neither gets this Role
+    assert not {"sigdl-training-jobs", "sigdl-deploy-jobs"} & set(roles)
+    assert "SIGDL_JOB_BACKEND" not in json.dumps(deployments["sigdl-training"])
+    done = helm_run(helm, "template", "sigdl", str(CHART), "--set", "jobs.backend=kubernetes")
+    assert done.returncode != 0 and "jobs.uri" in done.stderr
+    for wrong in ("jobs.backend=slurm", "jobs.uri=file:///srv/jobs", "jobs.cpu=lots"):
+        done = helm_run(helm, "template", "sigdl", str(CHART), "--set", wrong)
+        assert done.returncode != 0 and "/jobs/" in done.stderr, (wrong, done.stderr)

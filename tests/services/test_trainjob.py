@@ -26,6 +26,8 @@ import re
 import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ import yaml
 from services.training import trainjob
 from services.training.stage import build_model, train_model
 from services.training.trainjob import TrainJobRunner, TrainJobSpec
-from sigdl.core import distributed, settings
+from sigdl.core import distributed, jobrun, settings, store
 from sigdl.core.datasets import load_dataset
 from sigdl.core.errors import InputError
 from sigdl.core.training import TrainConfig
@@ -287,9 +289,9 @@ def test_pet_environment_for_two_local_ranks_gives_the_weights_of_nproc_2(tmp_pa
         check=True,
         timeout=300,
     )
-    # rank 0 wrote the outputs back to the job URI beside the inputs
+    # rank 0 wrote the outputs back to the job URI beside the inputs, and its events
     assert sorted(p.name for p in job_dir.iterdir()) == sorted(
-        [*distributed.INPUTS, *distributed.OUTPUTS]
+        [*distributed.INPUTS, *distributed.OUTPUTS, jobrun.EVENTS]
     )
     history = distributed.read_result(under_pet, job_dir)
     assert len(history) == 1
@@ -299,6 +301,55 @@ def test_pet_environment_for_two_local_ranks_gives_the_weights_of_nproc_2(tmp_pa
         assert torch.equal(a, b), name
     fresh, _ = build_model(CFG, data)
     assert not torch.equal(fresh.net.fc1.weight, under_pet.net.fc1.weight)
+
+
+def test_rank_0_stores_epoch_events_while_it_trains(s3_server, monkeypatch, tmp_path):
+    """What the training service forwards while it follows a TrainJob: rank 0 of a torchrun
+    under the PET_* environment (2 ranks) stores an `epoch` event per epoch under the job's
+    s3:// URI (a real S3 server) as each epoch ends, well before its weights and history."""
+    for name, value in {"SIGDL_S3_ENDPOINT": s3_server.endpoint, "SIGDL_S3_SECURE": "0",
+                        "SIGDL_S3_ACCESS_KEY": s3_server.access_key,
+                        "SIGDL_S3_SECRET_KEY": s3_server.secret_key}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    store.S3Config.from_settings().make_client().make_bucket(bucket)
+    cfg = TrainConfig(model="lenet-300-100", dataset="digits", epochs=4, batch_size=64, seed=3)
+    data = load_dataset("digits")
+    model, meta = build_model(cfg, data)
+    distributed.write_job(model, cfg, meta.channels, meta.input_size, tmp_path / "job")
+    job_uri = f"s3://{bucket}/trainjobs/sigdl-events"
+    for name in distributed.INPUTS:  # as TrainJobRunner.train uploads them
+        store.put_file(distributed.job_file_uri(job_uri, name), tmp_path / "job" / name)
+    command = trainjob.node_command(job_uri)
+    pet = {"PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0",
+           "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(_free_port())}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", *command[1:]],
+        env={**env, **pet, "SIGDL_JOB_EVENTS_FLUSH_S": "0.1"},
+    )
+    reader, seen = jobrun.EventReader(job_uri), []  # (event, history stored yet, still running)
+    history_uri = distributed.job_file_uri(job_uri, distributed.HISTORY)
+    try:
+        deadline = time.monotonic() + 300
+        while process.poll() is None and time.monotonic() < deadline:
+            new = reader.new_events()  # then look: what was stored before the history?
+            running, done = process.poll() is None, store.exists(history_uri)
+            seen += [(e, done, running) for e in new]
+            time.sleep(0.05)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    seen += [(e, True, False) for e in reader.new_events()]
+    epochs = [(e, done, running) for e, done, running in seen if e.kind == "epoch"]
+    history = json.loads(store.get_bytes(history_uri))
+    # one event per epoch (rank 0 only), in order, with the figures of the history's rows
+    assert [e.done for e, _, _ in epochs] == [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert [e.total for e, _, _ in epochs] == [4] * 4
+    assert [e["loss"] for e, _, _ in epochs] == [r["loss"] for r in history]
+    # the first epochs arrived while training went on, not with the result at the end
+    assert [(done, running) for _, done, running in epochs[:2]] == [(False, True)] * 2
+    assert seen[0][0].kind == "log" and "2 processes" in seen[0][0].message
 
 
 def _kubeconfig() -> Path | None:

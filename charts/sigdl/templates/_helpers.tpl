@@ -163,10 +163,56 @@ grpc:
   value: {{ . | quote }}
 {{- end }}
 {{- end }}
+{{- if include "sigdl.kubernetesJobs" . }}
+{{- if not $v.jobs.uri }}
+{{- fail "jobs.backend kubernetes needs jobs.uri (an s3:// prefix the services and the Jobs reach)" }}
+{{- end }}
+- name: SIGDL_JOB_BACKEND
+  value: kubernetes
+- name: SIGDL_JOB_IMAGE
+  value: {{ include "sigdl.image" .root | quote }}
+- name: SIGDL_JOB_URI
+  value: {{ $v.jobs.uri | quote }}
+- name: SIGDL_JOB_NAMESPACE
+  value: {{ .root.Release.Namespace | quote }}
+- name: SIGDL_JOB_CPU
+  value: {{ $v.jobs.cpu | quote }}
+- name: SIGDL_JOB_MEMORY
+  value: {{ $v.jobs.memory | quote }}
+- name: SIGDL_JOB_GPUS
+  value: {{ $v.jobs.gpus | quote }}
+- name: SIGDL_JOB_BACKOFF_LIMIT
+  value: {{ $v.jobs.backoffLimit | quote }}
+- name: SIGDL_JOB_DEADLINE_S
+  value: {{ $v.jobs.activeDeadlineSeconds | quote }}
+- name: SIGDL_JOB_TTL_S
+  value: {{ $v.jobs.ttlSecondsAfterFinished | quote }}
+{{- with include "sigdl.s3Secret" .root }}
+- name: SIGDL_JOB_S3_SECRET
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.data.existingClaim }}
+- name: SIGDL_JOB_DATA_CLAIM
+  value: {{ . | quote }}
+{{- end }}
+{{- with $v.imagePullSecrets }}
+{{- $names := list }}
+{{- range . }}{{ $names = append $names .name }}{{ end }}
+- name: SIGDL_JOB_PULL_SECRETS
+  value: {{ join "," $names | quote }}
+{{- end }}
+{{- end }}
 {{- range $name, $value := .svc.env }}
 - name: {{ $name }}
   value: {{ $value | quote }}
 {{- end }}
+{{- end }}
+{{/* "true" when the stage of this context runs its jobs as Kubernetes Jobs (jobs.backend;
+sigdl/core/kubejob.py; the services services/grpc_common/jobservice.py lists in CLUSTER_JOBS). */}}
+{{- define "sigdl.kubernetesJobs" -}}
+{{- if and (has .stage (list "compression" "retest")) (eq .root.Values.jobs.backend "kubernetes") -}}
+true
+{{- end -}}
 {{- end }}
 
 {{/* Deployment, Service and (with persistence) a PersistentVolumeClaim of one stage. */}}
@@ -199,8 +245,9 @@ spec:
       labels:
         {{- include "sigdl.labels" $ctx | nindent 8 }}
     spec:
-      {{- if or (and (eq .stage "deploy") $v.deploy.rbac.create) (and (eq .stage "training") $v.training.trainJob.enabled) }}
-      # its own account, bound to rbac.yaml's Role (deploy: rollout; training: TrainJobs)
+      {{- if or (and (eq .stage "deploy") $v.deploy.rbac.create) (and (eq .stage "training") $v.training.trainJob.enabled) (include "sigdl.kubernetesJobs" $ctx) }}
+      # its own account, bound to rbac.yaml's Role (deploy: rollout; training: TrainJobs;
+      # compression, retest: Jobs)
       serviceAccountName: {{ $name }}
       automountServiceAccountToken: true
       {{- else }}
