@@ -470,6 +470,25 @@ def targets_calibrate(
     emit(summary, as_json, f"wrote {summary['profile']} (measured on {cpu})")
 
 
+@targets_app.command("fit")
+def targets_fit(
+    target: Annotated[str, typer.Argument(help="The target to fit, e.g. arm-cortex-a72.")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Profile to write (default: $SIGDL_HOME/targets/TARGET.yaml)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit a target's latency model to the published latencies of its calibration set
+    (targets/measurements/TARGET.yaml, models outside the zoo only) and write the profile."""
+    from services.retest.targetfit import fit_target
+
+    summary = fit_target(target, out)
+    emit(summary, as_json, f"wrote {summary['profile']}: {summary['entries']} published figures, "
+         f"{summary['within_25pct']:.0%} within ±25%, worst {summary['worst_factor']:.2f}x, "
+         f"interval x{summary['interval'][0]:.2f}-x{summary['interval'][1]:.2f}")  # fmt: skip
+
+
 @app.command()
 def lineage(
     model_name: Annotated[str, typer.Argument(help="Registered model name, e.g. lenet-5-mnist.")],

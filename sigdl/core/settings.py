@@ -350,6 +350,91 @@ SIGDL_TRAINJOB_POLL_S: Setting[float] = _declare(
     "Seconds between reads of a TrainJob's status while the training service follows it.",
 )
 
+# --- jobs as Kubernetes Jobs (sigdl/core/kubejob.py) -------------------------------------------
+SIGDL_JOB_BACKEND: Setting[str] = _declare(
+    "SIGDL_JOB_BACKEND",
+    str,
+    "local",
+    "Where compression and retest jobs run: local (worker processes of the service) | "
+    "kubernetes (a batch/v1 Job each, running `python -m sigdl.core.jobrun`).",
+)
+SIGDL_JOB_IMAGE: Setting[str] = _declare(
+    "SIGDL_JOB_IMAGE",
+    str,
+    None,
+    "Image the Jobs run (the SigDL image); required by the kubernetes job backend.",
+)
+SIGDL_JOB_URI: Setting[str] = _declare(
+    "SIGDL_JOB_URI",
+    str,
+    None,
+    "s3:// prefix the service and the Jobs' pods share: one folder per job (request, events, "
+    "result, default outputs).",
+)
+SIGDL_JOB_NAMESPACE: Setting[str] = _declare(
+    "SIGDL_JOB_NAMESPACE",
+    str,
+    None,
+    "Namespace of the Jobs (default: the service pod's, else the kubeconfig context's).",
+)
+SIGDL_JOB_CPU: Setting[str] = _declare(
+    "SIGDL_JOB_CPU", str, "2", "CPU each Job's pod requests (a Kubernetes quantity)."
+)
+SIGDL_JOB_MEMORY: Setting[str] = _declare(
+    "SIGDL_JOB_MEMORY",
+    str,
+    "4Gi",
+    "Memory each Job's pod requests and is limited to (a Kubernetes quantity).",
+)
+SIGDL_JOB_GPUS: Setting[int] = _declare(
+    "SIGDL_JOB_GPUS", int, 0, "GPUs each Job's pod requests (nvidia.com/gpu); 0: none."
+)
+SIGDL_JOB_S3_SECRET: Setting[str] = _declare(
+    "SIGDL_JOB_S3_SECRET",
+    str,
+    None,
+    "Secret (keys accessKey, secretKey, as the chart's) the Jobs' pods read their S3 keys from.",
+)
+SIGDL_JOB_DATA_CLAIM: Setting[str] = _declare(
+    "SIGDL_JOB_DATA_CLAIM",
+    str,
+    None,
+    "PersistentVolumeClaim holding the data sets, mounted read-only at SIGDL_DATA in every Job.",
+)
+SIGDL_JOB_PULL_SECRETS: Setting[str] = _declare(
+    "SIGDL_JOB_PULL_SECRETS",
+    str,
+    None,
+    "Comma-separated imagePullSecrets of the Jobs' pods.",
+)
+SIGDL_JOB_BACKOFF_LIMIT: Setting[int] = _declare(
+    "SIGDL_JOB_BACKOFF_LIMIT",
+    int,
+    1,
+    "Pod failures (crash, OOM, lost node) a Job retries; a job's own error is never retried.",
+)
+SIGDL_JOB_DEADLINE_S: Setting[int] = _declare(
+    "SIGDL_JOB_DEADLINE_S", int, 86400, "A Job's activeDeadlineSeconds: it fails past this."
+)
+SIGDL_JOB_TTL_S: Setting[int] = _declare(
+    "SIGDL_JOB_TTL_S",
+    int,
+    3600,
+    "A finished Job's ttlSecondsAfterFinished: the cluster deletes it (and its pods) then.",
+)
+SIGDL_JOB_POLL_S: Setting[float] = _declare(
+    "SIGDL_JOB_POLL_S",
+    float,
+    2.0,
+    "Longest wait between looks at a running Job (its watch, pods, events, a Cancel).",
+)
+SIGDL_JOB_EVENTS_FLUSH_S: Setting[float] = _declare(
+    "SIGDL_JOB_EVENTS_FLUSH_S",
+    float,
+    1.0,
+    "Seconds a job's pod (or a TrainJob's rank 0) buffers progress events before storing them.",
+)
+
 # --- edge packages and the edge agent ----------------------------------------------------------
 SIGDL_SIGNING_KEY: Setting[Path] = _declare(
     "SIGDL_SIGNING_KEY",

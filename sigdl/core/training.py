@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from sigdl.core import settings
@@ -26,6 +27,65 @@ from sigdl.core.evaluation import Score
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
 ADAPT_MODES = ("resize", "pad")
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation (Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural
+    Network", 2015): the student also matches a teacher's softened outputs. The loss is
+    (1 - weight) * CE(student, labels) + weight * T^2 * KL(softmax(t / T) || softmax(s / T)),
+    the T^2 keeping the soft term's gradients on the hard term's scale."""
+
+    weight: float = 0.5  # share of the soft-target term, in (0, 1]
+    temperature: float = 4.0  # T > 0: softens both distributions
+
+    def __post_init__(self) -> None:
+        for name, ok, expected in [
+            ("weight", _is_number(self.weight) and 0 < self.weight <= 1, "a number in (0, 1]"),
+            ("temperature", _is_number(self.temperature) and 0 < self.temperature <= 100,
+             "a number in (0, 100]"),
+        ]:  # fmt: skip
+            if not ok:
+                raise InputError(f"distill.{name}={getattr(self, name)!r}: expected {expected}")
+        self.weight, self.temperature = float(self.weight), float(self.temperature)
+
+    @classmethod
+    def of(cls, value: object) -> DistillConfig | None:
+        """From a mapping (`{weight, temperature}`), a DistillConfig or None."""
+        if value is None or isinstance(value, DistillConfig):
+            return value
+        if not isinstance(value, dict):
+            raise InputError(
+                f"distill={value!r}: expected a mapping with weight and temperature, or null"
+            )
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in value if k not in known)
+        if unknown:
+            raise InputError(
+                f"distill: unknown field(s) {', '.join(map(repr, unknown))}; "
+                f"expected some of {', '.join(known)}"
+            )
+        return cls(**value)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def distillation_loss(
+    logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, cfg: DistillConfig
+) -> torch.Tensor:
+    """Hinton et al.'s loss: the hard-label cross-entropy blended with T^2 x the KL divergence
+    from the teacher's softened distribution. logits, teacher: (B, K); labels: (B,)."""
+    hard = F.cross_entropy(logits, labels)
+    t = cfg.temperature
+    soft = F.kl_div(
+        F.log_softmax(logits / t, dim=1),
+        F.log_softmax(teacher / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - cfg.weight) * hard + cfg.weight * t * t * soft
 
 
 @dataclass
@@ -55,8 +115,10 @@ class TrainConfig:
     # (sigdl/core/sampleset.py) to the training split
     init_checkpoint: str | None = None
     extra_samples: str | None = None
+    distill: DistillConfig | None = None  # learn from a teacher's logits too (fit's `teacher`)
 
     def __post_init__(self) -> None:
+        self.distill = DistillConfig.of(self.distill)
         checks = [
             (self.epochs >= 0, "epochs", "an integer >= 0"),
             (self.batch_size >= 1, "batch_size", "an integer >= 1"),
@@ -164,16 +226,20 @@ def fit(
     evaluate: Callable[[], Score] | None = None,
     after_step: list[StepHook] | None = None,
     on_epoch: EpochHook | None = None,
+    teacher: torch.Tensor | None = None,
 ) -> list[EpochResult]:
     """Train `model` (a PixelModel, or its DDP wrapper) in place; return per-epoch results.
 
     `after_step` hooks run after every optimizer step (compression keeps its masks that way);
     `evaluate` scores the model on held-out data after each epoch, for the history and for
-    early stopping at `cfg.target_accuracy`.
+    early stopping at `cfg.target_accuracy`. With `cfg.distill`, `teacher` holds the teacher's
+    logits for every training sample (N, K), as `teacher_logits` computes them once.
     """
     if cfg.batch_size % world:
         raise InputError(f"batch_size={cfg.batch_size} must be divisible by nproc={world}")
     n = min(len(train.labels), cfg.max_train_samples or len(train.labels))
+    if cfg.distill is not None and (teacher is None or len(teacher) < n):
+        raise InputError("distill needs the teacher's logits for every training sample")
     steps = n // cfg.batch_size  # drop the last partial batch: every rank gets equal shares
     if cfg.epochs and steps == 0:
         raise InputError(f"batch_size={cfg.batch_size} exceeds the {n} training samples")
@@ -192,6 +258,7 @@ def fit(
             rank,
             world,
             after_step or [],
+            teacher if cfg.distill is not None else None,
         )
         if evaluate is not None:
             result.test = evaluate()
@@ -215,6 +282,7 @@ def _train_epoch(
     rank: int,
     world: int,
     after_step: list[StepHook],
+    teacher: torch.Tensor | None = None,
 ) -> EpochResult:
     model.train()
     order = epoch_order(
@@ -238,7 +306,10 @@ def _train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         logits = model(pixels)
-        loss = nn.functional.cross_entropy(logits, labels)
+        if teacher is None:
+            loss = nn.functional.cross_entropy(logits, labels)
+        else:
+            loss = distillation_loss(logits, teacher[idx], labels, cfg.distill)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -258,3 +329,25 @@ def _train_epoch(
         seconds=seconds,
         images_per_s=steps * cfg.batch_size / max(seconds, 1e-9),
     )
+
+
+@torch.no_grad()
+def teacher_logits(
+    model: nn.Module,
+    train: Split,
+    channels: int,
+    size: int,
+    adapt_mode: str = "resize",
+    batch: int = 1000,
+) -> torch.Tensor:
+    """The logits of `model` (in eval mode) for every training sample, (N, K) float32: computed
+    once, then indexed per batch by `fit(teacher=...)` (training applies no augmentation, so a
+    sample's pixels are the same in every epoch)."""
+    was_training = model.training
+    model.eval()
+    out = [
+        model(adapt(train.images[i : i + batch], channels, size, adapt_mode))
+        for i in range(0, len(train.labels), batch)
+    ]
+    model.train(was_training)
+    return torch.cat(out).float()
