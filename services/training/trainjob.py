@@ -43,7 +43,8 @@ from sigdl.core import distributed, jobrun, settings, store
 from sigdl.core.checkpoint import ModelMeta, PixelModel
 from sigdl.core.errors import InputError
 from sigdl.core.events import EventFn, ProgressEvent, epoch_event, log
-from sigdl.core.kubejob import current_namespace, load_kube_config
+from sigdl.core.kubejob import SECRET_KEYS as SECRET_KEYS  # the names a Secret must hold
+from sigdl.core.kubejob import current_namespace, load_kube_config, s3_key_env
 from sigdl.core.training import TrainConfig
 
 GROUP = "trainer.kubeflow.org"
@@ -53,8 +54,6 @@ KIND = "TrainJob"
 BACKENDS = ("local", "trainjob")
 GPU_RESOURCE = "nvidia.com/gpu"
 # the chart's S3 Secret keys (charts/sigdl/values.yaml: s3.accessKeyKey, s3.secretKeyKey)
-SECRET_KEYS = {"SIGDL_S3_ACCESS_KEY": "accessKey", "SIGDL_S3_SECRET_KEY": "secretKey"}
-SECRET_ALIASES = settings.SIGDL_S3_ACCESS_KEY.aliases  # AWS_ACCESS_KEY_ID
 # settings a node needs, passed by value; secrets are never among them
 FORWARDED = (
     settings.SIGDL_S3_ENDPOINT,
@@ -156,17 +155,8 @@ def node_env(spec: TrainJobSpec, environment: Mapping[str, str]) -> list[dict]:
     reach the job's URI without them."""
     forwarded = [s.name for s in FORWARDED if s.name in environment]
     env: list[dict] = [{"name": name, "value": environment[name]} for name in forwarded]
-    if spec.s3_secret:
-        env += [
-            {"name": name, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key}}}
-            for name, key in SECRET_KEYS.items()
-        ]
-    elif set(environment) & {settings.SIGDL_S3_ACCESS_KEY.name, *SECRET_ALIASES}:
-        raise InputError(
-            "SIGDL_S3_ACCESS_KEY is set but SIGDL_TRAINJOB_S3_SECRET names no Secret: the "
-            "TrainJob's nodes need the S3 keys from a Secret (keys accessKey, secretKey)"
-        )
-    return env
+    return env + s3_key_env(spec.s3_secret, environment, "SIGDL_TRAINJOB_S3_SECRET",
+                            "the TrainJob's nodes")  # fmt: skip
 
 
 def render_trainjob(

@@ -180,17 +180,23 @@ def job_env(spec: JobSpec, environment: Mapping[str, str]) -> list[dict]:
         {"name": settings.SIGDL_PROGRESS.name, "value": "0"},
         {"name": "HOME", "value": SCRATCH},  # caches of the libraries it imports
     ]
-    if spec.s3_secret:
-        env += [
-            {"name": name, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key}}}
-            for name, key in SECRET_KEYS.items()
-        ]
-    elif set(environment) & {settings.SIGDL_S3_ACCESS_KEY.name, *SECRET_ALIASES}:
+    return env + s3_key_env(spec.s3_secret, environment, "SIGDL_JOB_S3_SECRET", "the Jobs' pods")
+
+
+def s3_key_env(secret: str | None, environment: Mapping[str, str], setting: str,
+               pods: str) -> list[dict]:  # fmt: skip
+    """The S3 keys as env entries that reference `secret` (never their values). A service
+    holding S3 keys but naming no Secret (`setting`) is refused: `pods` would reach the store
+    without them."""
+    if secret:
+        return [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                for name, key in SECRET_KEYS.items()]  # fmt: skip
+    if set(environment) & {settings.SIGDL_S3_ACCESS_KEY.name, *SECRET_ALIASES}:
         raise InputError(
-            "SIGDL_S3_ACCESS_KEY is set but SIGDL_JOB_S3_SECRET names no Secret: the Jobs' "
-            "pods need the S3 keys from a Secret (keys accessKey, secretKey)"
+            f"SIGDL_S3_ACCESS_KEY is set but {setting} names no Secret: {pods} need the S3 "
+            "keys from a Secret (keys accessKey, secretKey)"
         )
-    return env
+    return []
 
 
 def render_job(
