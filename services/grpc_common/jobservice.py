@@ -21,7 +21,7 @@ from typing import ClassVar
 import grpc
 
 from services.protos.sigdl.v1 import common_pb2
-from sigdl.core import jobs, kubejob, roots, store
+from sigdl.core import jobrun, jobs, roots, store
 from sigdl.core.errors import InputError, one_line
 
 # Exception -> status code, first match wins (subclasses before their bases). Every user
@@ -39,8 +39,9 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (store.StoreUnreachableError, grpc.StatusCode.UNAVAILABLE),
     (store.StoreError, grpc.StatusCode.FAILED_PRECONDITION),
 )
-# The services whose jobs SIGDL_JOB_BACKEND=kubernetes runs as Kubernetes Jobs: training has its
-# own TrainJob (SIGDL_TRAINING_BACKEND), deploy holds the signing key and the edge clusters' access.
+# The services whose jobs SIGDL_JOB_BACKEND (process, kubernetes) runs outside the service:
+# training has its own TrainJob (SIGDL_TRAINING_BACKEND), deploy holds the signing key and the
+# edge clusters' access.
 CLUSTER_JOBS = ("compression", "retest")
 
 
@@ -114,7 +115,7 @@ class JobServicer:
     def __init__(self, pool: jobs.WorkerPool) -> None:
         self.pool = pool
         if self.service in CLUSTER_JOBS and pool is not None and pool.backend is None:
-            pool.backend = kubejob.backend_from_settings()  # None: its own worker processes
+            pool.backend = jobrun.backend_from_settings()  # None: its own worker processes
 
     def parse(self, request) -> dict:
         """The job's parameters (JSON-able) from the request; raise on a bad field."""

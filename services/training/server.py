@@ -22,10 +22,13 @@ def run_job(params: dict, job: jobs.JobContext) -> dict:
     from sigdl.core.lineage import RunContext
 
     return run_training(
-        TrainConfig.from_dict(params["config"]), job.out_dir, nproc=params["nproc"],
+        TrainConfig.from_dict(params["config"]),
+        job.out_dir,
+        nproc=params["nproc"],
         on_event=job.emit,
         lineage=RunContext.from_json(params.get("lineage")),
-    )  # fmt: skip
+        job=job,
+    )
 
 
 class TrainingServicer(JobServicer):

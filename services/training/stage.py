@@ -22,6 +22,7 @@ from sigdl.core import (
     atomic,
     chain,
     checkpoint,
+    jobs,
     lineage,
     onnx_io,
     settings,
@@ -141,12 +142,24 @@ def train_model(
     nproc: int,
     data_dir: str | None,
     on_event: EventFn | None,
+    job: jobs.JobContext | None = None,
 ) -> list[dict]:
-    """Train in this process (nproc 1) or with torchrun DDP; return per-epoch rows."""
+    """Train in this process (nproc 1) or with torchrun DDP; return per-epoch rows. `job`:
+    the service's job this is, whose TrainJob a restarted service follows again."""
     from services.training import trainjob
 
-    if trainjob.uses_trainjob():  # SIGDL_TRAINING_BACKEND=trainjob: nproc on each cluster node
-        return trainjob.train_on_cluster(model, meta, cfg, nproc, data_dir, on_event)
+    resume = job.handle if job is not None else ""
+    if trainjob.uses_trainjob() or resume:  # SIGDL_TRAINING_BACKEND=trainjob: the cluster's nodes
+        return trainjob.train_on_cluster(
+            model,
+            meta,
+            cfg,
+            nproc,
+            data_dir,
+            on_event,
+            resume=resume,
+            record=job.record if job is not None else None,
+        )
     if nproc > 1:
         from sigdl.core import distributed
 
@@ -192,9 +205,12 @@ def run_training(
     data_dir: str | None = None,
     on_event: EventFn | None = None,
     lineage: RunContext | None = None,
+    job: jobs.JobContext | None = None,
 ) -> dict:
     """Train, checkpoint, export, verify the export, log lineage (nested under
-    `lineage.parent_run_id` when given); return the report."""
+    `lineage.parent_run_id` when given); return the report. `job`: the service's job this
+    is, which keeps the handle of a TrainJob (SIGDL_TRAINING_BACKEND=trainjob) to follow it
+    again after a restart."""
     if nproc < 1:
         raise InputError(f"nproc={nproc}: expected an integer >= 1")
     out = atomic.check_out_dir(out)
@@ -212,7 +228,7 @@ def run_training(
                          "process (nproc=1, SIGDL_TRAINING_BACKEND=local)")  # fmt: skip
     started = time.perf_counter()
     train_data = with_samples(data, extra, meta) if extra else data
-    history = train_model(model, meta, cfg, train_data, nproc, data_dir, on_event)
+    history = train_model(model, meta, cfg, train_data, nproc, data_dir, on_event, job)
     train_seconds = time.perf_counter() - started
     model.eval()
     test = score_torch(model, data.test, meta.channels, meta.input_size, cfg.adapt_mode)

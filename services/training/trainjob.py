@@ -11,10 +11,14 @@ exports and logs lineage in its own process, but the data-parallel `fit` runs on
    trainer command `torchrun -m sigdl.core.distributed <job URI>`; torchrun reads PET_NNODES,
    PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR and PET_MASTER_PORT, which the runtime
    injects into every node; the S3 keys come from a Secret by reference, never by value;
-3. `TrainJobRunner` creates it through the Kubernetes API, follows its status conditions to
-   Complete or Failed (a `trainjob` progress event at every change, and the `epoch` events rank 0
-   stores under the job URI's `events/` as it trains, sigdl/core/jobrun.py), then loads the
-   weights and history that rank 0 wrote back under the job URI.
+3. `TrainJobRunner` creates it through the Kubernetes API and follows it as `TrainJobWork`
+   with the loop the job backends share (`jobrun.WorkRunner.follow`): its status conditions
+   to Complete or Failed (`outcome_of`; a `trainjob` progress event at every change, and the
+   `epoch` events rank 0 stores under the job URI's `events/` as it trains), then loads the
+   weights and history that rank 0 wrote back under the job URI. Its handle (namespace, name,
+   events forwarded) goes to the job's record (`JobContext.record`): a service that stops
+   leaves the TrainJob running, and the next one runs the job again with that handle
+   (`JobContext.handle`), following the TrainJob instead of creating another.
 
     SIGDL_TRAINING_BACKEND=trainjob SIGDL_TRAINJOB_IMAGE=registry/sigdl:1.0 \\
     SIGDL_TRAINJOB_URI=s3://sigdl/trainjobs SIGDL_TRAINJOB_S3_SECRET=sigdl-minio \\
@@ -34,15 +38,15 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sigdl.core import distributed, jobrun, settings, store
+from sigdl.core import distributed, jobrun, jobs, settings, store
 from sigdl.core.checkpoint import ModelMeta, PixelModel
-from sigdl.core.errors import InputError
-from sigdl.core.events import EventFn, ProgressEvent, epoch_event, log
+from sigdl.core.errors import InputError, one_line
+from sigdl.core.events import EventFn, ProgressEvent, epoch_event
 from sigdl.core.kubejob import SECRET_KEYS as SECRET_KEYS  # the names a Secret must hold
 from sigdl.core.kubejob import current_namespace, load_kube_config, s3_key_env
 from sigdl.core.training import TrainConfig
@@ -261,7 +265,33 @@ class TrainJobStatus:
 
 
 class TrainJobError(RuntimeError):
-    """The TrainJob ended Failed (or was suspended): its reason and message, on one line."""
+    """The Kubernetes API refused or failed a call on a TrainJob, or the TrainJob ended Failed
+    (or was suspended): what and why, on one line."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of a refused call (404: not found)
+
+
+def outcome_of(handle: jobrun.WorkHandle, status: TrainJobStatus | None) -> dict | None:
+    """What following the TrainJob `handle` names decides from its `status` (None: the API
+    has no such TrainJob): None while it runs; {"result": {}} once Complete (its outputs are
+    under handle.job_uri); else {"error": one line, "retryable": bool}."""
+    if status is None:
+        return {
+            "error": f"{handle.name} is gone (deleted before it ended): retry the job",
+            "retryable": True,
+        }
+    if status.phase == "Complete":
+        return {"result": {}}
+    if status.phase in ("Failed", "Suspended"):
+        why = f" ({status.reason})" if status.reason else ""
+        detail = one_line(status.message)[:300] or "no message"
+        return {
+            "error": f"{handle.name} {status.phase.lower()}{why}: {detail}",
+            "retryable": status.phase == "Suspended",
+        }
+    return None
 
 
 class TrainJobRunner:
@@ -269,6 +299,8 @@ class TrainJobRunner:
 
     `api` is a `kubernetes.client.CustomObjectsApi` (made from the in-cluster service account
     or the kubeconfig when not given); anything with its three custom-object calls will do."""
+
+    name = "trainjob"  # the WorkHandle's backend
 
     def __init__(self, spec: TrainJobSpec, api: Any = None, poll_s: float | None = None) -> None:
         self.spec = spec
@@ -300,50 +332,20 @@ class TrainJobRunner:
         return TrainJobStatus.of(obj)
 
     def delete(self, name: str) -> None:
-        with _api_errors(f"deleting TrainJob {name!r} in namespace {self.spec.namespace!r}"):
-            self.api.delete_namespaced_custom_object(
-                GROUP, VERSION, self.spec.namespace, PLURAL, name
-            )
-
-    def follow(
-        self,
-        name: str,
-        on_event: EventFn | None = None,
-        events: jobrun.EventReader | None = None,
-    ) -> TrainJobStatus:
-        """Poll until Complete (returned) or Failed/Suspended (TrainJobError); an event at
-        every change of phase, pod counts or progress, and the events rank 0 stored since the
-        last look (`events`: the job URI's)."""
-        last = None
-        while True:
-            current = self.status(name)
-            if current != last and on_event:
-                on_event(current.event(name))
-            last = current
-            for event in events.new_events() if events is not None and on_event else ():
-                on_event(event)
-            if current.phase == "Complete":
-                return current
-            if current.phase in ("Failed", "Suspended"):
-                why = f" ({current.reason})" if current.reason else ""
-                detail = " ".join(current.message.split())[:300]
-                raise TrainJobError(
-                    f"TrainJob {name!r} in namespace {self.spec.namespace!r} "
-                    f"{current.phase.lower()}{why}: {detail or 'no message'}"
+        """Delete the TrainJob (and so its jobs and pods); one already gone is no error."""
+        try:
+            with _api_errors(f"deleting TrainJob {name!r} in namespace {self.spec.namespace!r}"):
+                self.api.delete_namespaced_custom_object(
+                    GROUP, VERSION, self.spec.namespace, PLURAL, name
                 )
-            time.sleep(self.poll_s)
+        except TrainJobError as exc:
+            if exc.status != 404:
+                raise
 
-    def train(
-        self,
-        model: PixelModel,
-        cfg: TrainConfig,
-        channels: int,
-        size: int,
-        root_uri: str,
-        on_event: EventFn | None = None,
-    ) -> list[dict]:
-        """Train `model` in place on the cluster under `root_uri`; return the per-epoch rows.
-        A failure or a cancel (SIGTERM) on the way deletes the TrainJob."""
+    def start(
+        self, model: PixelModel, cfg: TrainConfig, channels: int, size: int, root_uri: str
+    ) -> jobrun.WorkHandle:
+        """Store the inputs of training `model` under `root_uri` and create the TrainJob."""
         name = job_name(cfg)
         job_uri = distributed.job_file_uri(root_uri, name)
         manifest = render_trainjob(
@@ -354,34 +356,96 @@ class TrainJobRunner:
             for file in distributed.INPUTS:
                 store.put_file(distributed.job_file_uri(job_uri, file), Path(tmp) / file)
         self.create(manifest)
+        return jobrun.WorkHandle(self.name, job_uri, namespace=self.spec.namespace, job=name)
+
+    def attach(self, raw: str) -> jobrun.WorkHandle:
+        """The handle of the TrainJob an earlier run of the job recorded (JobContext.handle),
+        or RetryableError when this runner cannot follow it."""
+        handle = jobrun.WorkHandle.from_json(raw)
+        if handle.backend != self.name or handle.namespace != self.spec.namespace:
+            raise jobs.RetryableError(
+                f"its work, {handle.name}, is not a TrainJob in this service's namespace "
+                f"{self.spec.namespace!r}: retry the job"
+            )
+        return handle
+
+    def train(
+        self,
+        model: PixelModel,
+        cfg: TrainConfig,
+        channels: int,
+        size: int,
+        root_uri: str,
+        on_event: EventFn | None = None,
+        *,
+        resume: str = "",
+        record: Callable[[str], None] | None = None,
+    ) -> list[dict]:
+        """Train `model` in place on the cluster under `root_uri`; return the per-epoch rows.
+        `record` keeps the TrainJob's handle with the job; `resume` (such a handle) follows
+        that TrainJob again instead of creating one. A failure or a cancel (SIGTERM) on the
+        way deletes the TrainJob; a service that stops (SIGKILL) leaves it running."""
+        if resume:
+            handle, line = self.attach(resume), "followed again"
+        else:
+            handle, line = self.start(model, cfg, channels, size, root_uri), "created"
         shape = f"{self.spec.nodes} nodes x {self.spec.nproc_per_node} processes"
-        epochs_sent: set[int] = set()
-
-        def forward(event: ProgressEvent) -> None:
-            if event.kind == "epoch" and event.done is not None:
-                epochs_sent.add(event.done)
-            if on_event:
-                on_event(event)
-
-        forward(log(f"TrainJob {self.spec.namespace}/{name}: {shape}, job at {job_uri}"))
-        events = jobrun.EventReader(job_uri)
+        hooks = jobs.BackendHooks(
+            emit=on_event or (lambda event: None),
+            stop=lambda: "",  # a Cancel is a SIGTERM (_sigterm_raises)
+            record=lambda raw, pid: record(raw) if record else None,
+        )
+        work = TrainJobWork(self, handle)
         try:
             with _sigterm_raises():
-                self.follow(name, forward, events)
+                ended = jobrun.WorkRunner.follow(
+                    work, hooks, f"{handle.name}: {line}, {shape}, job at {handle.job_uri}"
+                )
         except BaseException:
             with contextlib.suppress(Exception):
-                self.delete(name)
+                work.stop()
             raise
-        for event in events.new_events():  # what rank 0 stored after the last look
-            forward(event)
+        if "error" in ended:
+            with contextlib.suppress(Exception):
+                work.stop()
+            raise (jobs.RetryableError if ended["retryable"] else TrainJobError)(ended["error"])
         with tempfile.TemporaryDirectory(prefix="sigdl-trainjob-") as tmp:
             for file in distributed.OUTPUTS:
-                store.get_file(distributed.job_file_uri(job_uri, file), Path(tmp) / file)
+                store.get_file(distributed.job_file_uri(handle.job_uri, file), Path(tmp) / file)
             history = distributed.read_result(model, Path(tmp))
+        stored = jobrun.EventReader(handle.job_uri).new_events()  # every run's, from the first
+        epochs = {e.done for e in stored if e.kind == "epoch"}
         for row in history:  # epochs whose events never made it to the store
-            if int(row["epoch"]) not in epochs_sent:
-                forward(epoch_event(row, cfg.epochs))
+            if int(row["epoch"]) not in epochs and on_event:
+                on_event(epoch_event(row, cfg.epochs))
         return history
+
+
+class TrainJobWork:
+    """One TrainJob, followed (jobrun.Work): a `trainjob` event at every change of its phase,
+    pod counts or progress; its end decided by `outcome_of`."""
+
+    def __init__(self, runner: TrainJobRunner, handle: jobrun.WorkHandle) -> None:
+        self.runner, self.handle = runner, handle
+        self._last: TrainJobStatus | None = None
+
+    def look(self, emit: EventFn) -> dict | None:
+        try:
+            status: TrainJobStatus | None = self.runner.status(self.handle.job)
+        except TrainJobError as exc:
+            if exc.status != 404:
+                raise
+            status = None
+        if status is not None and status != self._last:
+            emit(status.event(self.handle.job))
+            self._last = status
+        return outcome_of(self.handle, status)
+
+    def wait(self) -> None:
+        time.sleep(self.runner.poll_s)
+
+    def stop(self) -> None:
+        self.runner.delete(self.handle.job)
 
 
 def train_on_cluster(
@@ -391,9 +455,19 @@ def train_on_cluster(
     nproc: int,
     data_dir: str | None,
     on_event: EventFn | None,
+    *,
+    resume: str = "",
+    record: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """The training stage's `train_model` when SIGDL_TRAINING_BACKEND=trainjob: `nproc`
-    processes on each of SIGDL_TRAINJOB_NODES nodes."""
+    processes on each of SIGDL_TRAINJOB_NODES nodes. `resume` and `record`: the job's
+    (JobContext.handle, JobContext.record), for the TrainJob to be followed again after a
+    restart."""
+    if resume and not uses_trainjob():
+        raise jobs.RetryableError(
+            "its work is a TrainJob, and this service trains in its own process "
+            "(SIGDL_TRAINING_BACKEND=local): retry the job"
+        )
     if data_dir is not None:
         raise InputError(
             f"data_dir={data_dir!r} is a folder here, which a TrainJob's nodes cannot read: "
@@ -405,7 +479,9 @@ def train_on_cluster(
             f"SIGDL_TRAINJOB_URI={root!r}: expected an s3:// prefix, which every node reaches"
         )
     runner = TrainJobRunner(TrainJobSpec.from_settings(nproc))
-    return runner.train(model, cfg, meta.channels, meta.input_size, root, on_event)
+    return runner.train(
+        model, cfg, meta.channels, meta.input_size, root, on_event, resume=resume, record=record
+    )
 
 
 # --- the Kubernetes client (the `cluster` extra; sigdl/core/kubejob.py configures it) --------
@@ -425,7 +501,7 @@ def _api_errors(what: str) -> Iterator[None]:
             404: f"not found (is Kubeflow Trainer, {GROUP}/{VERSION}, installed?)",
             409: "a TrainJob of that name exists",
         }.get(exc.status, " ".join(str(exc.reason).split()))
-        raise TrainJobError(f"{what}: HTTP {exc.status}: {hint}") from None
+        raise TrainJobError(f"{what}: HTTP {exc.status}: {hint}", exc.status) from None
 
 
 @contextlib.contextmanager

@@ -9,10 +9,11 @@ client reads it back with `ProgressEvent.from_json`; the CLI, the API and the pi
 | --- | --- | --- | --- |
 | epoch | train, compress (retraining) | epoch / epochs | loss, train_accuracy, images_per_s |
 | trainjob | train on a cluster | progress % / 100 | trainjob, phase, active, ready, succeeded |
+| kubejob | compress, retest as Kubernetes Jobs | | job, phase, active, ready, succeeded, failed |
 | step, round, ladder | compress | recipe step / steps | type, accuracy, sparsity, bytes |
 | load, predict, measure, accuracy | retest | items / items | label |
 | upload, current, unchanged | deploy | files / files | file, version, manifest_sha256 |
-| log | any | | (the message only) |
+| log | any; job backends: work started, pod states | | (the message only) |
 """
 
 from __future__ import annotations

@@ -15,8 +15,11 @@ seconds torch takes to import). Cancel terminates the child's whole process grou
 really stops; the child exits by itself when the server dies. Events and the result come back as
 JSON over a pipe, and the child adopts the submitter's settings, never the forkserver's.
 A pool given a `JobBackend` runs no worker process: each worker slot follows a job that the
-backend runs elsewhere (sigdl/core/kubejob.py: a Kubernetes Job each, whose pod runs the same
-`run_outcome` through sigdl/core/jobrun.py), with the same records, events and Cancel.
+backend runs elsewhere (sigdl/core/jobrun.py: a `python -m sigdl.core.jobrun` process each, or a
+Kubernetes Job each, sigdl/core/kubejob.py, whose pod runs the same `run_outcome`), with the same
+records, events and Cancel. Such work outlives the service: the job keeps its backend's handle
+(`JobRecord.handle`), a service that stops leaves it running, and the next one to start on the
+store (or a surviving replica) adopts it and follows it to its end.
 """
 
 from __future__ import annotations
@@ -81,6 +84,11 @@ class ShuttingDownError(RuntimeError):
     """The pool no longer takes jobs."""
 
 
+class RetryableError(RuntimeError):
+    """A job's work ended for a reason a retry may not meet (a TrainJob deleted or suspended
+    under it): the job ends FAILED and retryable, with this one line."""
+
+
 class FieldError(InputError):
     """A malformed request field; the message starts with the field's name."""
 
@@ -109,6 +117,7 @@ class JobRecord:
     finished_at: float = 0.0
     event_count: int = 0
     worker_pid: int = 0
+    handle: str = ""  # where a backend runs its work (jobrun.WorkHandle as JSON); '' otherwise
 
 
 @dataclass
@@ -130,7 +139,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL, params TEXT NOT NULL, out_uri TEXT NOT NULL, error TEXT NOT NULL,
     retryable INTEGER NOT NULL, outputs TEXT NOT NULL, report TEXT, created_at REAL NOT NULL,
     started_at REAL NOT NULL, finished_at REAL NOT NULL, event_count INTEGER NOT NULL,
-    worker_pid INTEGER NOT NULL);
+    worker_pid INTEGER NOT NULL, handle TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL,
     state TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (job_id, idx));
@@ -159,6 +168,9 @@ class JobStore:
         with self._cond:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "handle" not in columns:  # a store written before backends kept a handle
+                self._db.execute("ALTER TABLE jobs ADD COLUMN handle TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._cond:
@@ -249,6 +261,12 @@ class JobStore:
             db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job_id))
             self._append(db, job_id, "state", state, message, {})
 
+    def set_handle(self, job_id: str, handle: str, worker_pid: int) -> None:
+        """Keep where a backend runs the job's work, so that a restarted service adopts it."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET handle = ?, worker_pid = ? WHERE id = ?",
+                       (handle, worker_pid, job_id))  # fmt: skip
+
     def add_event(self, job_id: str, kind: str, message: str, data: dict) -> None:
         with self._transaction() as db:
             state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
@@ -287,12 +305,26 @@ class JobStore:
                     row["message"], json.loads(row["data"]),
                 )  # fmt: skip
 
-    def recover_interrupted(self, reason: str) -> list[str]:
-        """Jobs a previous server left QUEUED or RUNNING end FAILED and retryable, never lost."""
+    def recover_interrupted(self, reason: str, adopt: AdoptFn | None = None) -> list[str]:
+        """Jobs a previous server left QUEUED or RUNNING end FAILED and retryable, never lost;
+        a RUNNING one whose work runs elsewhere (it has a handle) goes to `adopt` instead,
+        when given. Returns the ids of the jobs failed."""
         ids = self.ids_in(JobState.QUEUED, JobState.RUNNING)
-        for job_id in ids:
-            self.transition(job_id, JobState.FAILED, reason, error=reason, retryable=True)
-        return ids
+        return [i for i in ids if not self._recover(i, reason, adopt, owner=None)]
+
+    def _recover(self, job_id: str, reason: str, adopt: AdoptFn | None, owner: str | None) -> bool:
+        """Adopt the job (True) or fail it as retryable (False). `owner`: the replica that ran
+        it, in a shared store."""
+        job = self.get(job_id)
+        if adopt is not None and job.state == JobState.RUNNING and job.handle:
+            if self._claim(job_id, owner):  # else another replica adopted it first
+                adopt(job)
+            return True
+        self.transition(job_id, JobState.FAILED, reason, error=reason, retryable=True)
+        return False
+
+    def _claim(self, job_id: str, owner: str | None) -> bool:
+        return True  # one server owns the file
 
 
 def _columns(record: JobRecord) -> dict[str, object]:
@@ -332,6 +364,11 @@ class JobContext:
     out_dir: Path  # a local directory; uploaded to the job's out_uri when that is s3://
     emit: EmitFn  # send a progress event to the job's watchers
     scratch: Path  # a private temporary directory, removed after the job
+    # where work the job started outside its worker runs (a TrainJob: jobrun.WorkHandle as
+    # JSON): `record` keeps it with the job, and a service that restarts runs the job again
+    # with it as `handle`, to follow that work rather than start it anew
+    handle: str = ""
+    record: Callable[[str], None] = field(default=lambda handle: None, repr=False)
 
     def local(self, uri: str) -> Path:
         """A local path holding the artifact at `uri`: the file itself for file://, else a
@@ -348,6 +385,7 @@ class JobContext:
 
 
 JobFn = Callable[[dict, JobContext], dict]  # (params, context) -> the stage's report
+AdoptFn = Callable[[JobRecord], None]  # follow again a job whose work runs elsewhere
 
 
 def _exit_with_parent() -> None:
@@ -367,7 +405,9 @@ def _send(conn, message: dict) -> None:
     conn.send_bytes(json.dumps(message, default=str).encode())
 
 
-def _worker_main(fn: JobFn, job_id: str, params: dict, out_uri: str, env: dict, conn) -> None:
+def _worker_main(
+    fn: JobFn, job_id: str, params: dict, out_uri: str, env: dict, handle: str, conn
+) -> None:
     """Entry point of a job's worker process: run `fn`, send events and the result as JSON."""
     # What the forkserver imported is shared copy-on-write: keep the collector from walking
     # (and so copying) those objects in every job
@@ -380,23 +420,45 @@ def _worker_main(fn: JobFn, job_id: str, params: dict, out_uri: str, env: dict, 
         def emit(event: ProgressEvent) -> None:
             _send(conn, {"event": event.to_json()})
 
-        _send(conn, run_outcome(fn, job_id, params, out_uri, emit))
+        def record(work: str) -> None:
+            _send(conn, {"handle": work})
+
+        _send(conn, run_outcome(fn, job_id, params, out_uri, emit, handle, record))
     finally:
         conn.close()
 
 
-def run_outcome(fn: JobFn, job_id: str, params: dict, out_uri: str, emit: EmitFn) -> dict:
+def run_outcome(
+    fn: JobFn,
+    job_id: str,
+    params: dict,
+    out_uri: str,
+    emit: EmitFn,
+    handle: str = "",
+    record: Callable[[str], None] | None = None,
+) -> dict:
     """Run a job; return {"result": {"report", "outputs"}} or {"error": one line}. What a
-    local worker sends its pool and a Kubernetes Job's pod stores (sigdl/core/jobrun.py)."""
+    local worker sends its pool and a Kubernetes Job's pod stores (sigdl/core/jobrun.py).
+    `handle` and `record`: JobContext's."""
     try:
-        return {"result": _run_job(fn, job_id, params, out_uri, emit)}
+        return {"result": _run_job(fn, job_id, params, out_uri, emit, handle, record)}
+    except RetryableError as exc:
+        return {"error": one_line(str(exc)), "retryable": True}
     except (InputError, store.StoreError, FileNotFoundError, PermissionError) as exc:
         return {"error": one_line(str(exc))}
     except Exception as exc:  # a bug in the stage: the job fails with its reason, not the server
         return {"error": one_line(f"{type(exc).__name__}: {exc}")}
 
 
-def _run_job(fn: JobFn, job_id: str, params: dict, out_uri: str, emit: EmitFn) -> dict:
+def _run_job(
+    fn: JobFn,
+    job_id: str,
+    params: dict,
+    out_uri: str,
+    emit: EmitFn,
+    handle: str,
+    record: Callable[[str], None] | None,
+) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"sigdl-job-{job_id[:8]}-") as tmp:
         scratch = Path(tmp)
         local_out = out_uri.lower().startswith("file:")
@@ -404,7 +466,10 @@ def _run_job(fn: JobFn, job_id: str, params: dict, out_uri: str, emit: EmitFn) -
         if not local_out:  # a local out_dir is the stage's to create, when it succeeds
             out_dir.mkdir(parents=True, exist_ok=True)
         out_dir = out_dir.resolve()
-        report = fn(params, JobContext(job_id, out_dir, emit, scratch))
+        context = JobContext(job_id, out_dir, emit, scratch, handle)
+        if record is not None:
+            context.record = record
+        report = fn(params, context)
         report = relocate(report, str(out_dir), out_uri.rstrip("/"))
         if local_out:
             names = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*"))
@@ -431,11 +496,24 @@ def relocate(value: object, old: str, new: str) -> object:
 
 
 # --- the pool ----------------------------------------------------------------------------------
-class JobBackend(Protocol):
-    """Where a pool runs its jobs instead of its own worker processes: a Kubernetes Job each
-    (sigdl/core/kubejob.py). A worker slot of the pool follows each such job."""
+CANCEL, DETACH = "cancel", "detach"  # what BackendHooks.stop() asks of a backend
 
-    name: str  # for messages: "kubernetes"
+
+@dataclass(frozen=True)
+class BackendHooks:
+    """What a pool gives the backend that runs one of its jobs elsewhere."""
+
+    emit: EmitFn  # the job's progress, to its events
+    stop: Callable[[], str]  # '' go on; CANCEL: stop the work; DETACH: stop following it only
+    record: Callable[[str, int], None]  # (handle, pid): store where the work runs, to adopt it
+
+
+class JobBackend(Protocol):
+    """Where a pool runs its jobs instead of its own worker processes: a process or a Kubernetes
+    Job each (sigdl/core/jobrun.py, sigdl/core/kubejob.py). A worker slot of the pool follows
+    each such job; a job adopted after a restart gets a thread of its own."""
+
+    name: str  # for messages: "kubernetes", "process"
 
     def default_out(self, service: str, job_id: str) -> str:
         """Where a job's outputs go when the request names no out_uri."""
@@ -445,10 +523,15 @@ class JobBackend(Protocol):
         """Refuse (FieldError on out_uri) an out_uri that the job's work cannot reach."""
         ...
 
-    def run(self, job: JobRecord, fn: JobFn, emit: EmitFn, stop: Callable[[], bool]) -> dict:
-        """Run `job` with `fn` there, sending its progress to `emit`, until it ends or `stop()`
-        turns true (then stop the work, and return {}); return what a local worker sends:
+    def run(self, job: JobRecord, fn: JobFn, hooks: BackendHooks) -> dict:
+        """Start `job`'s work with `fn` there, record its handle, send its progress, until it
+        ends or `hooks.stop()` asks (then return {}); return what a local worker sends:
         {"result": ...} or {"error": ..., "retryable": bool}."""
+        ...
+
+    def adopt(self, job: JobRecord, hooks: BackendHooks) -> dict:
+        """Follow again, as `run` does, the work `job.handle` names (started by a service that
+        stopped); work that is gone is an error saying so."""
         ...
 
     def abandon(self, service: str, job_ids: list[str]) -> None:
@@ -491,14 +574,19 @@ class WorkerPool:
         self._running: dict[str, _Running] = {}
         self._wake = threading.Condition(self._lock)
         self._threads: list[threading.Thread] = []
+        self._followers: list[threading.Thread] = []  # of adopted jobs
+        self._resuming: dict[str, str] = {}  # job id -> the handle its worker resumes from
         self._closing = False
         self._store_lock: IO[str] | None = None  # held while this pool owns the store
 
     def start(self) -> list[str]:
-        """Own the job store, fail what a previous server left unfinished, start the workers."""
+        """Own the job store, adopt the work a previous server left running elsewhere (a
+        backend's), fail what else it left unfinished, start the workers; return the ids of
+        the jobs failed."""
         self._own_store()
         recovered = self.store.recover_interrupted(
-            "the service stopped before the job finished (restart); retry it"
+            "the service stopped before the job finished (restart); retry it",
+            adopt=self._adopt if self.backend is not None else self._resume,
         )
         if self.backend is not None and recovered:
             self.backend.abandon(self.service, recovered)
@@ -598,8 +686,9 @@ class WorkerPool:
                     return
                 job_id = self._waiting.pop(0)
                 job = self.store.get(job_id)
-                if job.state != JobState.QUEUED:  # cancelled through another replica
-                    continue
+                resume = self._resuming.pop(job_id, "")
+                if job.state != (JobState.RUNNING if resume else JobState.QUEUED):
+                    continue  # cancelled through another replica
                 if self.backend is not None:
                     running = self._running[job_id] = _Running(None)
                     self.store.transition(
@@ -610,7 +699,7 @@ class WorkerPool:
                     process = self._ctx.Process(
                         target=_worker_main,
                         args=(self.fn, job.id, job.params, job.out_uri,
-                              settings.environment(), child_conn),
+                              settings.environment(), resume, child_conn),
                         name=f"sigdl-{self.service}-{job.id[:8]}",
                     )  # fmt: skip
                     running = self._running[job_id] = _Running(process)
@@ -626,10 +715,13 @@ class WorkerPool:
             process.start()
             child_conn.close()
             with self._lock:
-                self.store.transition(
-                    job_id, JobState.RUNNING, f"running in process {process.pid}",
-                    worker_pid=process.pid or 0,
-                )  # fmt: skip
+                if resume:  # RUNNING already, since the server that stopped started it
+                    self._log(job_id, f"resumed in process {process.pid}, following its work")
+                else:
+                    self.store.transition(
+                        job_id, JobState.RUNNING, f"running in process {process.pid}",
+                        worker_pid=process.pid or 0,
+                    )  # fmt: skip
                 if running.cancelled_at:  # Cancel came while it was starting
                     _signal_group(process, signal.SIGTERM)
             try:
@@ -639,20 +731,59 @@ class WorkerPool:
                 with self._lock:
                     self._running.pop(job_id, None)
 
-    def _run_elsewhere(self, job: JobRecord, running: _Running) -> None:
-        """Follow a job the backend runs; record how it ended."""
+    def _adopt(self, job: JobRecord) -> None:
+        """Follow, in a thread of its own, a running job whose work a stopped server started."""
+        with self._lock:
+            if job.id in self._running:
+                return
+            running = self._running[job.id] = _Running(None)
+        self._log(job.id, f"adopted by this {self.service} service (the one that ran it stopped)")
+        thread = threading.Thread(
+            target=self._follow_adopted, args=(job, running), daemon=True,
+            name=f"{self.service}-adopted-{job.id[:8]}",
+        )  # fmt: skip
+        self._followers.append(thread)
+        thread.start()
+
+    def _resume(self, job: JobRecord) -> None:
+        """Run again, in a worker first in line, a running job whose worker recorded a handle
+        (the work it started outside, a TrainJob) before its server stopped: the job function
+        gets the handle and follows that work instead of starting it anew."""
+        with self._lock:
+            if job.id in self._waiting or job.id in self._running:
+                return
+            self._resuming[job.id] = job.handle
+            self._waiting.insert(0, job.id)
+            self._wake.notify()
+        self._log(job.id, f"adopted by this {self.service} service (the one that ran it stopped)")
+
+    def _follow_adopted(self, job: JobRecord, running: _Running) -> None:
+        try:
+            self._run_elsewhere(job, running, adopted=True)
+        finally:
+            with self._lock:
+                self._running.pop(job.id, None)
+
+    def _run_elsewhere(self, job: JobRecord, running: _Running, adopted: bool = False) -> None:
+        """Follow a job the backend runs (started here, or `adopted`); record how it ended."""
         assert self.backend is not None
 
-        def stop() -> bool:
+        def stop() -> str:
             if not running.cancelled_at and self.store.cancel_requested(job.id):
                 running.cancelled_at = time.monotonic()  # a Cancel through another replica
-            return bool(running.cancelled_at or running.stopping)
+            if running.cancelled_at:
+                return CANCEL
+            return DETACH if running.stopping else ""
 
-        def emit(event: ProgressEvent) -> None:
-            self._progress(job.id, event.to_json())
-
+        hooks = BackendHooks(
+            emit=lambda event: self._progress(job.id, event.to_json()), stop=stop,
+            record=lambda handle, pid: self.store.set_handle(job.id, handle, pid),
+        )  # fmt: skip
         try:
-            outcome = self.backend.run(job, self.fn, emit, stop)
+            if adopted:
+                outcome = self.backend.adopt(job, hooks)
+            else:
+                outcome = self.backend.run(job, self.fn, hooks)
         except Exception as exc:  # the backend (its API, its store) failed, not the job's input
             outcome = {"error": one_line(f"{type(exc).__name__}: {exc}"), "retryable": True}
         self._finish(job.id, running, outcome)
@@ -670,6 +801,8 @@ class WorkerPool:
                     break
                 if "event" in message:
                     self._progress(job_id, message["event"])
+                elif "handle" in message:  # kept for the next service, should this one stop
+                    self.store.set_handle(job_id, message["handle"], running.process.pid or 0)
                 else:
                     outcome = message
             elif not running.process.is_alive():
@@ -687,6 +820,9 @@ class WorkerPool:
         running.process.join()
         self._finish(job_id, running, outcome)
 
+    def _log(self, job_id: str, message: str) -> None:
+        self._progress(job_id, ProgressEvent("log", message=message).to_json())
+
     def _progress(self, job_id: str, data: dict) -> None:
         event = ProgressEvent.from_json(data)
         kind = "log" if event.kind == "log" else "progress"
@@ -697,6 +833,12 @@ class WorkerPool:
         if running.cancelled_at:
             where = "worker" if self.backend is None else f"{self.backend.name} job"
             self.store.transition(job_id, JobState.CANCELLED, f"cancelled; {where} stopped")
+        elif running.stopping and (self.backend is not None or self.store.get(job_id).handle):
+            if not outcome:  # its work runs on without this service: the next one adopts it
+                work = f"{self.backend.name} job" if self.backend is not None else "work"
+                self._log(job_id, f"{running.stopping}; its {work} runs on")
+            else:  # it ended as the service stopped
+                self._finish(job_id, _Running(None), outcome)
         elif running.stopping:
             self.store.transition(
                 job_id, JobState.FAILED, running.stopping, error=running.stopping, retryable=True
@@ -716,7 +858,8 @@ class WorkerPool:
 
     def shutdown(self, grace_s: float) -> None:
         """Take no more jobs; let running ones finish for `grace_s`, then stop them and fail
-        them as retryable; queued ones fail as retryable at once."""
+        them as retryable; queued ones fail as retryable at once. A backend's jobs are left
+        running, RUNNING with their handle, for the next service to adopt."""
         reason = "the service shut down before the job finished; retry it"
         with self._lock:
             self._closing = True
@@ -724,6 +867,9 @@ class WorkerPool:
                 self.store.transition(job_id, JobState.FAILED, reason, error=reason, retryable=True)
             self._waiting.clear()
             self._wake.notify_all()
+            if self.backend is not None:
+                for running in self._running.values():
+                    running.stopping = "the service stopped following the job"
         deadline = time.monotonic() + grace_s
         while self._running and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -731,7 +877,7 @@ class WorkerPool:
             for running in self._running.values():
                 running.stopping = reason
                 _signal_group(running.process, signal.SIGKILL)
-        for thread in self._threads:
+        for thread in [*self._threads, *self._followers]:
             thread.join(timeout=10)
         if self._store_lock is not None:
             self._store_lock.close()  # releases the flock

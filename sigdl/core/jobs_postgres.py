@@ -7,7 +7,10 @@ answers for any job: the records and events live in the database, not in a pod. 
 runs the jobs submitted to it (its worker pool) and records its name with them; Cancel through
 another replica sets `cancel_requested`, which the owner's pool polls. Each replica writes a
 heartbeat; jobs of a replica whose heartbeat is older than SIGDL_REPLICA_STALE_S end FAILED and
-retryable (the replica died), as a restarted single server fails the jobs it left behind.
+retryable (the replica died), as a restarted single server fails the jobs it left behind. A job
+whose work runs outside the replica (SIGDL_JOB_BACKEND process or kubernetes, with a handle) is
+adopted instead: one replica claims it (`replica` set to its own name, in one UPDATE) and
+follows the work again.
 
 One schema per service (`sigdl_training`, ...) keeps request ids of different services apart.
 psycopg (the `cluster` extra) is imported only here, when a postgresql:// store is configured.
@@ -22,7 +25,7 @@ import time
 
 from sigdl.core import settings
 from sigdl.core.errors import InputError, one_line
-from sigdl.core.jobs import JobRecord, JobState, JobStore, RequestConflictError, _columns
+from sigdl.core.jobs import AdoptFn, JobRecord, JobState, JobStore, RequestConflictError, _columns
 
 HEARTBEAT_S = 2.0  # how often a replica says it is alive (and looks for dead ones)
 
@@ -34,7 +37,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at DOUBLE PRECISION NOT NULL, started_at DOUBLE PRECISION NOT NULL,
     finished_at DOUBLE PRECISION NOT NULL, event_count INTEGER NOT NULL,
     worker_pid INTEGER NOT NULL, replica TEXT NOT NULL DEFAULT '',
-    cancel_requested INTEGER NOT NULL DEFAULT 0);
+    cancel_requested INTEGER NOT NULL DEFAULT 0, handle TEXT NOT NULL DEFAULT '');
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS handle TEXT NOT NULL DEFAULT '';
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, time DOUBLE PRECISION NOT NULL,
     kind TEXT NOT NULL, state TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL,
@@ -106,6 +110,7 @@ class PostgresJobStore(JobStore):
         self._cond = threading.Condition()
         self._heartbeat: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._adopt: AdoptFn | None = None  # the pool's, once it recovered
 
     def close(self) -> None:
         self._stopping.set()
@@ -157,19 +162,29 @@ class PostgresJobStore(JobStore):
             ).fetchone()
         return bool(row and row["cancel_requested"])
 
-    def recover_interrupted(self, reason: str) -> list[str]:
+    def recover_interrupted(self, reason: str, adopt: AdoptFn | None = None) -> list[str]:
         """This replica's own unfinished jobs (a restart under the same name) and those of
-        replicas that stopped beating end FAILED and retryable; then keep beating."""
+        replicas that stopped beating are adopted (running work elsewhere, when `adopt` is
+        given) or end FAILED and retryable; then keep beating, and doing so."""
         self._beat()
-        ids = self._orphans(include_own=True)
-        for job_id in ids:
-            self.transition(job_id, JobState.FAILED, reason, error=reason, retryable=True)
+        self._adopt = adopt
+        orphans = self._orphans(include_own=True)
+        failed = [i for i, owner in orphans if not self._recover(i, reason, adopt, owner)]
         if self._heartbeat is None:
             self._heartbeat = threading.Thread(
                 target=self._beat_forever, name=f"sigdl-{self.service}-heartbeat", daemon=True
             )
             self._heartbeat.start()
-        return ids
+        return failed
+
+    def _claim(self, job_id: str, owner: str | None) -> bool:
+        """Take over a running job from `owner`: False when another replica did first."""
+        with self._cond:
+            row = self._db.execute(
+                "UPDATE jobs SET replica = ? WHERE id = ? AND replica = ? AND state = ? "
+                "RETURNING id", (self.replica, job_id, owner or "", str(JobState.RUNNING)),
+            ).fetchone()  # fmt: skip
+        return row is not None
 
     def _beat(self) -> None:
         with self._cond:
@@ -178,8 +193,9 @@ class PostgresJobStore(JobStore):
                 "DO UPDATE SET seen_at = EXCLUDED.seen_at", (self.replica, time.time())
             )  # fmt: skip
 
-    def _orphans(self, include_own: bool) -> list[str]:
-        """Unfinished jobs whose replica is this one (include_own) or stopped beating."""
+    def _orphans(self, include_own: bool) -> list[tuple[str, str]]:
+        """(id, replica) of the unfinished jobs whose replica is this one (include_own) or
+        stopped beating."""
         stale = time.time() - self.stale_s
         with self._cond:
             rows = self._db.execute(
@@ -189,16 +205,15 @@ class PostgresJobStore(JobStore):
                 (str(JobState.QUEUED), str(JobState.RUNNING), stale,
                  self.replica if include_own else ""),
             ).fetchall()  # fmt: skip
-        return [r["id"] for r in rows]
+        return [(r["id"], r["replica"]) for r in rows]
 
     def _beat_forever(self) -> None:
         reason = "the service replica that ran the job stopped; retry it"
         while not self._stopping.wait(HEARTBEAT_S):
             try:
                 self._beat()
-                for job_id in self._orphans(include_own=False):
-                    self.transition(job_id, JobState.FAILED, reason, error=reason,
-                                    retryable=True)  # fmt: skip
+                for job_id, owner in self._orphans(include_own=False):
+                    self._recover(job_id, reason, self._adopt, owner)
             except Exception:
                 continue
 

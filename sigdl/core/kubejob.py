@@ -8,13 +8,17 @@ becomes a Job in the service's namespace, running the same image.
    prefix the pods reach (sigdl/core/jobrun.py lays that folder out);
 2. `render_job` (pure) turns it into the manifest: `python -m sigdl.core.jobrun --fn
    MODULE:FUNCTION JOB_URI` in the chart's security context (non-root, read-only root file
-   system, no capabilities, seccomp RuntimeDefault), resources from SIGDL_JOB_*, the S3 keys
-   from a Secret by reference (never by value), backoffLimit, activeDeadlineSeconds,
-   ttlSecondsAfterFinished, and labels naming the service and the job;
-3. `KubeJobRunner` (the pool's `JobBackend`) creates it and follows it: a watch on the Job, its
-   pods' states as log events, and the progress the pod stores as the job's own events; a
-   Complete Job gives the result the pod stored, a Failed one a FAILED job (retryable, unless
-   it ran past its deadline), and a Cancel deletes the Job (propagationPolicy Background).
+   system, no capabilities, seccomp RuntimeDefault), resources from SIGDL_JOB_* (GPUs,
+   nodeSelector and tolerations included), the S3 keys from a Secret by reference (never by
+   value), backoffLimit, activeDeadlineSeconds, ttlSecondsAfterFinished, and labels naming the
+   service and the job;
+3. `KubeJobLauncher` creates it, and `jobrun.WorkRunner` (the pool's `JobBackend`, shared with
+   the process backend) follows it through `KubeJobWork`: a watch on the Job, a `kubejob` event
+   at every change of its status, its pods' states as log events, and the progress the pod
+   stores as the job's own events; a Complete Job gives the result the pod stored, a Failed one
+   a FAILED job (retryable, unless it ran past its deadline), a Job deleted under it a FAILED
+   job saying so, and a Cancel deletes the Job (propagationPolicy Background). The Job's name
+   is kept with the job record: a service that restarts while it runs follows it again.
 
     SIGDL_JOB_BACKEND=kubernetes SIGDL_JOB_IMAGE=registry/sigdl:1.0 \\
     SIGDL_JOB_URI=s3://sigdl/jobs SIGDL_JOB_S3_SECRET=sigdl-minio sigdl serve compression
@@ -29,7 +33,7 @@ import contextlib
 import math
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,6 @@ from sigdl.core import jobrun, jobs, settings
 from sigdl.core.errors import InputError, one_line
 from sigdl.core.events import EventFn, ProgressEvent, log
 
-BACKENDS = ("local", "kubernetes")
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER = "job"
 RUN_AS = 10001  # the image's `sigdl` user (Dockerfile), as the chart's podSecurityContext
@@ -67,21 +70,14 @@ _QUANTITY = re.compile(
 )
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-
-
-def job_backend() -> str:
-    """SIGDL_JOB_BACKEND, checked (InputError if unknown)."""
-    backend = settings.SIGDL_JOB_BACKEND.get().strip().lower()
-    if backend not in BACKENDS:
-        raise InputError(f"SIGDL_JOB_BACKEND={backend!r}: expected one of {', '.join(BACKENDS)}")
-    return backend
-
-
-def backend_from_settings() -> KubeJobRunner | None:
-    """The pool backend SIGDL_JOB_BACKEND asks for: None for local (the pool's own workers)."""
-    if job_backend() == "local":
-        return None
-    return KubeJobRunner(JobSpec.from_settings())
+# a node label's key (optionally prefixed) and value, as the API validates them
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_TOLERATION = {"key": str, "operator": str, "value": str, "effect": str, "tolerationSeconds": int}
+_OPERATORS, _EFFECTS = ("Exists", "Equal"), ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
 @dataclass(frozen=True)
@@ -94,6 +90,8 @@ class JobSpec:
     cpu: str = "2"  # requested (a Kubernetes quantity)
     memory: str = "4Gi"  # requested and limited
     gpus: int = 0  # nvidia.com/gpu requested and limited
+    node_selector: Mapping[str, str] = field(default_factory=dict)  # node labels to run on
+    tolerations: tuple[Mapping[str, Any], ...] = ()  # taints of those nodes the pods tolerate
     s3_secret: str | None = None  # Secret holding SECRET_KEYS (None: anonymous S3)
     data_claim: str | None = None  # PVC of data sets, mounted read-only at SIGDL_DATA
     pull_secrets: tuple[str, ...] = ()  # imagePullSecrets
@@ -119,6 +117,15 @@ class JobSpec:
         for ok, name, expected in checks:
             if not ok:
                 raise InputError(f"Job {name}={getattr(self, name)!r}: expected {expected}")
+        for key, value in self.node_selector.items():
+            if not (isinstance(key, str) and _LABEL_KEY.match(key)
+                    and isinstance(value, str) and _LABEL_VALUE.match(value)):  # fmt: skip
+                raise InputError(
+                    f"Job node_selector {key!r}: {value!r}: expected a node label (key: value "
+                    "strings, e.g. nvidia.com/gpu.present: 'true')"
+                )
+        for toleration in self.tolerations:
+            _check_toleration(toleration)
 
     @classmethod
     def from_settings(cls) -> JobSpec:
@@ -133,6 +140,8 @@ class JobSpec:
             cpu=settings.SIGDL_JOB_CPU.get(),
             memory=settings.SIGDL_JOB_MEMORY.get(),
             gpus=settings.SIGDL_JOB_GPUS.get(),
+            node_selector=settings.SIGDL_JOB_NODE_SELECTOR.get() or {},
+            tolerations=tuple(settings.SIGDL_JOB_TOLERATIONS.get() or ()),
             s3_secret=settings.SIGDL_JOB_S3_SECRET.get(),
             data_claim=settings.SIGDL_JOB_DATA_CLAIM.get(),
             pull_secrets=tuple(s.strip() for s in pull.split(",") if s.strip()),
@@ -143,6 +152,27 @@ class JobSpec:
 
     def job_uri(self, service: str, job_id: str) -> str:
         return f"{self.root_uri}/{service}/{job_id}"
+
+
+def _check_toleration(toleration: object) -> None:
+    """A toleration as the Kubernetes API takes it, or InputError naming what is wrong."""
+    where = f"Job toleration {toleration!r}"
+    if not isinstance(toleration, Mapping):
+        raise InputError(
+            f"{where}: expected an object such as "
+            "{'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}"
+        )
+    for key, value in toleration.items():
+        kind = _TOLERATION.get(key)
+        if kind is None or not isinstance(value, kind) or isinstance(value, bool):
+            raise InputError(f"{where}: field {key!r}: expected one of {', '.join(_TOLERATION)} "
+                             "(tolerationSeconds an integer, the others strings)")  # fmt: skip
+    if toleration.get("operator", "Equal") not in _OPERATORS:
+        raise InputError(f"{where}: operator: expected one of {', '.join(_OPERATORS)}")
+    if toleration.get("effect", "") not in ("", *_EFFECTS):
+        raise InputError(f"{where}: effect: expected one of {', '.join(_EFFECTS)}")
+    if toleration.get("operator") == "Exists" and toleration.get("value"):
+        raise InputError(f"{where}: operator Exists takes no value")
 
 
 def job_name(service: str, job_id: str) -> str:
@@ -257,6 +287,10 @@ def render_job(
     }
     if spec.pull_secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in spec.pull_secrets]
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = [dict(t) for t in spec.tolerations]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -351,9 +385,13 @@ def pod_state(pod: Mapping[str, Any]) -> str:
 class KubeJobError(RuntimeError):
     """The Kubernetes API refused or failed a call: what was being done, on one line."""
 
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status (404: not found)
 
-class KubeJobRunner:
-    """A pool's `JobBackend` that runs each job as a Kubernetes Job and follows it.
+
+class KubeJobLauncher:
+    """SIGDL_JOB_BACKEND=kubernetes: each job's work is a Kubernetes Job (jobrun.Launcher).
 
     `batch` and `core` are a `kubernetes.client.BatchV1Api` and `CoreV1Api` (made from the
     in-cluster service account or the kubeconfig when not given)."""
@@ -384,9 +422,9 @@ class KubeJobRunner:
             self._core = client.CoreV1Api(self.batch.api_client)
         return self._core
 
-    # --- the pool's JobBackend ------------------------------------------------------------
-    def default_out(self, service: str, job_id: str) -> str:
-        return jobrun.file_uri(self.spec.job_uri(service, job_id), "out")
+    # --- jobrun.Launcher ------------------------------------------------------------------
+    def job_uri(self, service: str, job_id: str) -> str:
+        return self.spec.job_uri(service, job_id)
 
     def check_out(self, out_uri: str) -> None:
         if not out_uri.startswith("s3://"):
@@ -394,31 +432,21 @@ class KubeJobRunner:
                 "out_uri", f"{out_uri!r}: a Kubernetes Job's pod cannot reach it; expected s3://"
             )
 
-    def run(self, job: jobs.JobRecord, fn: jobs.JobFn, emit: EventFn, stop) -> dict:
-        """Store the request, create the Job, follow it to its end (or delete it when `stop()`
-        turns true: {}), and return its outcome as a local worker would send it."""
-        uri = self.spec.job_uri(job.service, job.id)
-        jobrun.write_request(uri, jobrun.JobRequest(job.id, job.service, job.params, job.out_uri))
+    def start(self, service: str, job_id: str, fn_ref: str, job_uri: str) -> KubeJobWork:
         manifest = render_job(
-            self.spec, service=job.service, job_id=job.id, fn_ref=jobrun.function_ref(fn),
-            job_uri=uri, environment=settings.environment(),
+            self.spec, service=service, job_id=job_id, fn_ref=fn_ref, job_uri=job_uri,
+            environment=settings.environment(),
         )  # fmt: skip
         name = self.create(manifest)
-        emit(log(f"Kubernetes Job {self.spec.namespace}/{name}: {self.spec.image}, at {uri}"))
-        events = jobrun.EventReader(uri)
-        try:
-            status = self.follow(name, emit, stop, events)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.delete(name)
-            raise
-        if status is None:
-            self.delete(name)
-            return {}
-        return self.outcome(name, status, uri)
+        handle = jobrun.WorkHandle(self.name, job_uri, namespace=self.spec.namespace, job=name)
+        return KubeJobWork(self, handle)
+
+    def attach(self, handle: jobrun.WorkHandle) -> KubeJobWork:
+        return KubeJobWork(self, handle)
 
     def abandon(self, service: str, job_ids: list[str]) -> None:
-        """Delete the Jobs of jobs a stopped server left (failed as retryable in the store)."""
+        """Delete the Jobs of jobs a stopped server left with no handle (failed as retryable
+        in the store): created, perhaps, just before it stopped."""
         for job_id in job_ids:
             with contextlib.suppress(KubeJobError):  # no API now: their deadline ends them
                 self.delete(job_name(service, job_id))
@@ -478,40 +506,12 @@ class KubeJobRunner:
         finally:
             stream.stop()
 
-    # --- following ------------------------------------------------------------------------
-    def follow(self, name: str, emit: EventFn, stop, events: jobrun.EventReader | None = None):
-        """Follow the Job until it ends (its JobStatus) or `stop()` turns true (None); send a
-        `kubejob` event at every change of its status, a log line at every change of a pod's
-        state, and the progress events its pod stores."""
-        last: JobStatus | None = None
-        pods: dict[str, str] = {}
-        while True:
-            obj = self.read(name)
-            status = JobStatus.of(obj)
-            if status != last:
-                emit(status.event(name))
-                last = status
-            for pod in self.pods(name):
-                pod_name, state = pod["metadata"]["name"], pod_state(pod)
-                if pods.get(pod_name) != state:
-                    emit(log(f"pod {pod_name}: {state}"))
-                    pods[pod_name] = state
-            for event in events.new_events() if events is not None else ():
-                emit(event)
-            if status.ended:
-                return status
-            if stop():
-                return None
-            self.wait_for_change(name, obj["metadata"]["resourceVersion"])
-
-    def outcome(self, name: str, status: JobStatus, uri: str) -> dict:
-        """What the pod stored, else why the Job failed; retryable unless past its deadline."""
-        stored = jobrun.read_result(uri)
-        if stored is not None:
-            return stored
+    def failure(self, name: str, status: JobStatus) -> dict:
+        """Why a Job that ended stored no result: retryable unless past its deadline or
+        failed by its pod's own verdict (jobrun.EXIT_NO_RETRY)."""
         where = f"Kubernetes Job {self.spec.namespace}/{name}"
         if status.phase == "Succeeded":
-            return {"error": f"{where} completed without storing {uri}/{jobrun.RESULT}",
+            return {"error": f"{where} completed without storing {jobrun.RESULT}",
                     "retryable": True}  # fmt: skip
         why = f" ({status.reason})" if status.reason else ""
         detail = one_line(status.message)[:300] or "no message"
@@ -525,6 +525,47 @@ class KubeJobRunner:
         self.batch  # noqa: B018  (configured first: an InputError naming the missing extra)
         with api_errors(f"{what} in namespace {self.spec.namespace!r}", "jobs in batch"):
             yield
+
+
+class KubeJobWork:
+    """One Kubernetes Job, followed (jobrun.Work): a `kubejob` event at every change of its
+    status, a log line at every change of a pod's state."""
+
+    def __init__(self, launcher: KubeJobLauncher, handle: jobrun.WorkHandle) -> None:
+        self.launcher, self.handle = launcher, handle
+        self._last: JobStatus | None = None
+        self._pods: dict[str, str] = {}
+        self._version = ""  # the resourceVersion last read
+
+    def look(self, emit: EventFn) -> dict | None:
+        name, namespace = self.handle.job, self.launcher.spec.namespace
+        if self.handle.namespace != namespace:
+            return {"error": f"{self.handle.name} is outside this service's namespace "
+                    f"{namespace!r}: retry the job", "retryable": True}  # fmt: skip
+        try:
+            obj = self.launcher.read(name)
+        except KubeJobError as exc:
+            if exc.status != 404:
+                raise
+            return {"error": f"{self.handle.name} is gone (deleted before it ended): retry "
+                    "the job", "retryable": True}  # fmt: skip
+        status = JobStatus.of(obj)
+        if status != self._last:
+            emit(status.event(name))
+            self._last = status
+        for pod in self.launcher.pods(name):
+            pod_name, state = pod["metadata"]["name"], pod_state(pod)
+            if self._pods.get(pod_name) != state:
+                emit(log(f"pod {pod_name}: {state}"))
+                self._pods[pod_name] = state
+        self._version = obj["metadata"]["resourceVersion"]
+        return self.launcher.failure(name, status) if status.ended else None
+
+    def wait(self) -> None:
+        self.launcher.wait_for_change(self.handle.job, self._version)
+
+    def stop(self) -> None:
+        self.launcher.delete(self.handle.job)
 
 
 # --- the Kubernetes client (the `cluster` extra) -----------------------------------------------
@@ -543,7 +584,7 @@ def api_errors(what: str, grant: str) -> Iterator[None]:
             404: "not found",
             409: "one of that name exists",
         }.get(exc.status, one_line(str(exc.reason)))
-        raise KubeJobError(f"{what}: HTTP {exc.status}: {hint}") from None
+        raise KubeJobError(f"{what}: HTTP {exc.status}: {hint}", exc.status) from None
 
 
 def load_kube_config() -> None:

@@ -259,6 +259,41 @@ def test_jobs_as_kubernetes_jobs_get_their_settings_and_a_role_on_jobs(helm, mon
     assert "SIGDL_JOB_BACKEND" not in json.dumps(deployments["sigdl-training"])
     done = helm_run(helm, "template", "sigdl", str(CHART), "--set", "jobs.backend=kubernetes")
     assert done.returncode != 0 and "jobs.uri" in done.stderr
-    for wrong in ("jobs.backend=slurm", "jobs.uri=file:///srv/jobs", "jobs.cpu=lots"):
+    for wrong in ("jobs.backend=slurm", "jobs.uri=file:///srv/jobs", "jobs.cpu=lots",
+                  "jobs.nodeSelector.gpu=1", "jobs.tolerations=gpu"):  # fmt: skip
         done = helm_run(helm, "template", "sigdl", str(CHART), "--set", wrong)
         assert done.returncode != 0 and "/jobs/" in done.stderr, (wrong, done.stderr)
+
+
+def test_jobs_on_gpu_nodes_with_the_gpu_profile(helm, monkeypatch):
+    """The gpu profile gives each Job what it gives the training and retest pods: a GPU, the
+    GPU pool's node labels and a toleration of its taint; the Jobs the services make of those
+    settings are valid against the Kubernetes schemas (strict)."""
+    from sigdl.core import kubejob
+
+    sets = ("jobs.backend=kubernetes", "jobs.uri=s3://sigdl/jobs")
+    objects = render_files(helm, "cloud", "gpu", sets=sets)
+    validate_all(objects)
+    deployments = by_kind(objects, "Deployment")
+    retest = deployments["sigdl-retest"]["spec"]["template"]["spec"]
+    for stage in ("compression", "retest"):
+        pod = deployments[f"sigdl-{stage}"]["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        for name, value in env.items():
+            if value is not None:
+                monkeypatch.setenv(name, value)
+        spec = kubejob.JobSpec.from_settings()
+        job = kubejob.render_job(
+            spec, service=stage, job_id="0" * 32, fn_ref=f"services.{stage}.server:run_job",
+            job_uri=spec.job_uri(stage, "0" * 32), environment={**env, "SIGDL_S3_ACCESS_KEY": "k"},
+        )  # fmt: skip
+        validate_all([job])
+        job_pod = job["spec"]["template"]["spec"]
+        (container,) = job_pod["containers"]
+        assert container["image"] == "sigdl:0.1.0-cuda"
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+        assert (
+            job_pod["nodeSelector"] == retest["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        )
+        assert job_pod["tolerations"] == retest["tolerations"]

@@ -37,18 +37,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(home: Path, store_uri: str, name: str, log: Path) -> tuple[subprocess.Popen, str]:
+def serve_stage(stage: str, home: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """`sigdl serve STAGE` as a process of its own session on a free loopback port, with
+    SIGDL_HOME `home`, MLflow off and the settings `env`; its output goes to `log`."""
     port = _free_port()
-    env = settings.environment_with(
-        SIGDL_HOME=str(home), SIGDL_JOB_STORE=store_uri, SIGDL_REPLICA_ID=name,
-        SIGDL_REPLICA_STALE_S=str(STALE_S), SIGDL_MLFLOW_TRACKING_URI="off", SIGDL_WORKERS="1",
-    )  # fmt: skip
-    with log.open("wb") as out:
+    environment = settings.environment_with(
+        SIGDL_HOME=str(home), SIGDL_MLFLOW_TRACKING_URI="off", **env
+    )
+    with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sigdl.cli", "serve", "training", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "sigdl.cli", "serve", stage, "--port", str(port)],
+            env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     return process, f"127.0.0.1:{port}"
+
+
+def _serve(home: Path, store_uri: str, name: str, log: Path) -> tuple[subprocess.Popen, str]:
+    return serve_stage(
+        "training", home, log, SIGDL_JOB_STORE=store_uri, SIGDL_REPLICA_ID=name,
+        SIGDL_REPLICA_STALE_S=str(STALE_S), SIGDL_WORKERS="1",
+    )  # fmt: skip
 
 
 def _wait_serving(address: str, process: subprocess.Popen, log: Path) -> None:
@@ -163,3 +171,33 @@ def test_replicas_starting_together_all_open_the_store(postgres_uri):
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         assert sorted(pool.map(open_one, range(8))) == [f"r{i}" for i in range(8)]
+
+
+def test_one_replica_adopts_the_running_work_of_a_dead_one(postgres_uri):
+    """A job a dead replica left RUNNING with a backend's handle goes to one survivor's
+    `adopt`, claimed in one UPDATE; the other finds it claimed; one without a handle fails."""
+    from sigdl.core import jobs
+    from sigdl.core.jobs_postgres import PostgresJobStore
+
+    service = f"t{os.getpid()}{int(time.time() * 1000) % 100000}"  # a schema of its own
+    dead = PostgresJobStore(postgres_uri, service, replica="dead")
+    for job_id in ("elsewhere", "here"):
+        dead.create(jobs.JobRecord(
+            id=job_id, request_id=job_id, service=service, state=jobs.JobState.QUEUED,
+            params={}, out_uri="file:///tmp/o", created_at=time.time(),
+        ))  # fmt: skip
+        dead.transition(job_id, jobs.JobState.RUNNING, "running")
+    dead.set_handle("elsewhere", '{"backend": "process"}', 7)
+    dead.close()  # it never beat: stale at once
+    first, second = (PostgresJobStore(postgres_uri, service, replica=r) for r in ("x", "y"))
+    adopted: list[str] = []
+    try:
+        assert first.recover_interrupted("gone", adopt=lambda j: adopted.append(j.id)) == ["here"]
+        assert second.recover_interrupted("gone", adopt=lambda j: adopted.append(j.id)) == []
+        assert not second._claim("elsewhere", "dead")  # first took it
+        assert adopted == ["elsewhere"]
+        assert second.get("elsewhere").state == jobs.JobState.RUNNING
+        assert second.get("here").state == jobs.JobState.FAILED
+    finally:
+        first.close()
+        second.close()

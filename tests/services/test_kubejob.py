@@ -44,7 +44,7 @@ from services.compression.server import run_job as compress_job
 from services.deploy.server import DeployServicer
 from sigdl.core import jobrun, jobs, kubejob, settings, store
 from sigdl.core.errors import InputError
-from sigdl.core.kubejob import JobSpec, JobStatus, KubeJobRunner
+from sigdl.core.kubejob import JobSpec, JobStatus, KubeJobLauncher
 
 K8S_VERSION = "1.35"  # as tests/charts: the schemas kubernetes-validate bundles for it
 JOB_ID = "0123456789abcdef0123456789abcdef"
@@ -91,6 +91,20 @@ def validate(manifest: dict) -> None:
     [
         {},
         {"gpus": 1, "cpu": "500m", "memory": "512Mi"},
+        {
+            "gpus": 2,
+            "node_selector": {"nvidia.com/gpu.present": "true", "pool": "a100"},
+            "tolerations": (
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                {
+                    "key": "spot",
+                    "operator": "Equal",
+                    "value": "yes",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 60,
+                },
+            ),
+        },
         {"data_claim": "sigdl-datasets", "pull_secrets": ("registry", "mirror")},
         {"s3_secret": None, "backoff_limit": 0, "ttl_s": 0, "deadline_s": 600},
     ],
@@ -126,6 +140,9 @@ def test_the_job_is_valid_against_the_kubernetes_schemas(fields):
         (claim,) = [v for v in pod["volumes"] if v["name"] == "data"]
         assert claim["persistentVolumeClaim"] == {"claimName": spec.data_claim, "readOnly": True}
     assert [s["name"] for s in pod.get("imagePullSecrets", [])] == list(spec.pull_secrets)
+    # a GPU Job lands on the GPU nodes: their labels, their taints tolerated
+    assert pod.get("nodeSelector", {}) == spec.node_selector
+    assert pod.get("tolerations", []) == list(spec.tolerations)
 
 
 def test_the_pod_runs_as_the_charts_pods_do():
@@ -189,6 +206,18 @@ def test_s3_keys_without_a_secret_to_give_the_pod_are_refused():
         ({"image": " "}, "Job image=' ': expected an image reference"),
         ({"gpus": -1}, "Job gpus=-1: expected an integer >= 0"),
         ({"pull_secrets": ("Registry",)}, "Job pull_secrets=('Registry',): expected Secret"),
+        ({"node_selector": {"gpu": 1}}, "Job node_selector 'gpu': 1: expected a node label"),
+        ({"node_selector": {"-bad": "x"}}, "Job node_selector '-bad': 'x': expected a node label"),
+        (
+            {"tolerations": ({"key": "gpu", "operator": "Maybe"},)},
+            "Job toleration {'key': 'gpu', 'operator': 'Maybe'}: operator: expected one of Exists",
+        ),
+        (
+            {"tolerations": ({"key": "gpu", "effect": "NoRun"},)},
+            "Job toleration {'key': 'gpu', 'effect': 'NoRun'}: effect: expected one of NoSchedule",
+        ),
+        ({"tolerations": ({"keys": "gpu"},)}, "Job toleration {'keys': 'gpu'}: field 'keys'"),
+        ({"tolerations": ("gpu",)}, "Job toleration 'gpu': expected an object"),
     ],
 )
 def test_a_bad_spec_is_one_line_naming_the_field(fields, message):
@@ -202,14 +231,24 @@ def test_the_settings_make_the_spec(monkeypatch):
         "SIGDL_JOB_IMAGE": "registry/sigdl:2", "SIGDL_JOB_URI": "s3://b/jobs/",
         "SIGDL_JOB_NAMESPACE": "ml", "SIGDL_JOB_GPUS": "1", "SIGDL_JOB_PULL_SECRETS": "a, b",
         "SIGDL_JOB_BACKOFF_LIMIT": "3", "SIGDL_JOB_DATA_CLAIM": "datasets",
+        "SIGDL_JOB_NODE_SELECTOR": '{"nvidia.com/gpu.present": "true"}',
+        "SIGDL_JOB_TOLERATIONS": '[{"key": "nvidia.com/gpu", "operator": "Exists"}]',
     }.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     spec = JobSpec.from_settings()
     assert (spec.image, spec.root_uri, spec.namespace, spec.gpus) == (
         "registry/sigdl:2", "s3://b/jobs", "ml", 1,
     )  # fmt: skip
+    assert spec.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert spec.tolerations == ({"key": "nvidia.com/gpu", "operator": "Exists"},)
     assert spec.pull_secrets == ("a", "b") and spec.backoff_limit == 3
     assert spec.job_uri("retest", "abc") == "s3://b/jobs/retest/abc"
+    monkeypatch.setenv("SIGDL_JOB_TOLERATIONS", '{"key": "nvidia.com/gpu"}')
+    with pytest.raises(InputError, match=r"SIGDL_JOB_TOLERATIONS=.* expected a list in JSON"):
+        JobSpec.from_settings()
+    monkeypatch.setenv("SIGDL_JOB_NODE_SELECTOR", "gpu=true")
+    with pytest.raises(InputError, match=r"SIGDL_JOB_NODE_SELECTOR=.gpu=true. .*expected JSON"):
+        JobSpec.from_settings()
     monkeypatch.delenv("SIGDL_JOB_IMAGE")
     with pytest.raises(InputError, match="SIGDL_JOB_IMAGE is unset"):
         JobSpec.from_settings()
@@ -228,13 +267,17 @@ def test_the_backend_setting_is_checked_and_read_by_the_cluster_services(monkeyp
         CompressionServicer(_pool(tmp_path, "compression", compress_job))
     monkeypatch.setenv("SIGDL_JOB_BACKEND", "local")
     assert CompressionServicer(_pool(tmp_path, "compression", compress_job)).pool.backend is None
+    monkeypatch.setenv("SIGDL_JOB_BACKEND", "process")
+    backend = CompressionServicer(_pool(tmp_path, "compression", compress_job)).pool.backend
+    assert isinstance(backend.launcher, jobrun.ProcessLauncher)
 
     monkeypatch.setenv("SIGDL_JOB_BACKEND", "kubernetes")
     monkeypatch.setenv("SIGDL_JOB_IMAGE", "registry/sigdl:1")
     monkeypatch.setenv("SIGDL_JOB_URI", "s3://sigdl/jobs")
     monkeypatch.setenv("SIGDL_JOB_NAMESPACE", "sigdl")
     pool = CompressionServicer(_pool(tmp_path, "compression", compress_job)).pool
-    assert isinstance(pool.backend, KubeJobRunner)
+    assert isinstance(pool.backend, jobrun.WorkRunner)
+    assert isinstance(pool.backend.launcher, KubeJobLauncher)
     # deploy keeps its jobs at home: it holds the signing key and the edge clusters' access
     deploy = DeployServicer(_pool(tmp_path, "deploy", DeployServicer.job_fn))
     assert deploy.pool.backend is None
@@ -272,19 +315,18 @@ def test_the_status_of_a_job(status, phase, reason):
     assert read.ended == (phase in ("Succeeded", "Failed"))
 
 
-def test_how_a_job_ended_becomes_the_job_record(tmp_path):
-    runner = KubeJobRunner(_spec(root_uri="s3://unused"), batch=object(), core=object())
-    uri = store.as_uri(tmp_path / "job")
+def test_how_a_job_that_stored_no_result_ended_becomes_the_job_record():
+    """(A stored result.json wins over all of these: jobrun.WorkRunner, the same for the
+    process backend, tested in tests/integration/test_jobrun.py.)"""
+    launcher = KubeJobLauncher(_spec(root_uri="s3://unused"), batch=object(), core=object())
     deadline = JobStatus("Failed", "DeadlineExceeded", "Job was active longer than specified", 0,
                          0, 0, 1)  # fmt: skip
-    failed = runner.outcome("j", deadline, uri)
-    assert "failed (DeadlineExceeded)" in failed["error"] and not failed["retryable"]
+    failed = launcher.failure("j", deadline)
+    assert "sigdl/j failed (DeadlineExceeded)" in failed["error"] and not failed["retryable"]
     backoff = JobStatus("Failed", "BackoffLimitExceeded", "", 0, 0, 0, 2)
-    assert runner.outcome("j", backoff, uri)["retryable"]  # OOM, a lost node: try again
+    assert launcher.failure("j", backoff)["retryable"]  # OOM, a lost node: try again
     done = JobStatus("Succeeded", "CompletionsReached", "", 0, 0, 1, 0)
-    assert "without storing" in runner.outcome("j", done, uri)["error"]
-    jobrun.write_result(uri, {"result": {"report": {"ok": 1}, "outputs": []}})
-    assert runner.outcome("j", done, uri) == {"result": {"report": {"ok": 1}, "outputs": []}}
+    assert "completed without storing result.json" in launcher.failure("j", done)["error"]
 
 
 def test_a_pods_state_in_one_line():
@@ -304,7 +346,10 @@ def _kubeconfig() -> Path | None:
     return path if path.is_file() else None
 
 
-NO_CLUSTER = "needs a kubeconfig (KUBECONFIG or ~/.kube/config): see this file's docstring"
+NO_CLUSTER = (
+    "needs a kubeconfig (KUBECONFIG or ~/.kube/config); with one: "
+    ".venv/bin/python -m pytest -q -m cluster tests/services/test_kubejob.py (see the docstring)"
+)
 
 
 @pytest.mark.cluster
@@ -312,33 +357,41 @@ NO_CLUSTER = "needs a kubeconfig (KUBECONFIG or ~/.kube/config): see this file's
 def test_a_job_is_created_followed_and_deleted_on_a_real_cluster():
     """A suspended Job (it starts no pod, so any cluster and no image will do): created,
     followed through its watch until a Cancel, then deleted with its pods in the background."""
-    runner = KubeJobRunner(_spec(namespace=kubejob.current_namespace(), s3_secret=None))
+    launcher = KubeJobLauncher(_spec(namespace=kubejob.current_namespace(), s3_secret=None))
+    runner = jobrun.WorkRunner(launcher)
     job_id = uuid.uuid4().hex
+    uri = launcher.spec.job_uri("compression", job_id)
     manifest = kubejob.render_job(
-        runner.spec, service="compression", job_id=job_id, fn_ref=FN,
-        job_uri=runner.spec.job_uri("compression", job_id), environment={},
+        launcher.spec, service="compression", job_id=job_id, fn_ref=FN, job_uri=uri,
+        environment={},
     )  # fmt: skip
     manifest["spec"]["suspend"] = True
-    name = runner.create(manifest)
+    name = launcher.create(manifest)
+    handle = jobrun.WorkHandle("kubernetes", uri, namespace=launcher.spec.namespace, job=name)
     events, looks = [], []
     try:
         with pytest.raises(kubejob.KubeJobError, match="HTTP 409"):
-            runner.create(manifest)  # one Job per job id
+            launcher.create(manifest)  # one Job per job id
 
-        def stop() -> bool:
+        def stop() -> str:
             looks.append(1)
-            return len(looks) >= 2  # after one wait on the watch
+            return jobs.DETACH if len(looks) >= 2 else ""  # after one wait on the watch
 
-        assert runner.follow(name, events.append, stop) is None
-        assert events[0].kind == "kubejob" and events[0]["job"] == name
-        assert runner.read(name)["metadata"]["labels"]["sigdl.io/job-id"] == job_id
+        hooks = jobs.BackendHooks(events.append, stop, lambda handle, pid: None)
+        assert runner.follow(launcher.attach(handle), hooks, "following") == {}
+        assert events[0].message == "following"
+        assert events[1].kind == "kubejob" and events[1]["job"] == name
+        assert launcher.read(name)["metadata"]["labels"]["sigdl.io/job-id"] == job_id
     finally:
-        runner.delete(name)
-    runner.delete(name)  # deleting what is gone is no error
+        launcher.delete(name)
+    launcher.delete(name)  # deleting what is gone is no error
     with pytest.raises(kubejob.KubeJobError, match="HTTP 404"):
         for _ in range(30):  # background propagation: the Job goes once its finalizers ran
-            runner.read(name)
+            launcher.read(name)
             time.sleep(1)
+    # a restarted service adopting the job finds its Job deleted: FAILED, saying so
+    gone = launcher.attach(handle).look(events.append)
+    assert gone is not None and f"Kubernetes Job {handle.namespace}/{name} is gone" in gone["error"]
 
 
 @pytest.mark.cluster
@@ -347,8 +400,9 @@ def test_a_job_is_created_followed_and_deleted_on_a_real_cluster():
     reason=f"{NO_CLUSTER}, and SIGDL_JOB_IMAGE, SIGDL_JOB_URI=s3://... the pods reach",
 )
 def test_a_compression_job_runs_as_a_kubernetes_job_on_a_real_cluster(seeded_runs):
-    runner = KubeJobRunner(JobSpec.from_settings())
-    checkpoint = f"{runner.spec.root_uri}/inputs/{uuid.uuid4().hex}"
+    launcher = KubeJobLauncher(JobSpec.from_settings())
+    runner = jobrun.WorkRunner(launcher)
+    checkpoint = f"{launcher.spec.root_uri}/inputs/{uuid.uuid4().hex}"
     store.put_dir(checkpoint, seeded_runs["a"])
     job_id = uuid.uuid4().hex
     params = {"checkpoint": checkpoint, "recipe": "int8", "recipe_is_uri": False,
@@ -357,9 +411,11 @@ def test_a_compression_job_runs_as_a_kubernetes_job_on_a_real_cluster(seeded_run
         id=job_id, request_id=job_id, service="compression", state=jobs.JobState.RUNNING,
         params=params, out_uri=runner.default_out("compression", job_id),
     )  # fmt: skip
-    events = []
-    outcome = runner.run(record, compress_job, events.append, lambda: False)
+    events, handles = [], []
+    hooks = jobs.BackendHooks(events.append, lambda: "", lambda h, pid: handles.append(h))
+    outcome = runner.run(record, compress_job, hooks)
     assert "result" in outcome, outcome
     assert {o["uri"].rsplit("/", 1)[1] for o in outcome["result"]["outputs"]} >= {"model.sdc"}
     assert [e["phase"] for e in events if e.kind == "kubejob"][-1] == "Succeeded"
     assert any(e.kind == "step" for e in events)  # the pod's progress, forwarded
+    assert jobrun.WorkHandle.from_json(handles[0]).job == kubejob.job_name("compression", job_id)

@@ -248,7 +248,11 @@ def _kubeconfig() -> Path | None:
 
 
 @pytest.mark.cluster
-@pytest.mark.skipif(_kubeconfig() is None, reason="needs a kubeconfig (KUBECONFIG, ~/.kube/config)")
+@pytest.mark.skipif(
+    _kubeconfig() is None,
+    reason="needs a kubeconfig (KUBECONFIG, ~/.kube/config); with one (kind, k3d, a cluster): "
+    ".venv/bin/python -m pytest -q -m cluster tests/services/test_rollout.py",
+)
 def test_server_side_apply_on_a_real_cluster():
     from kubernetes import client, config
 

@@ -3,12 +3,17 @@
 Without a cluster: rendered manifests validate against the TrainJob CRD's OpenAPI v3 schema
 (`../shared/schemas/`), no secret value reaches a manifest, and the node entry point under
 torchrun with the PET_* environment the torch-distributed runtime injects gives the same weights
-as `launch(..., nproc=2)`. Following a TrainJob (TrainJobRunner) needs a real Kubernetes API:
-there is no stand-in for it here, only the live test below.
+as `launch(..., nproc=2)`. Following a TrainJob through the Kubernetes API needs a real one:
+there is no stand-in for it here, only the live tests below. What decides the following is
+tested on TrainJob status documents valid against the CRD's status schema (follow, finish,
+fail, gone), and adoption on a real job store: a training job's worker records its TrainJob's
+handle, the service stops (its worker killed, the job left RUNNING), and the next service on
+the store (SQLite; PostgreSQL through the `postgres_uri` fixture, tests/conftest.py) runs the
+job again with that handle, to follow the TrainJob rather than create another.
 
     SIGDL_DATA=../shared/datasets .venv/bin/python -m pytest -q tests/services/test_trainjob.py
 
-The one live test (`-m cluster`) needs a kubeconfig, Kubeflow Trainer with the
+The live tests (`-m cluster`) need a kubeconfig, Kubeflow Trainer with the
 `torch-distributed` ClusterTrainingRuntime, the SigDL image and an s3:// prefix the nodes reach:
 
     SIGDL_TRAINJOB_IMAGE=registry/sigdl:TAG SIGDL_TRAINJOB_URI=s3://sigdl/trainjobs \\
@@ -28,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,7 @@ import yaml
 from services.training import trainjob
 from services.training.stage import build_model, train_model
 from services.training.trainjob import TrainJobRunner, TrainJobSpec
-from sigdl.core import distributed, jobrun, settings, store
+from sigdl.core import distributed, jobrun, jobs, settings, store
 from sigdl.core.datasets import load_dataset
 from sigdl.core.errors import InputError
 from sigdl.core.training import TrainConfig
@@ -100,6 +106,7 @@ CEL_RULES = {
     "size(self.metadata.name) <= 63": lambda v: len(v["metadata"]["name"]) <= 63,
     "self >= 1": lambda v: v >= 1,
     "self == oldSelf": lambda v: True,
+    "has(self.lastUpdatedTime)": lambda v: "lastUpdatedTime" in v,  # status.trainerStatus
 }
 
 
@@ -377,3 +384,260 @@ def test_a_two_node_trainjob_trains_on_a_real_cluster():
     assert [e["phase"] for e in events if e.kind == "trainjob"][-1] == "Complete"
     assert [e.kind for e in events][-1] == "epoch"
     assert not torch.equal(fresh.net.fc1.weight, model.net.fc1.weight)
+
+
+# --- following a TrainJob, and adopting it after a restart ---------------------------------------
+NOW = "2026-11-30T12:00:00Z"
+
+
+def _condition(kind: str, reason: str, message: str, status: str = "True") -> dict:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": NOW,
+    }
+
+
+def _jobs(active: int, succeeded: int = 0, failed: int = 0) -> list[dict]:
+    return [
+        {
+            "name": "node",
+            "active": active,
+            "ready": active,
+            "succeeded": succeeded,
+            "failed": failed,
+            "suspended": 0,
+        }
+    ]
+
+
+CREATED = _condition("Created", "JobsCreationSucceeded", "TrainJob Jobs are created")
+# status documents as the Trainer controller writes them (its condition types Created, Suspended,
+# Complete, Failed), each checked against the CRD's status schema below: (status, phase, outcome)
+STATUSES = {
+    "just created": ({"conditions": [CREATED]}, "Pending", None),
+    "running": (
+        {
+            "conditions": [CREATED],
+            "jobsStatus": _jobs(active=2),
+            "trainerStatus": {"progressPercentage": 40, "lastUpdatedTime": NOW},
+        },
+        "Running",
+        None,
+    ),
+    "resumed after a suspension": (
+        {
+            "conditions": [CREATED, _condition("Suspended", "Resumed", "resumed", "False")],
+            "jobsStatus": _jobs(active=2),
+        },
+        "Running",
+        None,
+    ),
+    "complete": (
+        {
+            "conditions": [CREATED, _condition("Complete", "JobsCompleted", "jobs completed")],
+            "jobsStatus": _jobs(active=0, succeeded=2),
+        },
+        "Complete",
+        {"result": {}},
+    ),
+    "failed": (
+        {
+            "conditions": [
+                CREATED,
+                _condition("Failed", "FailedJobs", "jobset node failed:\nBackoffLimitExceeded"),
+            ],
+            "jobsStatus": _jobs(active=0, failed=1),
+        },
+        "Failed",
+        {
+            "error": "TrainJob sigdl/sigdl-lenet-5-1a2b3c4d failed (FailedJobs): jobset node "
+            "failed: BackoffLimitExceeded",
+            "retryable": False,
+        },
+    ),
+    "suspended": (
+        {"conditions": [CREATED, _condition("Suspended", "Suspended", "TrainJob is suspended")]},
+        "Suspended",
+        {
+            "error": "TrainJob sigdl/sigdl-lenet-5-1a2b3c4d suspended (Suspended): TrainJob is "
+            "suspended",
+            "retryable": True,
+        },
+    ),
+}
+HANDLE = jobrun.WorkHandle(
+    "trainjob",
+    "s3://sigdl/trainjobs/sigdl-lenet-5-1a2b3c4d",
+    namespace="sigdl",
+    job="sigdl-lenet-5-1a2b3c4d",
+    events_read=3,
+)
+
+
+@pytest.mark.parametrize("case", list(STATUSES))
+def test_a_trainjobs_status_decides_whether_it_is_followed_on(crd_schema, case):
+    status, phase, outcome = STATUSES[case]
+    document = {**_render(_spec()), "status": status}
+    validate(document, crd_schema)  # a status the API server could serve
+    seen = trainjob.TrainJobStatus.of(document)
+    assert seen.phase == phase
+    assert trainjob.outcome_of(HANDLE, seen) == outcome
+    if case == "running":
+        assert (seen.active, seen.progress) == (2, 40)
+        assert seen.event(HANDLE.job)["phase"] == "Running"
+
+
+def test_a_trainjob_deleted_while_no_service_followed_it_fails_the_job_retryable():
+    gone = trainjob.outcome_of(HANDLE, None)  # what TrainJobWork.look makes of HTTP 404
+    assert gone == {
+        "error": "TrainJob sigdl/sigdl-lenet-5-1a2b3c4d is gone (deleted before it "
+        "ended): retry the job",
+        "retryable": True,
+    }
+
+
+def test_a_handle_is_followed_again_only_in_the_runners_namespace():
+    runner = TrainJobRunner(_spec())
+    assert runner.attach(HANDLE.to_json()) == HANDLE
+    for other in (replace(HANDLE, namespace="elsewhere"), replace(HANDLE, backend="kubernetes")):
+        with pytest.raises(jobs.RetryableError, match=r"is not a TrainJob in this service's name"):
+            runner.attach(other.to_json())
+    with pytest.raises(InputError, match=r"^job handle '\{\}': unreadable"):
+        runner.attach("{}")
+
+
+def test_a_handle_left_by_a_trainjob_is_refused_by_a_local_training_service(monkeypatch, tmp_path):
+    """The training service's own job function, run again with a TrainJob's handle by a
+    service that trains locally: FAILED and retryable, rather than a second training."""
+    from services.training.server import run_job
+
+    monkeypatch.setenv("SIGDL_TRAINING_BACKEND", "local")
+    params = {"config": CFG.to_dict(), "nproc": 1, "lineage": None}
+    outcome = jobs.run_outcome(
+        run_job,
+        "j1",
+        params,
+        store.as_uri(tmp_path / "out"),
+        lambda event: None,
+        handle=HANDLE.to_json(),
+    )
+    assert outcome == {
+        "error": "its work is a TrainJob, and this service trains in its own process "
+        "(SIGDL_TRAINING_BACKEND=local): retry the job",
+        "retryable": True,
+    }
+
+
+def training_job(params: dict, job: jobs.JobContext) -> dict:
+    """A training job's part that the pool sees, without a cluster: the worker records its
+    TrainJob's handle and follows it (here: waits until its service stops); run again with a
+    handle, it follows that TrainJob to its end (here: returns the handle it was given)."""
+    if job.handle:
+        return {"followed": job.handle}
+    job.record(replace(HANDLE, job_uri=params["job_uri"]).to_json())
+    time.sleep(600)
+    return {}
+
+
+def _events_so_far(db: jobs.JobStore, job_id: str) -> list[str]:
+    """The messages of a running job's events, without waiting for more."""
+    count = db.get(job_id).event_count
+    return [e.message for _, e in zip(range(count), db.events(job_id), strict=False)]
+
+
+def _wait(db: jobs.JobStore, job_id: str, done, timeout_s: float = 120) -> jobs.JobRecord:
+    deadline = time.monotonic() + timeout_s
+    while not done(job := db.get(job_id)):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_restarted_service_follows_the_trainjob_its_predecessor_started(
+    kind, request, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SIGDL_HOME", str(tmp_path / "home"))
+    if kind == "sqlite":
+
+        def open_store(replica: str) -> jobs.JobStore:
+            return jobs.JobStore(tmp_path / "training.db")
+    else:
+        uri = request.getfixturevalue("postgres_uri")
+        service = f"training_{uuid.uuid4().hex[:8]}"
+        monkeypatch.setenv("SIGDL_REPLICA_STALE_S", "1")
+
+        def open_store(replica: str) -> jobs.JobStore:
+            from sigdl.core.jobs_postgres import PostgresJobStore
+
+            return PostgresJobStore(uri, service, replica=replica)
+
+    first = jobs.WorkerPool(open_store("first"), "training", training_job, workers=1, queue_size=1)
+    first.start()
+    job = first.submit({"job_uri": "s3://sigdl/trainjobs/t-1"}, None, None)
+    running = _wait(first.store, job.id, lambda j: bool(j.handle))
+    assert jobrun.WorkHandle.from_json(running.handle) == replace(
+        HANDLE, job_uri="s3://sigdl/trainjobs/t-1"
+    )
+    first.shutdown(grace_s=0.2)  # the worker is killed; its TrainJob would run on
+    left = first.store.get(job.id)
+    assert left.state == jobs.JobState.RUNNING and left.handle == running.handle
+    assert _events_so_far(first.store, job.id)[-1].endswith("; its work runs on")
+    first.store.close()
+    if kind == "postgresql":
+        time.sleep(1.5)  # the first replica's heartbeat goes stale
+    second = jobs.WorkerPool(
+        open_store("second"), "training", training_job, workers=1, queue_size=1
+    )
+    try:
+        assert second.start() == []  # adopted, not failed
+        done = _wait(second.store, job.id, lambda j: j.state.terminal)
+        messages = [e.message for e in second.store.events(job.id)]
+    finally:
+        second.shutdown(grace_s=1)
+        second.store.close()
+    assert done.state == jobs.JobState.SUCCEEDED, done.error
+    assert done.report == {"followed": running.handle}  # the TrainJob's handle, read back
+    adopted = messages.index("adopted by this training service (the one that ran it stopped)")
+    assert messages[adopted + 1].startswith("resumed in process ")
+    assert messages[-1] == "succeeded"
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(
+    _kubeconfig() is None,
+    reason="needs a kubeconfig (KUBECONFIG or ~/.kube/config) and Kubeflow Trainer; with one: "
+    "SIGDL_TRAINJOB_NAMESPACE=... .venv/bin/python -m pytest -q -m cluster "
+    "tests/services/test_trainjob.py (see this file's docstring)",
+)
+def test_a_trainjob_is_followed_again_and_found_gone_on_a_real_cluster():
+    """A suspended TrainJob (no pod starts, so no image is pulled): followed from its handle as
+    a restarted service would, then deleted, and found gone."""
+    spec = _spec(namespace=settings.SIGDL_TRAINJOB_NAMESPACE.get() or "default", s3_secret=None)
+    runner = TrainJobRunner(spec, poll_s=1)
+    manifest = _render(spec, env={})
+    manifest["spec"]["suspend"] = True
+    name = runner.create(manifest)
+    handle = runner.attach(replace(HANDLE, namespace=spec.namespace, job=name).to_json())
+    events: list = []
+    try:
+        work = trainjob.TrainJobWork(runner, handle)
+        for _ in range(30):  # the controller marks it Suspended
+            ended = work.look(events.append)
+            if ended is not None:
+                break
+            time.sleep(1)
+        assert ended is not None and "suspended" in ended["error"], ended
+        assert events and events[-1]["trainjob"] == name
+    finally:
+        runner.delete(name)
+    runner.delete(name)  # deleting what is gone is no error
+    for _ in range(30):
+        ended = trainjob.TrainJobWork(runner, handle).look(events.append)
+        if ended is not None and "is gone" in ended["error"]:
+            break
+        time.sleep(1)
+    assert ended is not None and f"TrainJob {spec.namespace}/{name} is gone" in ended["error"]

@@ -68,6 +68,41 @@ def test_a_restart_fails_unfinished_jobs_as_retryable(tmp_path: Path):
     assert reopened.get("done").state == jobs.JobState.SUCCEEDED
 
 
+def test_a_restart_hands_running_jobs_with_a_handle_to_adopt(tmp_path: Path):
+    """Work a backend runs outside the service (a handle stored) is adopted, not failed; a
+    RUNNING job with no handle (its work never started, or a worker process) still fails."""
+    db = jobs.JobStore(tmp_path / "jobs.db")
+    for job_id in ("elsewhere", "here", "queued"):
+        db.create(record(job_id, job_id))
+    for job_id in ("elsewhere", "here"):
+        db.transition(job_id, jobs.JobState.RUNNING, "running")
+    db.set_handle("elsewhere", '{"backend": "process"}', 4242)
+    adopted: list[jobs.JobRecord] = []
+    assert sorted(db.recover_interrupted("restarted", adopt=adopted.append)) == ["here", "queued"]
+    assert [(j.id, j.handle, j.worker_pid) for j in adopted] == [
+        ("elsewhere", '{"backend": "process"}', 4242)
+    ]
+    assert db.get("elsewhere").state == jobs.JobState.RUNNING
+
+
+def test_a_store_from_before_handles_gets_the_column(tmp_path: Path):
+    import sqlite3
+
+    old_schema = jobs._SCHEMA.replace(", handle TEXT NOT NULL DEFAULT ''", "")
+    assert "handle" not in old_schema
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        conn.executescript(old_schema)
+        conn.execute(
+            "INSERT INTO jobs VALUES ('a', 'r', 'training', 'SUCCEEDED', '{}', 'file:///o', '', 0,"
+            " '[]', NULL, 1.0, 1.0, 2.0, 0, 0)"
+        )
+    db = jobs.JobStore(tmp_path / "jobs.db")
+    assert db.get("a").handle == "" and db.get("a").state == jobs.JobState.SUCCEEDED
+    db.create(record("b", "req-b"))
+    db.set_handle("b", "{}", 1)
+    assert db.get("b").handle == "{}"
+
+
 def test_relocate_rebases_paths_only_at_a_path_boundary():
     report = {"artifacts": {"onnx": "/srv/job/model.onnx", "other": "/srv/jobs/x"},
               "list": ["/srv/job", 3]}  # fmt: skip

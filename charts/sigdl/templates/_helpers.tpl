@@ -181,6 +181,14 @@ grpc:
   value: {{ $v.jobs.memory | quote }}
 - name: SIGDL_JOB_GPUS
   value: {{ $v.jobs.gpus | quote }}
+{{- with $v.jobs.nodeSelector }}
+- name: SIGDL_JOB_NODE_SELECTOR
+  value: {{ toJson . | quote }}
+{{- end }}
+{{- with $v.jobs.tolerations }}
+- name: SIGDL_JOB_TOLERATIONS
+  value: {{ toJson . | quote }}
+{{- end }}
 - name: SIGDL_JOB_BACKOFF_LIMIT
   value: {{ $v.jobs.backoffLimit | quote }}
 - name: SIGDL_JOB_DEADLINE_S
