@@ -12,6 +12,9 @@ and checks the fit against them.
 
     flock /tmp/sigdl-cpu.lock .venv/bin/python benchmarks/calibrate_host.py
     .venv/bin/python benchmarks/calibrate_host.py --refit   # refit the saved measurements
+    # measure one class's cases alone (with the dispatch probes they need), put them in place
+    # of that class's saved rows and refit: the other classes' figures stay as they were
+    flock /tmp/sigdl-cpu.lock .venv/bin/python benchmarks/calibrate_host.py --add-class dft
 
 Writes benchmarks/results/calibration_host.json and the `calibrated:` block of
 targets/host.yaml (between its BEGIN/END markers; with a new measurement also its
@@ -67,24 +70,28 @@ def rows_from(timings: Timings) -> tuple[list[dict], dict[int, dict]]:
 
 
 def save(
-    rows: list[dict], session: dict[int, dict], rounds: int, measured_on: dict | None = None
-) -> dict:
+    rows: list[dict], session: dict[int, dict], rounds: int, measured_on: dict | None = None,
+    class_runs: dict | None = None,
+) -> dict:  # fmt: skip
     """Fit, write results/calibration_host.json and the host profile's calibrated block (and,
-    for a new measurement, the machine it was measured on)."""
+    for a new measurement, the machine it was measured on). `class_runs`: per class measured
+    alone (--add-class), its rounds and machine."""
     text, profile = template_profile()
     block = fit(rows, session, profile)
     doc = {"machine": machine(), "rounds": rounds, "session": session, "calibrated": block,
            "rows": rows}  # fmt: skip
     if measured_on is not None:
         doc["measured_on"] = measured_on
+    if class_runs:
+        doc["class_runs"] = class_runs
     (RESULTS / "calibration_host.json").write_text(json.dumps(doc, indent=2) + "\n")
     HOST_YAML.write_text(with_calibration(text, block, measured_on))
     return block
 
 
-def load_saved() -> tuple[list[dict], dict[int, dict], int]:
+def load_saved() -> tuple[list[dict], dict[int, dict], int, dict]:
     """The measurements of the last run (results/calibration_host.json), with each case's
-    work and the p90 model recomputed as this code counts them."""
+    work and the p90 model recomputed as this code counts them, and its class runs."""
     doc = json.loads((RESULTS / "calibration_host.json").read_text())
     latency_model = template_profile()[1]["latency_model"]
     threads = sorted(int(t) for t in doc["session"])
@@ -95,7 +102,20 @@ def load_saved() -> tuple[list[dict], dict[int, dict], int]:
     for t, values in doc["session"].items():
         refs = {label: tuple(v) for label, v in values["references"].items()}
         session[int(t)] = {**values, **p90_model(refs)}
-    return rows, session, doc["rounds"]
+    return rows, session, doc["rounds"], doc.get("class_runs", {})
+
+
+def add_class(klass: str, rounds: int) -> tuple[list[dict], dict[int, dict], int, dict]:
+    """The saved measurements with `klass`'s rows replaced by a new measurement of its cases
+    alone (microbench.class_probes: the dispatch cost and the nearly free node measured with
+    them, every probe in every round)."""
+    rows, session, saved_rounds, class_runs = load_saved()
+    timings = run_rounds(microbench.class_probes(klass), rounds)
+    latency_model = template_profile()[1]["latency_model"]
+    measured = microbench.class_rows(timings, klass, latency_model)
+    rows = [r for r in rows if r["class"] != klass] + measured
+    class_runs = {**class_runs, klass: {"rounds": rounds, "measured_on": machine_provenance()}}
+    return rows, session, saved_rounds, class_runs
 
 
 def main() -> None:
@@ -107,15 +127,22 @@ def main() -> None:
         action="store_true",
         help="refit from results/calibration_host.json without measuring",
     )
+    parser.add_argument(
+        "--add-class",
+        metavar="CLASS",
+        help="measure this class's cases alone, replace its saved rows and refit (e.g. dft)",
+    )
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds")
     args = parser.parse_args()
     measured_on = None
     if args.refit:
-        rows, session, rounds = load_saved()
+        rows, session, rounds, class_runs = load_saved()
+    elif args.add_class:
+        rows, session, rounds, class_runs = add_class(args.add_class, args.rounds)
     else:
         rows, session = rows_from(run_rounds(calibration_probes(), args.rounds))
-        rounds, measured_on = args.rounds, machine_provenance()
-    print(json.dumps(save(rows, session, rounds, measured_on), indent=2))
+        rounds, measured_on, class_runs = args.rounds, machine_provenance(), {}
+    print(json.dumps(save(rows, session, rounds, measured_on, class_runs), indent=2))
 
 
 if __name__ == "__main__":

@@ -74,19 +74,21 @@ def host_part(rounds: int, refit: bool) -> dict:
     compare the calibrated profile's predictions with the measurements."""
     if refit:
         measured = json.loads((RESULTS / "emulation_host.json").read_text())["measured"]
-        cal_rows, session, rounds = calibrate_host.load_saved()
+        cal_rows, session, rounds, class_runs = calibrate_host.load_saved()
     else:
         probes = [calibrate_host.Probe(f"{name} t{threads}", model_path(name).read_bytes(),
                                        threads, MODEL_QUERIES, MODEL_SECONDS)
                   for name in MODELS for threads in THREADS]  # fmt: skip
         timings = calibrate_host.run_rounds(calibrate_host.calibration_probes() + probes, rounds)
         cal_rows, session = calibrate_host.rows_from(timings)
+        class_runs = {}
         measured = {
             p.key: {**summarize(timings.pooled(p.key), p.threads).to_json(),
                     "halves_p90_ms": _halves_p90(timings.times[p.key])}
             for p in probes
         }  # fmt: skip
-    calibrate_host.save(cal_rows, session, rounds)  # the calibrated block of targets/host.yaml
+    # the calibrated block of targets/host.yaml
+    calibrate_host.save(cal_rows, session, rounds, class_runs=class_runs)
     profile = targets.load_file(calibrate_host.HOST_YAML)
     rows = []
     for name in MODELS:

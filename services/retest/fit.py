@@ -4,9 +4,9 @@ session figures that services/retest/microbench.py measured.
 
 Per class a line  time = overhead + work / rate  is fitted (work: operations, convs counted on
 channels padded to ONNX Runtime's NCHWc blocks, a broadcast op that runs on one of T threads
-counted T times, plus for convs a cost per activation element; for gemm: bytes), giving the
-class's per-node overhead (at least the dispatch cost), its efficiency (rate / peak), and for
-gemm the on-chip, cache and DRAM bandwidths and the cache's effective size.
+counted T times, plus for convs and DFTs a cost per activation element; for gemm: bytes),
+giving the class's per-node overhead (at least the dispatch cost), its efficiency (rate /
+peak), and for gemm the on-chip, cache and DRAM bandwidths and the cache's effective size.
 
     block = fit(rows, session, profile)   # {"1": {...}, "2": {...}}: latency_model.calibrated
 """
@@ -21,7 +21,7 @@ import onnx
 from services.retest.graph import analyze
 from services.retest.microbench import (
     CHAIN_REFERENCES,
-    CONV_CLASSES,
+    PER_ELEMENT_CLASSES,
     STALL_REFERENCE,
     references,
     work_of,
@@ -159,18 +159,18 @@ def fit_thread_count(rows: list[dict], session: dict, threads: int, profile: dic
 def fit_classes(
     rows: list[dict], dispatch: float, threads: int, peak_gops_per_core: float, chains: list[dict]
 ) -> tuple[dict, dict, dict]:
-    """Per class but gemm: efficiency (of peak), overhead (us) and, for convolutions, the
-    per-activation-element cost (ns) of the rows' node times. The conv class's rate per
+    """Per class but gemm: efficiency (of peak), overhead (us) and, for convolutions and DFTs,
+    the per-activation-element cost (ns) of the rows' node times. The conv class's rate per
     operation is then scaled to the median of the `chains` (chain_rows): at two threads
     one-node convs of 0.9-2.7 GFLOP ran at 203-228 Gop/s, the same convs chained at
     222-245 Gop/s, and VGG-16's in the network as fast as the chains."""
     peak = peak_gops_per_core * threads * 1e9  # ops/s
     eff, overhead, per_act = {}, {}, {}
-    for klass in (*CONV_CLASSES, "pool", "elementwise", "data", "reorder"):
+    for klass in (*PER_ELEMENT_CLASSES, "pool", "elementwise", "data", "reorder"):
         measured = [r for r in rows if r["class"] == klass]
-        if not measured:  # runs before the reorder rows have none
+        if not measured:  # runs before the reorder (or dft) rows have none
             continue
-        if klass in CONV_CLASSES:
+        if klass in PER_ELEMENT_CLASSES:
             a, b, c = fit_conv(measured, dispatch)  # b: ms per op, c: ms per element
             if klass == "conv" and chains:
                 b *= float(np.median([(r["node_ms"] - a - c * r["acts"]) / (b * r["work"])

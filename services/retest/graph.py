@@ -2,7 +2,8 @@
 
 Shapes come from ONNX shape inference with the batch axis pinned to 1; the counts are the
 usual ones: multiply-accumulates for Conv/Gemm/MatMul, one operation per output element for
-elementwise ops, one per window element for pooling. Weights are initializers read by a node.
+elementwise ops, one per window element for pooling, and for a `DFT` the real operations of
+the FFT algorithm that computes it (see `fft_ops`). Weights are initializers read by a node.
 
     nodes = analyze(onnx.load("model.onnx", load_external_data=False))
 """
@@ -13,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 import onnx
-from onnx import helper, shape_inference
+from onnx import helper, numpy_helper, shape_inference
 
 from sigdl.core.errors import InputError
 
@@ -27,6 +28,7 @@ NUMERICS_OPS = {"QuantizeLinear", "DequantizeLinear", "Cast", "DynamicQuantizeLi
 POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 GEMM_OPS = {"Gemm", "MatMul"}
 DATA_OPS = {"Concat", "Transpose", "Split", "Slice", "Pad", "Gather", "Expand", "Tile"}
+DFT_OPS = {"DFT"}  # ONNX's discrete Fourier transform (opset 17; axis as an input from 20)
 # ops costed as one operation per output element
 ELEMENTWISE_OPS = {
     "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu",
@@ -52,6 +54,10 @@ UNKNOWN_ESTIMATE = (
 )
 STEM_MAX_CHANNELS = 4  # a conv reading <= 4 channels (an RGB/gray stem) has its own efficiency
 MAX_INFERENCE_PASSES = 16  # shape inference reruns past ops it does not know
+# integer initializers up to this size keep their values for shape inference: they are the
+# axes, pads, starts/ends and DFT lengths that decide the shapes after them (Unsqueeze, Slice,
+# DFT since opsets 13-20 take them as inputs)
+SHAPE_DATA_MAX_ELEMS = 64
 KNOWN_DOMAINS = ("", "ai.onnx", "com.microsoft")  # ONNX's own and ONNX Runtime's contrib ops
 
 
@@ -95,8 +101,18 @@ def is_quantized(model: bytes) -> bool:
     return any(node.op_type in quantizing for node in proto.graph.node)
 
 
+def _is_shape_data(init: onnx.TensorProto) -> bool:
+    """A small integer initializer held in the model: axes, pads, slice bounds, a DFT length
+    (not one saved as external data, whose bytes are not loaded)."""
+    integer = init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+    inline = init.data_location != onnx.TensorProto.EXTERNAL
+    return integer and inline and math.prod(init.dims) <= SHAPE_DATA_MAX_ELEMS
+
+
 def _pin_batch(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the graph (no weights) whose symbolic dimensions are all 1."""
+    """A copy of the graph whose symbolic dimensions are all 1, without its weights' bytes
+    (their shapes only) but with the values of its small integer initializers, which shape
+    inference needs to size what follows an Unsqueeze, a Slice or a DFT."""
     graph = onnx.GraphProto()
     graph.CopyFrom(model.graph)
     del graph.initializer[:]
@@ -106,9 +122,12 @@ def _pin_batch(model: onnx.ModelProto) -> onnx.ModelProto:
                 dim.dim_value = 1
     pinned = helper.make_model(graph, opset_imports=model.opset_import)
     pinned.ir_version = model.ir_version
-    for init in model.graph.initializer:  # shapes only: inference needs dims, not bytes
-        value = helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
-        pinned.graph.input.append(value)
+    for init in model.graph.initializer:
+        if _is_shape_data(init):
+            pinned.graph.initializer.append(init)
+        else:  # shapes only: inference needs the weights' dims, not their bytes
+            value = helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            pinned.graph.input.append(value)
     return pinned
 
 
@@ -122,7 +141,7 @@ def _infer(pinned: onnx.ModelProto) -> dict[str, tuple[list[int], int]]:
             f"the ONNX graph is inconsistent ({reason}): expected a model "
             "that ONNX shape inference accepts"
         ) from None
-    found = {}
+    found = {init.name: (list(init.dims), init.data_type) for init in pinned.graph.initializer}
     for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         tensor = value.type.tensor_type
         if tensor.HasField("shape"):
@@ -185,7 +204,28 @@ def op_class(op_type: str, attrs: dict, in_shape: list[int], domain: str = "") -
         return "pool"
     if op_type in DATA_OPS:
         return "data"
+    if op_type in DFT_OPS:
+        return "dft"
     return "elementwise" if op_type in ELEMENTWISE_OPS else UNKNOWN
+
+
+def fft_ops(n: int) -> int:
+    """Real arithmetic operations of one 1-D complex FFT of length `n`, as a radix-2 FFT
+    library computes it (ONNX Runtime's CPU DFT kernel, onnxruntime/core/providers/cpu/signal/
+    dft.cc: `fft_radix2`, else `dft_bluestein_z_chirp`):
+    - n a power of two: radix-2 Cooley-Tukey, (n / 2) log2 n butterflies of one complex
+      multiply (6 real operations) and two complex adds (2 each): 5 n log2 n;
+    - any other n: Bluestein's chirp-z transform, two radix-2 FFTs of m, the next power of two
+      >= 2n - 1, m pointwise complex products and 2n chirp products: 10 m log2 m + 6m + 12n.
+    A one-sided (real-input or real-output) transform is counted as the full complex one: the
+    kernel computes that and keeps half. On this machine a transform of 12 (28) points takes
+    5.9x (5.7x) as long per line as one of 16 (32), as these counts say (6.0x, 5.7x)."""
+    if n <= 1:
+        return 0
+    if n & (n - 1) == 0:
+        return 5 * n * int(math.log2(n))
+    m = 1 << (2 * n - 2).bit_length()  # the next power of two >= 2n - 1
+    return 10 * m * int(math.log2(m)) + 6 * m + 12 * n
 
 
 def _work(node: Node, out_shape: list[int]) -> None:
@@ -207,6 +247,10 @@ def _work(node: Node, out_shape: list[int]) -> None:
         node.ops = _numel(node.in_shape)
     elif op_type in POOL_OPS:
         node.ops = out * _numel(node.attrs.get("kernel_shape", [1]))
+    elif node.op_class == "dft":  # one 1-D transform per line along the axis
+        shape, axis = node.in_shape, node.attrs["axis"]
+        lines = _numel(shape) // max(shape[axis] * shape[-1], 1) if len(shape) > 2 else 0
+        node.ops = lines * fft_ops(node.attrs["dft_length"])
     elif node.op_class in ("elementwise", "data"):
         node.ops = out  # one operation (or copy) per output element
 
@@ -226,9 +270,61 @@ class Graph:
         return peak_activation_elems(self.nodes, self.tensor_elems, self.inputs)
 
 
+def _int_constants(model: onnx.ModelProto) -> dict[str, list[int]]:
+    """The values of the graph's small integer initializers and Constant nodes."""
+    tensors = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            tensors[node.output[0]] = node.attribute[0].t
+    return {
+        name: [int(v) for v in numpy_helper.to_array(t).reshape(-1)]
+        for name, t in tensors.items()
+        if _is_shape_data(t)
+    }
+
+
+def _dft_attrs(
+    proto: onnx.NodeProto, attrs: dict, in_shape: list[int], opset: int, ints: dict
+) -> dict:
+    """A DFT's attributes with its transform resolved: "axis" (non-negative; an input from
+    opset 20, default -2, else an attribute, default 1) and "dft_length" (its input, else
+    the axis' size). InputError when either is an input whose value is not a constant."""
+    name = proto.name or proto.output[0]
+    inputs = [*proto.input, "", ""]
+    if len(in_shape) < 3:  # input shape not inferred: nothing to count (shape_assumed says so)
+        return {**attrs, "axis": 0, "dft_length": 0}
+
+    def constant(tensor: str, what: str) -> int:
+        if tensor not in ints:
+            raise InputError(
+                f"DFT node {name!r}: its {what} {tensor!r} is not a constant: "
+                "expected an integer initializer"
+            )
+        return ints[tensor][0]
+
+    if opset >= 20:
+        axis = constant(inputs[2], "axis") if inputs[2] else -2
+    else:
+        axis = attrs.get("axis", 1)
+    rank = len(in_shape)
+    axis = axis + rank if axis < 0 else axis
+    if not 0 < axis < rank - 1:
+        raise InputError(
+            f"DFT node {name!r}: axis {axis} of a rank-{rank} input: expected a signal axis "
+            "(neither the batch axis nor the last, real/imaginary one)"
+        )
+    length = constant(inputs[1], "dft_length") if inputs[1] else in_shape[axis]
+    return {**attrs, "axis": axis, "dft_length": length}
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def analyze(model: onnx.ModelProto) -> Graph:
     """The nodes of `model` in graph (topological) order, with work and traffic at batch 1."""
     shapes, assumed = _shapes(model)
+    ints, opset = _int_constants(model), _opset(model)
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
     constants = _constant_outputs(model)
     nodes = []
@@ -240,6 +336,8 @@ def analyze(model: onnx.ModelProto) -> Graph:
         weight = proto.input[at] if at is not None and at < len(proto.input) else None
         weight = weight if weight in weights else params[0] if params else None
         in_shape = shapes.get(acts[0], []) if acts else []
+        if proto.op_type in DFT_OPS and proto.domain in ("", "ai.onnx"):
+            attrs = _dft_attrs(proto, attrs, in_shape, opset, ints)
         first_out = proto.output[0] if proto.output else ""
         node = Node(
             name=proto.name or first_out or f"{proto.op_type}_{index}", op_type=proto.op_type,

@@ -3,7 +3,8 @@ the interleaved timing rounds and the rows the fit reads (services/retest/fit.py
 
 Each micro-benchmark is a one-node ONNX model of one operator class (conv of several shapes,
 stem convs reading 1-3 channels, depthwise conv, gemm at batch 1, pooling, elementwise,
-concat) run in ONNX Runtime at 1 and 2 intra-op threads with its per-node profiler on. The
+concat, and the DFTs of the `fft-conv` rewrite, services/compression/fft_onnx.py) run in ONNX
+Runtime at 1 and 2 intra-op threads with its per-node profiler on. The
 node's own kernel time is the measurement: a one-node model also pays the layout reorders
 ONNX Runtime adds at the graph's edges for its blocked NCHWc convolutions, which a node inside
 a network does not (those reorders are timed as a class of their own, "reorder"). Plain
@@ -32,6 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from services.retest.graph import analyze, apply_fusion
 from services.retest.measure import node_kernels, open_session, query_times
 from services.retest.predict import channel_padding, layout_reorders, parallel_threads
+from sigdl.core.errors import InputError
 
 THREADS = (1, 2)  # intra-op thread counts calibrated by default
 
@@ -51,19 +53,25 @@ DISPATCH_CASE = "Relu 8x16"  # a node with almost no work
 # through the caches between two runs of one of its nodes (48 MB on the data sheet)
 FLUSH_BYTES = 64 * 2**20
 COLD_QUERIES = 3  # per burst of a cold probe (each query costs a flush)
-CONV_CLASSES = ("conv", "pointwise", "conv_stem", "depthwise")  # fitted with activation cost
+CONV_CLASSES = ("conv", "pointwise", "conv_stem", "depthwise")  # have layout reorders
+# fitted with a cost per activation element as well as per operation (fit.fit_conv): a conv's
+# loads, stores and layout work; a DFT's per-transform setup (ORT's Bluestein allocates and
+# clears two buffers per transform)
+PER_ELEMENT_CLASSES = (*CONV_CLASSES, "dft")
 RNG = np.random.default_rng(0)
 
 
-def _model(nodes: list, inits: list, in_shape: list[int], out_shape: list[int]) -> bytes:
+def _model(
+    nodes: list, inits: list, in_shape: list[int], out_shape: list[int], opset: int = 17
+) -> bytes:
     graph = helper.make_graph(
         nodes, "micro",
         [helper.make_tensor_value_info("x0", TensorProto.FLOAT, in_shape)],
         [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, out_shape)],
         initializer=inits,
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset < 20 else 9
     return model.SerializeToString()
 
 
@@ -116,14 +124,58 @@ def concat_model(c: int, size: int) -> bytes:
     return _model([node], [], [1, c, size, size], [1, 2 * c, size, size])
 
 
-def cases() -> list[tuple[str, str, bytes]]:
-    """(class, label, one-node ONNX model) of every micro-benchmark."""
+def dft_model(shape: list[int], n: int, axis: int, onesided: bool, inverse: bool) -> bytes:
+    """One opset-20 DFT node of length `n` along `axis` of `shape` (last axis: 1 for a real
+    input, 2 for a complex one), as the fft-conv rewrite writes them."""
+    node = helper.make_node("DFT", ["x0", "n", "axis"], ["y"], onesided=int(onesided),
+                            inverse=int(inverse))  # fmt: skip
+    inits = [numpy_helper.from_array(np.array(v, np.int64), name)
+             for name, v in (("n", n), ("axis", axis))]  # fmt: skip
+    out = list(shape)
+    out[axis] = n // 2 + 1 if onesided and not inverse else n
+    out[-1] = 1 if onesided and inverse else 2
+    return _model([node], inits, list(shape), out, opset=20)
+
+
+# The DFTs of the fft-conv rewrite (fft_onnx.py) of LeNet-5's convolutions (grids 28x28 and
+# 12x12: Bluestein lengths) and of a 64-channel conv on a 32x32 grid (a power of two): per
+# layer a one-sided real DFT along W, a complex one along H, the inverse along H and the
+# one-sided inverse along W (a real output), on (B, C, H, W, 1 or 2)
+DFT_CASES = [
+    ("rfft W", [1, 1, 28, 28, 1], 28, 3, True, False),
+    ("fft H", [1, 1, 28, 15, 2], 28, 2, False, False),
+    ("ifft H", [1, 20, 28, 15, 2], 28, 2, False, True),
+    ("irfft W", [1, 20, 28, 15, 2], 28, 3, True, True),
+    ("rfft W", [1, 20, 12, 12, 1], 12, 3, True, False),
+    ("fft H", [1, 20, 12, 7, 2], 12, 2, False, False),
+    ("ifft H", [1, 50, 12, 7, 2], 12, 2, False, True),
+    ("irfft W", [1, 50, 12, 7, 2], 12, 3, True, True),
+    ("rfft W", [1, 64, 32, 32, 1], 32, 3, True, False),
+    ("ifft H", [1, 64, 32, 17, 2], 32, 2, False, True),
+    ("irfft W", [1, 64, 32, 17, 2], 32, 3, True, True),
+]
+
+
+# the classes cases() has micro-benchmarks of
+CASE_CLASSES = (
+    "conv", "pointwise", "conv_stem", "depthwise", "gemm", "pool", "elementwise", "data", "dft",
+)  # fmt: skip
+
+
+def cases(only: str | None = None) -> list[tuple[str, str, bytes]]:
+    """(class, label, one-node ONNX model) of every micro-benchmark, or of class `only`'s
+    (without building the others' models: the large gemv weights take seconds)."""
     out = []
+
+    def add(klass: str, label: str, build: Callable[..., bytes], *args) -> None:
+        if only is None or klass == only:
+            out.append((klass, label, build(*args)))
+
     # from 1.5-2.7 GFLOP layers (the largest a model runs) down to a few thousand MACs,
     # where a conv's fixed cost shows
     for c, size in [(64, 192), (96, 96), (384, 24), (32, 112), (64, 56), (128, 56), (256, 28),
                     (512, 14), (96, 27), (16, 16), (32, 8)]:  # fmt: skip
-        out.append(("conv", f"conv3x3 {c}x{size}", conv_model(c, c, size, 3, 1, 1, 1)))
+        add("conv", f"conv3x3 {c}x{size}", conv_model, c, c, size, 3, 1, 1, 1)
     for c_in, c_out, size in [
         (64, 64, 56),
         (128, 128, 28),
@@ -135,11 +187,11 @@ def cases() -> list[tuple[str, str, bytes]]:
         (64, 256, 56),
         (16, 32, 14),
     ]:
-        out.append(("pointwise", f"conv1x1 {c_in}->{c_out}x{size}",
-                    conv_model(c_in, c_out, size, 1, 1, 1, 1)))  # fmt: skip
-    out.append(("conv", "conv5x5 48x27", conv_model(48, 48, 27, 5, 1, 1, 1)))
-    out.append(("conv", "conv5x5 8x12", conv_model(8, 8, 12, 5, 1, 1, 1)))
-    out.append(("conv", "conv3x3s2 64->128x56", conv_model(64, 128, 56, 3, 2, 1, 1)))
+        label = f"conv1x1 {c_in}->{c_out}x{size}"
+        add("pointwise", label, conv_model, c_in, c_out, size, 1, 1, 1, 1)
+    add("conv", "conv5x5 48x27", conv_model, 48, 48, 27, 5, 1, 1, 1)
+    add("conv", "conv5x5 8x12", conv_model, 8, 8, 12, 5, 1, 1, 1)
+    add("conv", "conv3x3s2 64->128x56", conv_model, 64, 128, 56, 3, 2, 1, 1)
     for c_in, c_out, size, k, s in [
         (3, 32, 160, 3, 1),
         (3, 48, 192, 5, 2),
@@ -148,8 +200,8 @@ def cases() -> list[tuple[str, str, bytes]]:
         (3, 48, 224, 9, 4),
         (1, 16, 32, 5, 1),
     ]:
-        out.append(("conv_stem", f"stem {k}x{k}s{s} {c_in}->{c_out}x{size}",
-                    conv_model(c_in, c_out, size, k, s, 1, 1)))  # fmt: skip
+        label = f"stem {k}x{k}s{s} {c_in}->{c_out}x{size}"
+        add("conv_stem", label, conv_model, c_in, c_out, size, k, s, 1, 1)
     for c, size, s in [
         (32, 112, 1),
         (128, 56, 1),
@@ -159,13 +211,13 @@ def cases() -> list[tuple[str, str, bytes]]:
         (256, 56, 2),
         (64, 7, 1),
     ]:
-        out.append(("depthwise", f"dw3x3s{s} {c}x{size}", conv_model(c, c, size, 3, s, c, 1)))
+        add("depthwise", f"dw3x3s{s} {c}x{size}", conv_model, c, c, size, 3, s, c, 1)
     # gemm at batch 1 reads each weight once: <= L2 (on chip), 2-16 MB (in the L3 cache, when
     # it holds them between queries) and >> L3 (DRAM)
     for k, n_out in [(256, 256), (512, 256), (256, 1024), (512, 512), (1024, 512),
                      (1024, 1024), (2048, 1024), (2048, 2048), (8192, 4096), (16384, 4096),
                      (4096, 8192)]:  # fmt: skip
-        out.append(("gemm", f"gemv {k}x{n_out}", gemm_model(k, n_out)))
+        add("gemm", f"gemv {k}x{n_out}", gemm_model, k, n_out)
     for op, c, size, k, s in [
         ("MaxPool", 64, 112, 2, 2),
         ("MaxPool", 128, 56, 3, 2),
@@ -175,7 +227,7 @@ def cases() -> list[tuple[str, str, bytes]]:
         ("GlobalAveragePool", 1024, 7, 0, 0),
     ]:
         label = f"{op} {k}x{k}s{s} {c}x{size}" if k else f"{op} {c}x{size}"
-        out.append(("pool", label, pool_model(op, c, size, k, s)))
+        add("pool", label, pool_model, op, c, size, k, s)
     for op, c, size in [
         ("Relu", 64, 112),
         ("Sub", 3, 224),
@@ -185,9 +237,12 @@ def cases() -> list[tuple[str, str, bytes]]:
         ("Relu", 8, 16),
         ("Mul", 256, 56),
     ]:
-        out.append(("elementwise", f"{op} {c}x{size}", eltwise_model(op, c, size, 1)))
+        add("elementwise", f"{op} {c}x{size}", eltwise_model, op, c, size, 1)
     for c, size in [(64, 56), (128, 28), (256, 13), (16, 32)]:
-        out.append(("data", f"concat {c}x{size}", concat_model(c, size)))
+        add("data", f"concat {c}x{size}", concat_model, c, size)
+    for name, shape, n, axis, onesided, inverse in DFT_CASES:
+        label = f"dft {name} {'x'.join(map(str, shape[1:-1]))} n{n}"
+        add("dft", label, dft_model, shape, n, axis, onesided, inverse)
     return out
 
 
@@ -273,19 +328,50 @@ def calibration_probes(
     every `micro_every`-th round only."""
     probes = []
     for threads in threads_list:
-        probes.append(Probe(f"fixed t{threads}", eltwise_model("Relu", 1, 1, 1), threads))
-        for n in (1, 3):
-            probes.append(Probe(f"dispatch t{threads} n{n}", eltwise_model("Relu", 8, 16, n),
-                                threads))  # fmt: skip
+        probes += session_probes(threads)
         for klass, label, model in cases():
-            probes.append(Probe(f"{label} t{threads}", model, threads, every=micro_every))
-            probes.append(Probe(f"{label} t{threads} profiled", model, threads, max_queries=100,
-                                profiled=True, every=micro_every))  # fmt: skip
-            if klass != "gemm":  # gemm takes its whole plain query (see rows_from)
-                probes.append(Probe(f"{label} t{threads} cold", model, threads, COLD_QUERIES,
-                                    0.0, profiled=True, every=micro_every, cold=True))  # fmt: skip
+            probes += case_probes(klass, label, model, threads, micro_every)
         for label, model in references():
             probes.append(Probe(f"{label} t{threads}", model, threads, REF_QUERIES, REF_SECONDS))
+    return probes
+
+
+def session_probes(threads: int) -> list[Probe]:
+    """The session's fixed cost (one Relu of one element) and the per-node dispatch cost
+    (chains of 1 and 3 nearly free Relus) at `threads`."""
+    probes = [Probe(f"fixed t{threads}", eltwise_model("Relu", 1, 1, 1), threads)]
+    for n in (1, 3):
+        probes.append(Probe(f"dispatch t{threads} n{n}", eltwise_model("Relu", 8, 16, n), threads))
+    return probes
+
+
+def case_probes(klass: str, label: str, model: bytes, threads: int, every: int) -> list[Probe]:
+    """One case plain, profiled, and (but gemm) profiled with the caches flushed."""
+    probes = [
+        Probe(f"{label} t{threads}", model, threads, every=every),
+        Probe(f"{label} t{threads} profiled", model, threads, max_queries=100, profiled=True,
+              every=every),
+    ]  # fmt: skip
+    if klass != "gemm":  # gemm takes its whole plain query (see rows_from)
+        probes.append(Probe(f"{label} t{threads} cold", model, threads, COLD_QUERIES, 0.0,
+                            profiled=True, every=every, cold=True))  # fmt: skip
+    return probes
+
+
+def class_probes(klass: str, threads_list: tuple[int, ...] = THREADS) -> list[Probe]:
+    """What measuring one class's cases alone needs (class_rows): per thread count the
+    session probes, the nearly free node's (DISPATCH_CASE) and the class's cases, every round."""
+    chosen = cases(klass)
+    if not chosen:
+        known = ", ".join(CASE_CLASSES)
+        raise InputError(f"class {klass!r} has no micro-benchmarks: expected one of {known}")
+    if klass != "elementwise":
+        chosen += [case for case in cases("elementwise") if case[1] == DISPATCH_CASE]
+    probes = []
+    for threads in threads_list:
+        probes += session_probes(threads)
+        for k, label, model in chosen:
+            probes += case_probes(k, label, model, threads, 1)
     return probes
 
 
@@ -318,6 +404,13 @@ STALL_REFERENCE = "ref 6 x conv1x1 1024x7"
 DRAM_REFERENCES = ("ref gemv 8192x4096", "ref gemv 16384x4096")
 
 
+def dispatch_figures(timings: Timings, threads: int) -> dict[str, float]:
+    """The session's fixed cost and the per-node dispatch cost (ms) at `threads`."""
+    one, three = (float(np.median(timings.pooled(f"dispatch t{threads} n{n}"))) for n in (1, 3))
+    fixed = float(np.median(timings.pooled(f"fixed t{threads}")))
+    return {"fixed_ms": fixed, "dispatch_ms": max((three - one) / 2, 0.0)}
+
+
 def rows_from(
     timings: Timings, latency_model: dict, threads_list: tuple[int, ...] = THREADS
 ) -> tuple[list[dict], dict[int, dict]]:
@@ -334,57 +427,81 @@ def rows_from(
     `latency_model`: the host profile's (channel block, broadcast spans, fusions)."""
     session = {}
     for t in threads_list:
-        one, three = (float(np.median(timings.pooled(f"dispatch t{t} n{n}"))) for n in (1, 3))
-        fixed = float(np.median(timings.pooled(f"fixed t{t}")))
         refs = {}  # (median ms, p90 / median) of each reference
         for label, _ in references():
             ms = timings.pooled(f"{label} t{t}")
             refs[label] = (float(np.median(ms)), float(np.percentile(ms, 90) / np.median(ms)))
-        session[t] = {"fixed_ms": fixed,
-                      "dispatch_ms": max((three - one) / 2, 0.0), "references": refs,
-                      **p90_model(refs)}  # fmt: skip
-
-    def kernel_ms(key: str, reorder: str | None = None) -> float:
-        """The kernels' time (ms) of the probe's nodes, or of its `reorder` kind only."""
-
-        def counted(op: str) -> bool:
-            return op == reorder if reorder else not op.startswith("Reorder")
-
-        return sum(float(np.median(n["us"])) for n in timings.kernels[key].values()
-                   if counted(n["op"])) / 1e3  # fmt: skip
-
-    def node_ms(label: str, threads: int, variant: str, reorder: str | None = None) -> float:
-        # the profiler reports whole microseconds: a kernel can read below the nearly free
-        # one, and a node never costs less than its dispatch
-        nearly_free = kernel_ms(f"{DISPATCH_CASE} t{threads} {variant}")
-        node = max(kernel_ms(f"{label} t{threads} {variant}", reorder) - nearly_free, 0.0)
-        return max(node + session[threads]["dispatch_ms"], 1e-4)
-
+        session[t] = {**dispatch_figures(timings, t), "references": refs, **p90_model(refs)}
     rows = []
     for threads in threads_list:
         for klass, label, model in cases():
-            queries = timings.pooled(f"{label} t{threads}")
-            t1, p90 = float(np.median(queries)), float(np.percentile(queries, 90))
-            if klass == "gemm":
-                hot = cold = max(t1 - session[threads]["fixed_ms"], 1e-4)
-            else:
-                hot, cold = (node_ms(label, threads, v) for v in ("profiled", "cold"))
-            rows.append({"class": klass, "case": label, "threads": threads,
-                         **work_of(model, klass, latency_model, threads), "node_ms": hot,
-                         "node_cold_ms": cold, "t1_ms": t1, "t1_p90_ms": p90,
-                         "queries": len(queries)})  # fmt: skip
-            if klass not in CONV_CLASSES:
-                continue
-            ops = {n["op"] for n in timings.kernels[f"{label} t{threads} profiled"].values()}
-            for node in reorders_of(model, latency_model):
-                if node.op_type in ops:
-                    hot, cold = (node_ms(label, threads, v, node.op_type)
-                                 for v in ("profiled", "cold"))  # fmt: skip
-                    rows.append({"class": "reorder", "case": f"{label} {node.op_type}",
-                                 "threads": threads, "work": float(node.ops),
-                                 "acts": float(node.in_elems + node.out_elems), "node_ms": hot,
-                                 "node_cold_ms": cold})  # fmt: skip
+            rows += case_rows(timings, session[threads], klass, label, model, threads,
+                              latency_model)  # fmt: skip
     return rows, session
+
+
+def class_rows(
+    timings: Timings, klass: str, latency_model: dict, threads_list: tuple[int, ...] = THREADS
+) -> list[dict]:
+    """rows_from's rows of one class's cases, measured alone (class_probes), against the
+    dispatch cost measured with them."""
+    rows = []
+    for threads in threads_list:
+        session = dispatch_figures(timings, threads)
+        for k, label, model in cases(klass):
+            rows += case_rows(timings, session, k, label, model, threads, latency_model)
+    return rows
+
+
+def _kernel_ms(timings: Timings, key: str, reorder: str | None = None) -> float:
+    """The kernels' time (ms) of the probe's nodes, or of its `reorder` kind only."""
+
+    def counted(op: str) -> bool:
+        return op == reorder if reorder else not op.startswith("Reorder")
+
+    return sum(float(np.median(n["us"])) for n in timings.kernels[key].values()
+               if counted(n["op"])) / 1e3  # fmt: skip
+
+
+def _node_ms(
+    timings: Timings, dispatch_ms: float, key: str, threads: int, variant: str,
+    reorder: str | None = None,
+) -> float:  # fmt: skip
+    # the profiler reports whole microseconds: a kernel can read below the nearly free
+    # one, and a node never costs less than its dispatch
+    nearly_free = _kernel_ms(timings, f"{DISPATCH_CASE} t{threads} {variant}")
+    node = max(_kernel_ms(timings, f"{key} t{threads} {variant}", reorder) - nearly_free, 0.0)
+    return max(node + dispatch_ms, 1e-4)
+
+
+def case_rows(
+    timings: Timings, session: dict, klass: str, label: str, model: bytes, threads: int,
+    latency_model: dict,
+) -> list[dict]:  # fmt: skip
+    """The row of one case at `threads` (and of a conv case, one per layout reorder)."""
+    queries = timings.pooled(f"{label} t{threads}")
+    t1, p90 = float(np.median(queries)), float(np.percentile(queries, 90))
+    dispatch = session["dispatch_ms"]
+    if klass == "gemm":
+        hot = cold = max(t1 - session["fixed_ms"], 1e-4)
+    else:
+        hot, cold = (_node_ms(timings, dispatch, label, threads, v) for v in ("profiled", "cold"))
+    rows = [{"class": klass, "case": label, "threads": threads,
+             **work_of(model, klass, latency_model, threads), "node_ms": hot,
+             "node_cold_ms": cold, "t1_ms": t1, "t1_p90_ms": p90,
+             "queries": len(queries)}]  # fmt: skip
+    if klass not in CONV_CLASSES:
+        return rows
+    ops = {n["op"] for n in timings.kernels[f"{label} t{threads} profiled"].values()}
+    for node in reorders_of(model, latency_model):
+        if node.op_type in ops:
+            hot, cold = (_node_ms(timings, dispatch, label, threads, v, node.op_type)
+                         for v in ("profiled", "cold"))  # fmt: skip
+            rows.append({"class": "reorder", "case": f"{label} {node.op_type}",
+                         "threads": threads, "work": float(node.ops),
+                         "acts": float(node.in_elems + node.out_elems), "node_ms": hot,
+                         "node_cold_ms": cold})  # fmt: skip
+    return rows
 
 
 def reorders_of(model: bytes, latency_model: dict) -> list:

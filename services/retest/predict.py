@@ -40,6 +40,7 @@ LATENCY_KEYS = (
 # a GPU's thread blocks, a CPU's Winograd tiles need many outputs to reach their rate (not a
 # batch-1 gemm: its few outputs each take a long dot product, and its weights bound it)
 SATURATING_CLASSES = ("conv", "pointwise", "conv_stem", "depthwise")
+DFT_CLASS = "dft"  # graph.py's class of ONNX's DFT
 # A profile's figures fitted to published board latencies (`sigdl targets fit`) that
 # replace its data-sheet ones: the latency parameters above, not the fit's bookkeeping
 FITTED_BOOKKEEPING = ("interval", "residuals", "summary", "source", "runtime", "runtimes")
@@ -152,8 +153,13 @@ def parallel_threads(node: Node, params: dict) -> int:
       (benchmarks/calibrate_host.py: Sub of a 3-channel mean takes as long at 2 threads as at
       1; with 4 channels, as many elements, half as long);
     - a gemm, which gets one thread per `gemm_macs_per_thread` multiplies and one more (ONNX
-      Runtime's MLAS: MLAS_SGEMM_THREAD_COMPLEXITY), up to all of them."""
+      Runtime's MLAS: MLAS_SGEMM_THREAD_COMPLEXITY), up to all of them;
+    - a DFT, whose kernel computes one transform after another on the calling thread (ONNX
+      Runtime's onnxruntime/core/providers/cpu/signal/dft.cc has no thread pool; the host's
+      DFT micro-benchmarks take as long at 2 threads as at 1)."""
     threads = params["threads"]
+    if node.op_class == DFT_CLASS:
+        return 1
     per_gemm_thread = params.get("gemm_macs_per_thread")
     if node.op_class == "gemm" and per_gemm_thread:
         return min(threads, node.macs // per_gemm_thread + 1)
@@ -233,16 +239,36 @@ def layout_reorders(graph: Graph, block: int | None) -> list[Node]:
     return list(reorders.values())
 
 
-def unknown_op_params(params: dict) -> dict:
+def unknown_op_params(params: dict, op_class: str = UNKNOWN) -> dict:
     """The latency parameters an op the latency model does not know is costed with (graph.py's
-    UNKNOWN_ESTIMATE): the profile's lowest efficiency, highest per-node overhead and highest
+    UNKNOWN_ESTIMATE), and a DFT on a profile without DFT figures (class_params): for
+    `op_class`, the profile's lowest efficiency, highest per-node overhead and highest
     per-element cost of any class, so that its estimate errs on the slow side."""
     worst = {"efficiency": (min, 0.05), "overhead_us": (max, 0.0), "activation_ns": (max, 0.0)}
     out = dict(params)
     for key, (pick, default) in worst.items():
         values = list((params[key] or {}).values())
-        out[key] = {**(params[key] or {}), UNKNOWN: pick(values) if values else default}
+        out[key] = {**(params[key] or {}), op_class: pick(values) if values else default}
     return out
+
+
+# A target whose profile has no DFT figure (every one but the host: no published latency of
+# an ONNX DFT on these boards) prices a DFT node like an unknown op's arithmetic, at its
+# slowest class's figures, on one core (parallel_threads). Why: the DFT kernels we found are
+# scalar and single-threaded (ONNX Runtime's CPU kernel, onnxruntime/core/providers/cpu/
+# signal/dft.cc: std::complex radix-2 or Bluestein loops, one transform after another, no
+# thread pool), and on the host, where it is measured, the DFT is the slowest class of all
+# (1.0% of a core's peak; the next slowest, the layout reorders, 1.5%).
+
+
+def class_params(node: Node, params: dict) -> dict:
+    """The parameters `node` is costed with: the profile's own, or the slowest class's figures
+    for an op the model does not know and for a DFT on a profile without a DFT figure."""
+    if node.op_class == UNKNOWN:
+        return unknown_op_params(params)
+    if node.op_class == DFT_CLASS and DFT_CLASS not in (params["efficiency"] or {}):
+        return unknown_op_params(params, DFT_CLASS)
+    return params
 
 
 def is_3x3(node: Node) -> bool:
@@ -281,14 +307,15 @@ def runtime_scale(profile: dict, runtime: str | None) -> float:
 
 
 def latency_interval(profile: dict, latency_ms: float) -> tuple[list[float], str]:
-    """([low, high] ms, where it comes from) around a predicted latency: the 10th and 90th
-    percentile of the fit's residuals (published / predicted) on this target's calibration
-    set, from `latency_model.fitted.interval`; UNFITTED_INTERVAL without a fit."""
+    """([low, high] ms, where it comes from) around a predicted latency: the 80% interval of
+    the fit's held-out (leave-one-out) residuals (published / predicted) on this target's
+    calibration set, from `latency_model.fitted.interval` (services/retest/targetfit.py's
+    `interval`); UNFITTED_INTERVAL without a fit."""
     fitted = profile["latency_model"].get("fitted", {})
     if "interval" in fitted:
         low, high = fitted["interval"]
         count = fitted.get("summary", {}).get("entries", 0)
-        basis = f"10th-90th percentile of the fit's residuals on {count} published figures"
+        basis = f"80% interval from the fit's held-out residuals on {count} published figures"
     else:
         (low, high), basis = UNFITTED_INTERVAL, "no fit to published figures: x0.5 to x2"
     return [latency_ms * low, latency_ms * high], basis
@@ -306,8 +333,7 @@ def node_time_s(
     if node.op_class == "free":  # no arithmetic, no data moved: at most its dispatch
         return (params["free_node_us"] or 0.0) * 1e-6, 0, False
     peak = profile["compute"]["peak_gops"][precision] * 1e9 * params["core_share"]
-    if node.op_class == UNKNOWN:
-        params = unknown_op_params(params)
+    params = class_params(node, params)
     efficiency = params["efficiency"].get(node.op_class, 0.05) * precision_factor(
         params, precision, node.op_class
     )
