@@ -36,6 +36,19 @@ TOLERANCE = 0.25  # within ±25%: 0.75 <= predicted / published <= 1.25
 CACHE = WORK / "graphs"
 
 
+def held_out(profile: dict, m: Measurement) -> float | None:
+    """The fit's held-out ratio (predicted / published by the fit of the other figures) of
+    fit figure `m`, from the profile's residual table; None for a figure the fit did not read."""
+    table = profile["latency_model"].get("fitted", {}).get("residuals", [])
+    shape = "x".join(map(str, m.input_shape[1:]))
+    for r in table:
+        if (r["model"], r["runtime"], r["precision"], r["threads"], r["input"]) == (
+            m.model, m.runtime, m.precision, m.threads, shape
+        ) and r["published_ms"] == m.latency_ms:  # fmt: skip
+            return r.get("held_out_ratio")
+    return None
+
+
 def row(target: str, role: str, m: Measurement, profile: dict) -> dict:
     graph = targetfit.graph_of(m.model, m.input_shape, CACHE)
     threads = m.threads if profile["kind"] == "cpu" else None
@@ -51,17 +64,21 @@ def row(target: str, role: str, m: Measurement, profile: dict) -> dict:
         "ratio": round(ratio, 4), "within": bool(abs(ratio - 1) <= TOLERANCE),
         "factor": round(max(ratio, 1 / ratio), 4),
         "in_interval": bool(low <= m.latency_ms <= high),
+        "held_out_ratio": held_out(profile, m) if role == "fit" else None,
         "source": m.source.url or m.source.citation, "quote": m.source.quote,
     }  # fmt: skip
 
 
 def share(rows: list[dict]) -> dict:
     if not rows:
-        return {"figures": 0, "within_25pct": None, "worst_factor": None, "in_interval": 0}
+        return {"figures": 0, "within_25pct": None, "worst_factor": None, "in_interval": 0,
+                "held_out_within": 0}  # fmt: skip
     return {"figures": len(rows), "within": sum(r["within"] for r in rows),
             "within_25pct": round(float(np.mean([r["within"] for r in rows])), 4),
             "worst_factor": max(r["factor"] for r in rows),
-            "in_interval": sum(r["in_interval"] for r in rows)}  # fmt: skip
+            "in_interval": sum(r["in_interval"] for r in rows),
+            "held_out_within": sum(abs(r["held_out_ratio"] - 1) <= TOLERANCE for r in rows
+                                   if r["held_out_ratio"] is not None)}  # fmt: skip
 
 
 def board(target: str, fit: bool) -> tuple[list[dict], dict]:
@@ -109,28 +126,32 @@ def main() -> None:
 def write_markdown(rows: list[dict], summary: dict, how: dict) -> None:
     header = ["board", "set", "model", "runtime", "precision", "threads", "input",
               "published ms", "predicted ms", "interval ms", "predicted / published",
-              "within ±25%", "source"]  # fmt: skip
+              "within ±25%", "held out", "source"]  # fmt: skip
     table = [[r["board"], r["set"], r["model"], r["runtime"], r["precision"], r["threads"],
               r["input"], f"{r['published_ms']:g}", f"{r['predicted_ms']:.2f}",
               f"{r['range_ms'][0]:.1f}-{r['range_ms'][1]:.1f}", f"{r['ratio']:.2f}",
-              "yes" if r["within"] else "**no**", f"[source]({r['source']})"]
+              "yes" if r["within"] else "**no**",
+              "" if r["held_out_ratio"] is None else f"{r['held_out_ratio']:.2f}",
+              f"[source]({r['source']})"]
              for r in rows]  # fmt: skip
     lines = ["## Summary", "",
              "| board | set | figures | within ±25% | worst factor | published in interval "
-             "| profile |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| held out within ±25% | profile |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for target, sets in summary["per_board"].items():
         made = "fitted on its fit set" if how[target]["fitted"] else "data sheet (no fit set)"
         for name, s in sets.items():
             if s["figures"]:
                 share_text = f"{s['within']} ({s['within_25pct']:.0%})"
                 worst = f"{s['worst_factor']:.2f}x"
+                held = s["held_out_within"] if name == "fit" else ""
                 lines.append(f"| {target} | {name} | {s['figures']} | {share_text} "
-                             f"| {worst} | {s['in_interval']} | {made} |")  # fmt: skip
+                             f"| {worst} | {s['in_interval']} | {held} | {made} |")  # fmt: skip
     for name in ("validation", "fit"):
         s = summary[name]
         lines.append(f"| **all boards** | {name} | {s['figures']} | {s['within']} "
                      f"({s['within_25pct']:.0%}) | {s['worst_factor']:.2f}x "
-                     f"| {s['in_interval']} | |")  # fmt: skip
+                     f"| {s['in_interval']} "
+                     f"| {s['held_out_within'] if name == 'fit' else ''} | |")  # fmt: skip
     skipped = sorted({(s["model"], s["reason"]) for t in how.values() if t["summary"]
                       for s in t["summary"]["skipped"]})  # fmt: skip
     lines += ["", "Fit-set figures without a graph here (not fitted, not listed above):", ""]
@@ -140,7 +161,11 @@ def write_markdown(rows: list[dict], summary: dict, how: dict) -> None:
         "(tests/targets/test_targetfit.py checks it). Fit: the figures each profile was "
         "fitted on (`sigdl targets fit TARGET`), shown beside them. Predicted: the retest's "
         "latency model with the fitted profile (services/retest/predict.py); interval: the "
-        "10th-90th percentile of the fit's residuals on that board (x0.5-x2 without a fit). "
+        "80% interval (nominal: 8 of 10 published figures inside) from the fit's held-out "
+        "(leave-one-out) residuals on that board, at split-conformal ranks; x0.5-x2 without a "
+        "fit or where a board has fewer than 9 fit figures. "
+        "Held out: a fit figure's predicted / published by the fit of the board's other fit "
+        "figures (leave one out), the error on a model the fit has not seen. "
         "Within ±25%: 0.75 <= predicted / published <= 1.25. Every figure's source (URL and "
         "quoted row) is in targets/measurements/<board>.yaml and boards.json.",
         "The Raspberry Pi 3 figures are of the Model B+ (1.4 GHz); its profile's peak is the "

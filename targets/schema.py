@@ -14,10 +14,11 @@ import json
 
 PRECISIONS = ["fp32", "fp16", "int8"]
 # Operator classes the latency model knows; every ONNX op type maps to one of them.
-# pointwise: a 1x1 conv; conv_stem: a conv reading <= 4 channels (an RGB / gray input)
+# pointwise: a 1x1 conv; conv_stem: a conv reading <= 4 channels (an RGB / gray input);
+# dft: ONNX's DFT (the fft-conv step's frequency-domain convolutions)
 OP_CLASSES = [
     "conv", "pointwise", "conv_stem", "depthwise", "gemm", "pool", "elementwise", "data",
-    "reorder",
+    "reorder", "dft",
 ]  # fmt: skip
 
 REQUIRED = [
@@ -141,6 +142,36 @@ _FITTED = {
     },
 }
 
+# How a cpu-limited (x86) target's retest turns a time measured on pinned host cores into
+# the target's (services/retest/emulate.py): with no `fitted` factor, from the two profiles'
+# data-sheet figures, and `factor_basis` says so; `sigdl targets fit` writes `fitted` (one
+# factor from published measurements of that target) once such measurements exist
+_HOST_FACTOR = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["factor_basis", "fitted"],
+    "properties": {
+        "factor_basis": {"type": "string", "minLength": 1},  # shown in every retest report
+        "formula": {"type": "string"},
+        "fitted": {
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["factor", "source"],
+                    "properties": {
+                        "factor": _POSITIVE,  # target time / host time at the same threads
+                        "source": {"type": "string"},  # the measurements it was fitted to
+                        "entries": {"type": "integer", "minimum": 1},
+                        "residuals": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+            ]
+        },
+    },
+}
+
 SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "SigDL target profile",
@@ -160,7 +191,11 @@ SCHEMA: dict = {
                 # limits stands in; same-class: hardware of the same class; model: analytic only
                 "method": {"enum": ["native", "cpu-limited", "same-class", "model"]},
                 "notes": {"type": "string"},
+                "host_factor": _HOST_FACTOR,  # cpu-limited: host time -> target time
             },
+            # a cpu-limited target is measured on pinned host cores and scaled
+            "if": {"properties": {"method": {"const": "cpu-limited"}}},
+            "then": {"required": ["host_factor"]},
         },
         "compute": {
             "type": "object",

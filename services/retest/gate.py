@@ -27,8 +27,8 @@ METRICS = {
                       "when no dense accuracy is known) minus accuracy at the target's "
                       "numerics"),
     "latency_ms": (("latency_ms",), "ms", "predicted latency"),
-    # the pessimistic ends of the prediction's interval (predict.latency_interval: the 10th-90th
-    # percentile of the target fit's residuals on published figures): `latency_ms_hi<=50`
+    # the pessimistic ends of the prediction's interval (predict.latency_interval: an 80%
+    # interval from the target fit's held-out residuals on published figures): `latency_ms_hi<=50`
     # holds only if the slow end of the interval does, `fps_lo>=30` likewise
     "latency_ms_hi": (("latency_ms_range", 1), "ms",
                       "slow end of the predicted latency's interval"),
@@ -119,6 +119,12 @@ def verdict_markdown(report: dict) -> str:
               f"{report['p90_latency_ms']:.3f} ms, {report['fps']:.1f} fps); estimated power "
               f"{report['power_w']:.2f} W, {report['energy_mj']:.3f} mJ per inference "
               "(an estimate from the profile's power model)."]  # fmt: skip
+    scaled = report.get("measured_and_scaled")
+    if scaled:  # an x86 target: the headline latency is the pinned host measurement, scaled
+        lines += ["", f"Latency method: measured-and-scaled ({scaled['pinned_threads']} pinned "
+                  f"host cores, x{scaled['factor']:.2f}, {scaled['factor_basis']}; core scaling "
+                  f"x{scaled['core_scaling']:.2f}); modelled: "
+                  f"{report['modelled']['latency_ms']:.3f} ms."]  # fmt: skip
     lines += ["", f"Deployable model: {report['deployable']}."]
     if "accuracy" in report:
         lines += ["", _accuracy_line(report["accuracy"], report["precision"])]

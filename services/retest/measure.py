@@ -6,19 +6,24 @@ minimum count and a minimum duration are reached, and the 90th percentile is the
 graph optimizations are ONNX Runtime's defaults, as in every SigDL session.
 
     stats = single_stream(onnx_bytes, threads=1, min_queries=200, min_seconds=2.0)
+    with pinned(emulation_cpus(2)) as cpus:   # an x86 target's 2 cores, on 2 host CPUs
+        stats = single_stream(onnx_bytes, threads=len(cpus))
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sigdl.core import onnx_io
+from sigdl.core import onnx_io, settings
 from sigdl.core.errors import InputError
 
 # ONNX Runtime's input types a measurement can feed, and the numpy type it feeds them as
@@ -97,6 +102,74 @@ def query_times(
         sess.run(None, feed)
         times.append(time.perf_counter() - t0)
     return np.asarray(times) * 1e3
+
+
+_CPU_LIST = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """CPU numbers from a list such as "0-3" or "2,3" (the kernel's cpulist format), sorted;
+    InputError (one line) for anything else or an empty range."""
+    if not _CPU_LIST.match(text):
+        raise InputError(f"CPU list {text!r}: expected CPU numbers such as 0-3 or 2,3")
+    cpus: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        first, _, last = part.partition("-")
+        low, high = int(first), int(last or first)
+        if high < low:
+            raise InputError(f"CPU list {text!r}: range {part!r} runs backwards")
+        cpus.update(range(low, high + 1))
+    return sorted(cpus)
+
+
+def emulation_cpus(cores: int) -> list[int]:
+    """The host CPUs a measurement standing in for a target of `cores` cores is pinned to:
+    the first min(cores, available) of SIGDL_EMULATION_CPUS (default: every CPU this process
+    may run on). InputError (one line) when that setting names a CPU this process may not use."""
+    if cores < 1:
+        raise InputError(f"cores={cores}: expected a positive integer")
+    allowed = sorted(os.sched_getaffinity(0))
+    raw = settings.SIGDL_EMULATION_CPUS.get() or ""
+    chosen = allowed
+    if raw.strip():
+        try:
+            chosen = parse_cpu_list(raw)
+        except InputError as exc:
+            raise InputError(f"setting SIGDL_EMULATION_CPUS: {exc}") from None
+        outside = sorted(set(chosen) - set(allowed))
+        if outside:
+            raise InputError(
+                f"setting SIGDL_EMULATION_CPUS={raw!r}: CPU {outside[0]} is not one this process "
+                f"may run on ({', '.join(map(str, allowed))})"
+            )
+    return chosen[:cores]
+
+
+@contextlib.contextmanager
+def pinned(cpus: Sequence[int]) -> Iterator[list[int]]:
+    """Run the block on `cpus` only, and restore the affinity it had after. Linux applies
+    sched_setaffinity(0, ...) to the calling thread, and the threads ONNX Runtime starts for
+    a session created inside the block (its intra-op pool) inherit that mask, so a session
+    opened here with len(cpus) intra-op threads runs on exactly these CPUs."""
+    cpus = sorted(set(cpus))
+    if not cpus:
+        raise InputError("pinned(): expected at least one CPU")
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, cpus)
+    except OSError as exc:
+        raise InputError(f"cannot pin to CPUs {cpus}: {exc.strerror}") from None
+    try:
+        yield cpus
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def pinned_single_stream(model: bytes, cores: int, **timing) -> tuple[LatencyStats, list[int]]:
+    """Single-stream latency of `model` on the first min(cores, available) emulation CPUs,
+    with as many ONNX Runtime intra-op threads as CPUs pinned; the affinity is restored after."""
+    with pinned(emulation_cpus(cores)) as cpus:
+        return single_stream(model, len(cpus), **timing), cpus
 
 
 def node_kernels(trace: str) -> dict[str, dict]:

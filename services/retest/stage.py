@@ -5,7 +5,11 @@ model with the target's numerics (fp32, fp16 or int8 QDQ via `sigdl.core.numeric
 Runtime on the test set, sharded over worker processes; predicts latency, fps and p90 per
 operator from the target's profile; estimates power and energy; checks memory and operator
 support; and gates the result against the requirements. On the `host` target it also
-measures the latency for real (single-stream p90). With `out` it writes `report.json` and
+measures the latency for real (single-stream p90). An x86 (`cpu-limited`) target's latency,
+p90 and fps are measured on the host's cores pinned to the target's count and scaled to the
+target (services/retest/emulate.py); the latency model's figures stand beside them under
+`modelled`, and `methods` says which method produced each headline figure
+(measured-and-scaled, modelled, measured). With `out` it writes `report.json` and
 `verdict.md` there, all or nothing.
 
 The model an int8 target runs is the `model.int8.onnx` its compression wrote, when there is one
@@ -31,9 +35,10 @@ import onnx
 
 import targets
 from services.retest.accuracy import check_pixel_model, sharded_accuracy
+from services.retest.emulate import MEASURED, MEASURED_AND_SCALED, MODELLED, measured_and_scaled
 from services.retest.gate import gate, parse_requirement, verdict_markdown
 from services.retest.graph import Graph, analyze, is_quantized
-from services.retest.measure import single_stream
+from services.retest.measure import emulation_cpus, single_stream
 from services.retest.opcheck import check_operators
 from services.retest.predict import estimate_power, memory_use, predict_latency
 from services.retest.source import ModelSource, input_folders, load_source
@@ -47,6 +52,10 @@ CALIBRATION_IMAGES = 256  # training images that calibrate int8 activation range
 HOST_MEASURE = {"min_queries": 30, "min_seconds": 1.0, "max_queries": 2000}
 FROM_COMPRESSION = "model.int8.onnx (from compression)"
 QUANTIZED_BY_EXPORTER = "the model as it is (quantized by its exporter)"
+# the headline figures an x86 target's pinned host measurement replaces (emulate.py)
+LATENCY_FIGURES = ("latency_ms", "p90_latency_ms", "fps", "latency_ms_range", "fps_range",
+                   "latency_range_basis")  # fmt: skip
+POWER_FIGURES = ("power_w", "energy_mj")  # the power model's, over the modelled latency
 
 
 def load_target(target: str) -> dict:
@@ -119,6 +128,8 @@ def run_retest(
     profile = load_target(target)
     precision = precision or profile["native_precision"]
     _check_args(profile, precision, threads, workers, baseline_accuracy)
+    if profile["emulation"]["method"] == "cpu-limited":  # its host CPUs, before any work
+        emulation_cpus(min(threads or profile["compute"]["cores"], profile["compute"]["cores"]))
     reqs = [parse_requirement(r) for r in requirements]
     if dataset is None and any(r.needs_dataset for r in reqs):
         raise InputError("requirements on accuracy need a data set (--dataset)")
@@ -133,7 +144,10 @@ def run_retest(
         check_pixel_model(source.onnx_bytes, load_dataset(dataset, data_dir))
     emit(ProgressEvent("load", 1, 1))
     deployable, how, calibration_note = _deployable(source, precision, dataset, data_dir)
-    report = _predictions(source, deployable, profile, precision, threads)
+    graph = analyze(onnx.load_from_string(source.onnx_bytes))
+    report = _predictions(source, deployable, profile, precision, threads, graph)
+    report["modelled"] = {key: report[key] for key in (*LATENCY_FIGURES, *POWER_FIGURES)}
+    report["methods"] = dict.fromkeys((*LATENCY_FIGURES[:-1], *POWER_FIGURES), MODELLED)
     report["deployable"] = how
     report["calibration"] = calibration_note
     emit(ProgressEvent("predict", 1, 1))
@@ -145,6 +159,14 @@ def run_retest(
         stats = single_stream(deployable, report["threads"], **HOST_MEASURE)
         report["measured"] = stats.to_json()
         report["measured_p90_latency_ms"] = stats.p90_ms
+        report["methods"]["measured_p90_latency_ms"] = MEASURED
+        emit(ProgressEvent("measure", 1, 1))
+    elif profile["emulation"]["method"] == "cpu-limited":  # x86: on pinned host cores
+        host = load_target("host")
+        block = measured_and_scaled(graph, deployable, profile, host, precision, report["threads"])
+        report["measured_and_scaled"] = block
+        report.update({key: block[key] for key in LATENCY_FIGURES})
+        report["methods"].update(dict.fromkeys(LATENCY_FIGURES[:-1], MEASURED_AND_SCALED))
         emit(ProgressEvent("measure", 1, 1))
     report["verdict"] = gate(report, reqs)
     report["wall_seconds"] = time.perf_counter() - started
@@ -246,10 +268,10 @@ def predict_on_target(graph: Graph, profile: dict, precision: str, threads: int 
 
 
 def _predictions(
-    source: ModelSource, deployable: bytes, profile: dict, precision: str, threads: int | None
-) -> dict:
+    source: ModelSource, deployable: bytes, profile: dict, precision: str, threads: int | None,
+    graph: Graph,
+) -> dict:  # fmt: skip
     """The report's head: what the model is, its size, and the predictions."""
-    graph = analyze(onnx.load_from_string(source.onnx_bytes))
     size = source.sdc_bytes if source.sdc_bytes is not None else len(deployable)
     return {
         "command": "retest", "sigdl_version": __version__, "model": source.name,

@@ -92,18 +92,35 @@ def test_the_fit_recovers_a_model_it_can_express(graphs):
     assert max(abs(np.log(before))) > max(abs(np.log(ratios)))
 
 
-def test_interval_is_the_residual_percentiles_widened_for_the_fitted_parameters():
-    table = [{"published_ms": p, "predicted_ms": 100.0} for p in (80, 90, 100, 110, 150)]
-    logs = np.log([0.8, 0.9, 1, 1.1, 1.5])
-    low, high = targetfit.interval(table)
-    assert low == pytest.approx(np.exp(np.quantile(logs, 0.1)), 1e-3)
-    assert high == pytest.approx(np.exp(np.quantile(logs, 0.9)), 1e-3)
-    # 3 parameters fitted to 5 figures: the log interval widens by sqrt(5 / 2)
-    low3, high3 = targetfit.interval(table, free=3)
-    assert np.log(high3) == pytest.approx(np.log(high) * np.sqrt(5 / 2), 1e-3)
-    assert np.log(low3) == pytest.approx(np.log(low) * np.sqrt(5 / 2), 1e-3)
+def _held_out(*ratios: float) -> list[dict]:
+    return [{"held_out_ratio": r} for r in ratios]
+
+
+def test_interval_takes_the_conformal_ranks_of_the_held_out_residuals():
+    # 19 held-out figures: the 2nd and 18th of the sorted log(published / predicted)
+    # (floor(20 x 0.1), ceil(20 x 0.9)); published / predicted runs 0.70 ... 1.42
+    published_over_predicted = np.exp(np.linspace(np.log(0.7), np.log(1.42), 19))
+    low, high = targetfit.interval(_held_out(*(1 / published_over_predicted)))
+    assert low == pytest.approx(published_over_predicted[1], 1e-3)
+    assert high == pytest.approx(published_over_predicted[17], 1e-3)
+    # too few figures for either rank: the unfitted interval, or the furthest residual
+    assert targetfit.interval(_held_out(0.9, 1.1, 1.0, 0.95)) == list(UNFITTED_INTERVAL)
+    assert targetfit.interval(_held_out(0.3, 1.0, 1.0, 1.0))[1] == pytest.approx(1 / 0.3, 1e-3)
     # all residuals on one side: the interval still holds the prediction itself
-    assert targetfit.interval([{"published_ms": 120.0, "predicted_ms": 100.0}] * 3)[0] == 1.0
+    assert targetfit.interval(_held_out(*[1 / 1.2] * 19))[0] == 1.0
+
+
+def test_held_out_ratios_come_from_fits_without_the_figure(graphs):
+    """A figure made 3x slower than its model: the fit of all figures absorbs part of it (its
+    in-sample ratio moves toward 1), the fit without it cannot (its held-out ratio does not)."""
+    _, profile = targetfit.shipped_profile(TARGET)
+    rows, _ = targetfit.usable(ms.fit_set(TARGET))
+    made = [dataclasses.replace(m, latency_ms=m.latency_ms * (3.0 if i == 0 else 1.0))
+            for i, m in enumerate(rows)]  # fmt: skip
+    table = targetfit.fit(TARGET, profile, made, graphs).block["residuals"]
+    outlier = table[0]
+    assert abs(np.log(outlier["held_out_ratio"])) > abs(np.log(outlier["ratio"])) + 0.05
+    assert all(np.isfinite(r["held_out_ratio"]) for r in table)
 
 
 def test_prediction_carries_the_fitted_interval_or_the_unfitted_one(graphs):
@@ -116,6 +133,7 @@ def test_prediction_carries_the_fitted_interval_or_the_unfitted_one(graphs):
         1.3 * pred["latency_ms"])  # fmt: skip
     assert pred["fps_range"][0] == pytest.approx(1e3 / high)
     assert "4 published figures" in pred["latency_range_basis"]
+    assert "held-out" in pred["latency_range_basis"]
     bare = targetfit.with_block(profile, {})
     assert latency_interval(bare, 10.0)[0] == [10.0 * f for f in UNFITTED_INTERVAL]
 
