@@ -6,6 +6,7 @@ Call sites read a setting with ``SIGDL_HOME.get()``; nothing else in the code ba
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,20 @@ def _parse_path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+def _parse_json(kind: type) -> Callable[[str], object]:
+    def parse(raw: str) -> object:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"expected JSON ({exc.msg} at char {exc.pos})") from None
+        if not isinstance(value, kind):
+            name = "an object" if kind is dict else "a list"
+            raise ValueError(f"expected {name} in JSON, got {type(value).__name__}")
+        return value
+
+    return parse
+
+
 class SettingError(InputError):
     """An environment variable set to a value its setting cannot take."""
 
@@ -46,6 +61,8 @@ _PARSERS: dict[type, Callable[[str], object]] = {
     float: float,
     str: str,
     Path: _parse_path,
+    dict: _parse_json(dict),  # a JSON object
+    list: _parse_json(list),  # a JSON list
 }
 
 
@@ -54,7 +71,7 @@ class Setting(Generic[T]):
     """One environment variable: its name, type, default and what it is for."""
 
     name: str  # the environment variable
-    type: type  # bool, int, float, str or Path
+    type: type  # bool, int, float, str, Path, or dict / list (JSON)
     default: T | None  # used when the variable is unset (None: no value)
     doc: str  # one line for `python -m sigdl.core.settings` and the README
     aliases: tuple[str, ...] = field(default=())  # other names read when `name` is unset
@@ -350,13 +367,14 @@ SIGDL_TRAINJOB_POLL_S: Setting[float] = _declare(
     "Seconds between reads of a TrainJob's status while the training service follows it.",
 )
 
-# --- jobs as Kubernetes Jobs (sigdl/core/kubejob.py) -------------------------------------------
+# --- jobs run outside the service (sigdl/core/jobrun.py, sigdl/core/kubejob.py) ----------------
 SIGDL_JOB_BACKEND: Setting[str] = _declare(
     "SIGDL_JOB_BACKEND",
     str,
     "local",
-    "Where compression and retest jobs run: local (worker processes of the service) | "
-    "kubernetes (a batch/v1 Job each, running `python -m sigdl.core.jobrun`).",
+    "Where compression and retest jobs run: local (worker processes of the service) | process "
+    "(a `python -m sigdl.core.jobrun` process each, on the service's machine, outliving it) | "
+    "kubernetes (a batch/v1 Job each, running the same).",
 )
 SIGDL_JOB_IMAGE: Setting[str] = _declare(
     "SIGDL_JOB_IMAGE",
@@ -368,8 +386,9 @@ SIGDL_JOB_URI: Setting[str] = _declare(
     "SIGDL_JOB_URI",
     str,
     None,
-    "s3:// prefix the service and the Jobs' pods share: one folder per job (request, events, "
-    "result, default outputs).",
+    "Prefix the service and the jobs' work share: one folder per job (request, events, result, "
+    "default outputs). kubernetes: an s3:// prefix (required); process: any (default "
+    "SIGDL_HOME/jobs/work).",
 )
 SIGDL_JOB_NAMESPACE: Setting[str] = _declare(
     "SIGDL_JOB_NAMESPACE",
@@ -388,6 +407,18 @@ SIGDL_JOB_MEMORY: Setting[str] = _declare(
 )
 SIGDL_JOB_GPUS: Setting[int] = _declare(
     "SIGDL_JOB_GPUS", int, 0, "GPUs each Job's pod requests (nvidia.com/gpu); 0: none."
+)
+SIGDL_JOB_NODE_SELECTOR: Setting[dict] = _declare(
+    "SIGDL_JOB_NODE_SELECTOR",
+    dict,
+    None,
+    'Node labels the Jobs\' pods must match, a JSON object: {"nvidia.com/gpu.present": "true"}.',
+)
+SIGDL_JOB_TOLERATIONS: Setting[list] = _declare(
+    "SIGDL_JOB_TOLERATIONS",
+    list,
+    None,
+    "Taints the Jobs' pods tolerate, a JSON list of Kubernetes tolerations.",
 )
 SIGDL_JOB_S3_SECRET: Setting[str] = _declare(
     "SIGDL_JOB_S3_SECRET",
@@ -426,7 +457,7 @@ SIGDL_JOB_POLL_S: Setting[float] = _declare(
     "SIGDL_JOB_POLL_S",
     float,
     2.0,
-    "Longest wait between looks at a running Job (its watch, pods, events, a Cancel).",
+    "Longest wait between looks at a running Job or job process (status, events, a Cancel).",
 )
 SIGDL_JOB_EVENTS_FLUSH_S: Setting[float] = _declare(
     "SIGDL_JOB_EVENTS_FLUSH_S",
@@ -575,6 +606,13 @@ SIGDL_NUM_THREADS: Setting[int] = _declare(
     int,
     None,
     "Threads PyTorch may use per process (default: all cores).",
+)
+SIGDL_EMULATION_CPUS: Setting[str] = _declare(
+    "SIGDL_EMULATION_CPUS",
+    str,
+    "",
+    "Host CPUs an x86 target's retest may pin its measurement to, e.g. 0-3 or 2,3 (default: "
+    "all this process may use); it takes the first of them, as many as the target has cores.",
 )
 SIGDL_PROGRESS: Setting[bool] = _declare(
     "SIGDL_PROGRESS",
