@@ -384,6 +384,23 @@ def resolve_layers(
 # ---------------------------------------------------------------------------------------------
 
 
+def end_round(
+    state: CompressionState, cfg, index: int, r: int, sparsity: dict, before: float,
+    history: list,
+) -> dict:  # fmt: skip
+    """A prune round's record (sparsity per layer name, accuracy before and after its
+    retraining, epochs), emitted as a `round` event; the pruning steps keep the list."""
+    row = {
+        "round": r,
+        "sparsity": sparsity,
+        "accuracy_before_retrain": before,
+        "accuracy": state.score().accuracy if history else before,
+        "epochs": len(history),
+    }
+    state.emit(ProgressEvent.of("round", r, cfg.rounds, index=index, type=cfg.type, **row))
+    return row
+
+
 def retrain(state: CompressionState, cfg: RetrainConfig, index: int, round_: int) -> list:
     """Retrain with the one trainer, hooks keeping masks and codebooks; early stop at the
     target accuracy (absolute, or the dense accuracy minus `target_drop`)."""

@@ -47,8 +47,14 @@ from sigdl.core import distributed, jobrun, jobs, settings, store
 from sigdl.core.checkpoint import ModelMeta, PixelModel
 from sigdl.core.errors import InputError, one_line
 from sigdl.core.events import EventFn, ProgressEvent, epoch_event
+from sigdl.core.kubejob import (
+    POD_SETTINGS,
+    QUANTITY,
+    current_namespace,
+    load_kube_config,
+    s3_key_env,
+)
 from sigdl.core.kubejob import SECRET_KEYS as SECRET_KEYS  # the names a Secret must hold
-from sigdl.core.kubejob import current_namespace, load_kube_config, s3_key_env
 from sigdl.core.training import TrainConfig
 
 GROUP = "trainer.kubeflow.org"
@@ -57,22 +63,8 @@ PLURAL = "trainjobs"
 KIND = "TrainJob"
 BACKENDS = ("local", "trainjob")
 GPU_RESOURCE = "nvidia.com/gpu"
-# the chart's S3 Secret keys (charts/sigdl/values.yaml: s3.accessKeyKey, s3.secretKeyKey)
 # settings a node needs, passed by value; secrets are never among them
-FORWARDED = (
-    settings.SIGDL_S3_ENDPOINT,
-    settings.SIGDL_S3_SECURE,
-    settings.SIGDL_S3_REGION,
-    settings.SIGDL_DATA,
-    settings.SIGDL_OFFLINE,
-    settings.SIGDL_DOWNLOAD_TIMEOUT_S,
-    settings.SIGDL_PROGRESS,
-)
-# a Kubernetes resource quantity, as the CRD's schema has it
-_QUANTITY = re.compile(
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
-    r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
+FORWARDED = (*POD_SETTINGS, settings.SIGDL_PROGRESS)
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -112,8 +104,8 @@ class TrainJobSpec:
                 "nproc_per_node",
                 f"at most gpus_per_node={self.gpus_per_node} (one GPU per process)",
             ),
-            (bool(_QUANTITY.match(self.cpu)), "cpu", "a Kubernetes quantity such as 2 or 500m"),
-            (bool(_QUANTITY.match(self.memory)), "memory", "a Kubernetes quantity such as 4Gi"),
+            (bool(QUANTITY.match(self.cpu)), "cpu", "a Kubernetes quantity such as 2 or 500m"),
+            (bool(QUANTITY.match(self.memory)), "memory", "a Kubernetes quantity such as 4Gi"),
             (bool(self.runtime.strip()), "runtime", "a ClusterTrainingRuntime name"),
         ]
         for ok, name, expected in checks:

@@ -48,14 +48,19 @@ SCRATCH = "/tmp"  # an emptyDir: the root file system is read-only
 # the chart's S3 Secret keys (charts/sigdl/values.yaml: s3.accessKeyKey, s3.secretKeyKey)
 SECRET_KEYS = {"SIGDL_S3_ACCESS_KEY": "accessKey", "SIGDL_S3_SECRET_KEY": "secretKey"}
 SECRET_ALIASES = (*settings.SIGDL_S3_ACCESS_KEY.aliases, *settings.SIGDL_S3_SECRET_KEY.aliases)
-# settings a job's pod needs, passed by value; secrets are never among them
-FORWARDED = (
+# the store and data settings every pod the services create needs (a Job's, a TrainJob's
+# nodes'), passed by value; secrets are never among them
+POD_SETTINGS = (
     settings.SIGDL_S3_ENDPOINT,
     settings.SIGDL_S3_SECURE,
     settings.SIGDL_S3_REGION,
     settings.SIGDL_DATA,
     settings.SIGDL_OFFLINE,
     settings.SIGDL_DOWNLOAD_TIMEOUT_S,
+)
+# settings a job's pod needs, passed by value
+FORWARDED = (
+    *POD_SETTINGS,
     settings.SIGDL_MLFLOW_TRACKING_URI,
     settings.SIGDL_MLFLOW_EXPERIMENT,
     settings.SIGDL_NUM_THREADS,
@@ -64,7 +69,7 @@ FORWARDED = (
 DATA_PATH = "/data"  # where a data-set claim is mounted when SIGDL_DATA names no folder
 LABEL_JOB, LABEL_SERVICE = "sigdl.io/job-id", "sigdl.io/service"
 # a Kubernetes resource quantity, as the API's schema has it
-_QUANTITY = re.compile(
+QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
     r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
@@ -105,8 +110,8 @@ class JobSpec:
             (bool(_DNS_LABEL.match(self.namespace)), "namespace", "a DNS label"),
             (self.root_uri.startswith("s3://"), "root_uri",
              "an s3:// prefix every pod reaches (set SIGDL_JOB_URI)"),
-            (bool(_QUANTITY.match(self.cpu)), "cpu", "a Kubernetes quantity such as 2 or 500m"),
-            (bool(_QUANTITY.match(self.memory)), "memory", "a Kubernetes quantity such as 4Gi"),
+            (bool(QUANTITY.match(self.cpu)), "cpu", "a Kubernetes quantity such as 2 or 500m"),
+            (bool(QUANTITY.match(self.memory)), "memory", "a Kubernetes quantity such as 4Gi"),
             (self.gpus >= 0, "gpus", "an integer >= 0"),
             (self.backoff_limit >= 0, "backoff_limit", "an integer >= 0"),
             (self.deadline_s >= 1, "deadline_s", "an integer >= 1"),

@@ -64,6 +64,7 @@ from services.compression.engine import (
     StepHandler,
     StepResult,
     Targets,
+    end_round,
     register_handler,
     resolve_layers,
     retrain,
@@ -86,7 +87,6 @@ from services.compression.recipe import (
 from services.compression.share import share_weights
 from sigdl.core import spectral
 from sigdl.core.errors import InputError
-from sigdl.core.events import ProgressEvent
 from sigdl.core.sdc import SharedTensor, SpectralTensor
 
 
@@ -314,16 +314,8 @@ class FFTPruneHandler(StepHandler):
                 spectrum.prune(state.layers[key].weight, level)
             before = state.score().accuracy
             history = retrain(state, cfg.retrain, index, r)
-            rounds.append({
-                "round": r,
-                "sparsity": {names[k]: s.sparsity for k, s in fixed.spectra.items()},
-                "accuracy_before_retrain": before,
-                "accuracy": state.score().accuracy if history else before,
-                "epochs": len(history),
-            })  # fmt: skip
-            state.emit(
-                ProgressEvent.of("round", r, cfg.rounds, index=index, type=cfg.type, **rounds[-1])
-            )
+            sparsity = {names[k]: s.sparsity for k, s in fixed.spectra.items()}
+            rounds.append(end_round(state, cfg, index, r, sparsity, before, history))
         report: dict = {"rounds": rounds}
         bits = self._share(state, cfg, fixed, names, where)
         if bits:

@@ -11,6 +11,7 @@ from services.compression.engine import (
     StepHandler,
     StepResult,
     Targets,
+    end_round,
     register_handler,
     retrain,
 )
@@ -25,7 +26,6 @@ from services.compression.prune import (
     sparsity_mask,
 )
 from services.compression.recipe import PruneConfig
-from sigdl.core.events import ProgressEvent
 
 
 @register_handler
@@ -77,17 +77,9 @@ class PruneHandler(StepHandler):
                 history = retrain(state, cfg.retrain, index, r)
             finally:
                 state.pre_hooks[:] = [h for h in state.pre_hooks if h is not splicer]
-            rounds.append({
-                "round": r,
-                "sparsity": {state.layers[k].name: 1 - float(m.float().mean())
-                             for k, m in state.masks.items() if k in weights},
-                "accuracy_before_retrain": before,
-                "accuracy": state.score().accuracy if history else before,
-                "epochs": len(history),
-            })  # fmt: skip
-            state.emit(
-                ProgressEvent.of("round", r, cfg.rounds, index=index, type=cfg.type, **rounds[-1])
-            )
+            sparsity = {state.layers[k].name: 1 - float(m.float().mean())
+                        for k, m in state.masks.items() if k in weights}  # fmt: skip
+            rounds.append(end_round(state, cfg, index, r, sparsity, before, history))
         report: dict = {"rounds": rounds}
         if threshold:
             report["threshold"] = {state.layers[k].name: t for k, t in threshold.items()}
